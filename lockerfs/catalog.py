@@ -1,0 +1,425 @@
+"""The locker's catalog: an append-only log of track records in the bucket.
+
+Layout under the locker prefix (docs/FORMAT.md has every field):
+
+    locker.json                          {"format": "lockerfs", "version": 1}
+    catalog/journal/<id>.json            a batch of add/remove records
+    catalog/snapshot/<id>.json.gz        every track's latest record, compacted
+
+An <id> is `<13-digit milliseconds>-<16 random hex digits>`: sortable by time,
+and no two writers pick the same one, so concurrent writers never overwrite
+each other and need neither locks nor conditional writes.
+
+Each record carries a stamp (file id, index in the file). The catalog is a
+map sha256 -> newest-stamped record (add or tombstone). Merging that map is
+commutative, associative and idempotent, so a reader may apply snapshots and
+journal files in any order, any number of times, and always gets the same
+catalog. That is what makes compaction safe without coordination: a compactor
+writes a snapshot of everything it read, and only then deletes what it read
+(and only what is older than a grace period, for readers still listing).
+
+Everything read from the bucket is untrusted: records are validated field by
+field and a bad one is skipped with a warning, never allowed to crash or
+mislead the mount.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from lockerfs.store import NotFound, Store
+from lockerfs.track import Track
+from lockerfs.trackinfo import TrackInfo
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LOCKER_KEY = "locker.json"
+JOURNAL_PREFIX = "catalog/journal/"
+SNAPSHOT_PREFIX = "catalog/snapshot/"
+OBJECT_PREFIX = "objects/sha256/"
+
+MAX_CATALOG_FILE_BYTES = 512 * 1024 * 1024  # refuse to inflate a snapshot past this
+MAX_OBJECT_SIZE = 1 << 40
+MAX_TEXT = 1024
+_ID_RE = re.compile(r"^\d{13}-[0-9a-f]{16}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
+
+Stamp = tuple[str, int]
+
+
+class FormatError(Exception):
+    """The locker cannot be read by this version of lockerfs, or is not a locker."""
+
+
+def new_id(now: float | None = None) -> str:
+    """A time-sortable id that no other writer will choose."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{millis:013d}-{secrets.token_hex(8)}"
+
+
+def object_key(sha256: str, ext: str) -> str:
+    return f"{OBJECT_PREFIX}{sha256[:2]}/{sha256}.{ext}"
+
+
+# --- the locker marker --------------------------------------------------------
+
+def ensure_locker(store: Store) -> None:
+    """Create locker.json if it is missing; refuse a locker of a newer format.
+
+    Two writers creating it at once write equivalent content, so the race is
+    harmless without conditional writes.
+    """
+    try:
+        check_locker(store)
+    except NotFound:
+        marker = {"format": "lockerfs", "version": FORMAT_VERSION,
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        store.put_bytes(LOCKER_KEY, json.dumps(marker).encode())
+
+
+def check_locker(store: Store) -> None:
+    """Raise NotFound if there is no locker here, FormatError if we cannot read it."""
+    raw = store.get(LOCKER_KEY)
+    try:
+        marker = json.loads(raw)
+    except ValueError:
+        raise FormatError("locker.json is not valid JSON: this is not a lockerfs locker") from None
+    if not isinstance(marker, dict) or marker.get("format") != "lockerfs":
+        raise FormatError("locker.json does not describe a lockerfs locker")
+    _check_version(marker.get("version"), LOCKER_KEY)
+
+
+def _check_version(version: object, where: str) -> None:
+    if not isinstance(version, int) or version < 1:
+        raise FormatError(f"{where} has no valid format version")
+    if version > FORMAT_VERSION:
+        raise FormatError(f"{where} was written in locker format version {version}; this lockerfs "
+                          f"reads versions up to {FORMAT_VERSION}: upgrade lockerfs")
+
+
+# --- records ------------------------------------------------------------------
+
+def track_to_dict(track: Track) -> dict[str, Any]:
+    record = asdict(track)
+    record["info"] = {k: v for k, v in record["info"].items() if v is not None}
+    return record
+
+
+_TEXT, _INT, _REAL, _FLAG = (str,), (int,), (int, float), (bool,)
+_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "format": _TEXT, "codec": _TEXT, "artist": _TEXT, "albumartist": _TEXT, "album": _TEXT,
+    "title": _TEXT, "track": _INT, "tracktotal": _INT, "disc": _INT, "disctotal": _INT,
+    "date": _TEXT, "year": _INT, "genre": _TEXT, "compilation": _FLAG, "duration": _REAL,
+    "bitrate": _INT, "sample_rate": _INT, "channels": _INT, "head_size": _INT, "tail_size": _INT,
+}
+assert set(_INFO_TYPES) == {f.name for f in fields(TrackInfo)}, "keep _INFO_TYPES in step with TrackInfo"
+
+
+def _clean_value(name: str, value: Any, size: int) -> Any:
+    """One TrackInfo field from untrusted JSON: the right type and a sane range, else None."""
+    kinds = _INFO_TYPES[name]
+    if value is None or isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+        return None
+    if isinstance(value, str):
+        return value[:MAX_TEXT].replace("\x00", "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if name in ("head_size", "tail_size"):
+        return value if 0 <= value <= size else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1e12:
+        return None
+    return value
+
+
+def track_from_dict(record: Any) -> Track:
+    """Validate an untrusted record; raises ValueError saying what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError("track record is not an object")
+    sha = record.get("sha256")
+    if not isinstance(sha, str) or not _SHA_RE.match(sha):
+        raise ValueError("bad sha256")
+    ext = record.get("ext")
+    if not isinstance(ext, str) or not _EXT_RE.match(ext):
+        raise ValueError("bad ext")
+    if record.get("key") != object_key(sha, ext):
+        raise ValueError("object key does not match sha256 and ext")
+    size = record.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_OBJECT_SIZE:
+        raise ValueError("bad size")
+    source = record.get("source")
+    source = source[:4096].replace("\x00", "") if isinstance(source, str) else ""
+    mtime = record.get("mtime")
+    if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not 0 <= mtime < 1e11:
+        mtime = 0.0
+    raw_info = record.get("info")
+    raw_info = raw_info if isinstance(raw_info, dict) else {}
+    info = {name: _clean_value(name, raw_info.get(name), size) for name in _INFO_TYPES}
+    info["format"] = info["format"] or ""
+    info["codec"] = info["codec"] or ""
+    info["compilation"] = bool(info["compilation"])
+    info["head_size"] = info["head_size"] or 0
+    info["tail_size"] = info["tail_size"] or 0
+    return Track(sha256=sha, key=object_key(sha, ext), size=size, ext=ext, source=source,
+                 mtime=float(mtime), info=TrackInfo(**info))
+
+
+def add_record(track: Track) -> dict[str, Any]:
+    return {"op": "add", "track": track_to_dict(track)}
+
+
+def remove_record(sha256: str) -> dict[str, Any]:
+    return {"op": "remove", "sha256": sha256}
+
+
+# --- the merged catalog ---------------------------------------------------------
+
+@dataclass(slots=True)
+class Entry:
+    stamp: Stamp
+    track: Track | None  # None: removed
+
+
+@dataclass
+class CatalogState:
+    """sha256 -> newest-stamped entry. Merging is order-independent (last writer wins)."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    rejected: int = 0  # records skipped as invalid
+
+    def apply(self, stamp: Stamp, record: Any) -> None:
+        try:
+            sha, track = _parse_record(record)
+        except ValueError as exc:
+            self.rejected += 1
+            log.warning("skipping an invalid catalog record (%s)", exc)
+            return
+        self._put(sha, Entry(stamp, track))
+
+    def _put(self, sha: str, entry: Entry) -> None:
+        current = self.entries.get(sha)
+        if current is None or current.stamp < entry.stamp:
+            self.entries[sha] = entry
+
+    def merge_file(self, file_id: str, document: dict[str, Any]) -> None:
+        """Apply a journal file or snapshot document (validated here)."""
+        kind = document.get("kind")
+        if kind == "journal":
+            records = document.get("records")
+            if not isinstance(records, list):
+                raise FormatError(f"journal file {file_id} has no record list")
+            for index, record in enumerate(records):
+                self.apply((file_id, index), record)
+        elif kind == "snapshot":
+            entries = document.get("entries")
+            if not isinstance(entries, list):
+                raise FormatError(f"snapshot {file_id} has no entry list")
+            for item in entries:
+                stamp = item.get("stamp") if isinstance(item, dict) else None
+                if (not isinstance(stamp, list) or len(stamp) != 2 or not isinstance(stamp[0], str)
+                        or not isinstance(stamp[1], int)):
+                    self.rejected += 1
+                    continue
+                self.apply((stamp[0], stamp[1]), item.get("record"))
+        else:
+            raise FormatError(f"catalog file {file_id} is of unknown kind {kind!r}")
+
+    def tracks(self) -> list[Track]:
+        return [entry.track for entry in self.entries.values() if entry.track is not None]
+
+    def to_snapshot(self, snapshot_id: str) -> dict[str, Any]:
+        entries = []
+        for sha, entry in sorted(self.entries.items()):
+            record = add_record(entry.track) if entry.track else remove_record(sha)
+            entries.append({"stamp": list(entry.stamp), "record": record})
+        return {"kind": "snapshot", "version": FORMAT_VERSION, "id": snapshot_id, "entries": entries}
+
+
+def _parse_record(record: Any) -> tuple[str, Track | None]:
+    if not isinstance(record, dict):
+        raise ValueError("record is not an object")
+    op = record.get("op")
+    if op == "add":
+        track = track_from_dict(record.get("track"))
+        return track.sha256, track
+    if op == "remove":
+        sha = record.get("sha256")
+        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+            raise ValueError("bad sha256 in remove record")
+        return sha, None
+    raise ValueError(f"unknown op {op!r}")
+
+
+# --- reading and writing catalog files ---------------------------------------------
+
+def _file_id(key: str) -> str | None:
+    name = key.rsplit("/", 1)[-1]
+    stem = name.split(".", 1)[0]
+    return stem if _ID_RE.match(stem) else None
+
+
+def decode_catalog_file(key: str, raw: bytes) -> dict[str, Any]:
+    """Parse (and for snapshots, inflate with a size cap) one catalog file."""
+    if key.endswith(".gz"):
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            raw = stream.read(MAX_CATALOG_FILE_BYTES + 1)
+        if len(raw) > MAX_CATALOG_FILE_BYTES:
+            raise FormatError(f"{key} inflates past {MAX_CATALOG_FILE_BYTES} bytes")
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        raise FormatError(f"{key} is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise FormatError(f"{key} is not a JSON object")
+    _check_version(document.get("version"), key)
+    return document
+
+
+def append_records(store: Store, records: list[dict[str, Any]]) -> str:
+    """Write one journal file holding `records`; returns its key.
+
+    Callers must have stored every object the records point at first.
+    """
+    file_id = new_id()
+    key = f"{JOURNAL_PREFIX}{file_id}.json"
+    document = {"kind": "journal", "version": FORMAT_VERSION, "id": file_id, "records": records}
+    store.put_bytes(key, json.dumps(document, separators=(",", ":")).encode())
+    return key
+
+
+@dataclass
+class CatalogFile:
+    key: str
+    last_modified: datetime
+
+
+class CatalogReader:
+    """Loads the catalog and keeps it current by applying only files not seen before.
+
+    Journal keys are listed before snapshot keys: a compactor deletes journal
+    files only after writing the snapshot that holds them, so whatever vanished
+    from the first listing is already in the second.
+    """
+
+    def __init__(self, store: Store, parallel: int = 16) -> None:
+        self.store = store
+        self.parallel = parallel
+        self.state = CatalogState()
+        self.seen: dict[str, CatalogFile] = {}
+
+    def refresh(self) -> bool:
+        """Fetch and apply catalog files not applied yet; True if the catalog changed."""
+        changed = False
+        for _attempt in range(3):
+            listed = list(self._list(JOURNAL_PREFIX)) + list(self._list(SNAPSHOT_PREFIX))
+            new = [item for item in listed if item.key not in self.seen]
+            vanished = self._apply_all(new)
+            changed = changed or len(new) > len(vanished)
+            if not vanished:
+                break
+            log.info("%d catalog files vanished while reading (compaction); listing again", len(vanished))
+        return changed
+
+    def _list(self, prefix: str) -> Iterator[CatalogFile]:
+        for item in self.store.list(prefix):
+            if _file_id(item.key) is not None:
+                yield CatalogFile(item.key, item.last_modified)
+
+    def _apply_all(self, files: list[CatalogFile]) -> list[CatalogFile]:
+        def fetch(item: CatalogFile) -> tuple[CatalogFile, dict[str, Any] | None]:
+            try:
+                return item, decode_catalog_file(item.key, self.store.get(item.key))
+            except NotFound:
+                return item, None
+
+        vanished = []
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            for item, document in pool.map(fetch, files):
+                if document is None:
+                    vanished.append(item)
+                    continue
+                self.state.merge_file(_file_id(item.key) or "", document)
+                self.seen[item.key] = item
+        return vanished
+
+    def tracks(self) -> list[Track]:
+        return self.state.tracks()
+
+    # --- the local copy that lets a mount start and list offline ---------------
+
+    def save(self, path: Path) -> None:
+        """Write the merged catalog and the list of applied files, atomically."""
+        document = self.state.to_snapshot("local")
+        document["seen"] = [[item.key, item.last_modified.isoformat()] for item in self.seen.values()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with gzip.open(temporary, "wt", compresslevel=1) as out:
+            json.dump(document, out, separators=(",", ":"))
+        os.replace(temporary, path)
+
+    def load_local(self, path: Path) -> bool:
+        """Load a copy written by save(); False (and an empty catalog) if it is missing or bad."""
+        try:
+            document = decode_catalog_file(str(path), path.read_bytes())
+            state = CatalogState()
+            state.merge_file("local", document)
+            seen = {key: CatalogFile(key, datetime.fromisoformat(stamp))
+                    for key, stamp in document.get("seen", [])}
+        except (OSError, ValueError, FormatError, TypeError, EOFError) as exc:
+            log.info("no usable local catalog copy at %s (%s)", path, exc)
+            return False
+        self.state, self.seen = state, seen
+        return True
+
+
+def load_catalog(store: Store) -> CatalogReader:
+    """Read the locker's whole catalog (after checking its format)."""
+    check_locker(store)
+    reader = CatalogReader(store)
+    reader.refresh()
+    return reader
+
+
+@dataclass
+class CompactResult:
+    snapshot_key: str
+    tracks: int
+    files_merged: int
+    files_deleted: int
+
+
+def compact(store: Store, grace: timedelta = timedelta(hours=1)) -> CompactResult:
+    """Write a snapshot of the whole catalog, then delete merged files older than `grace`.
+
+    Only files this compaction read are deleted, and only after its snapshot
+    is stored, so no record is ever lost, whatever runs concurrently. The
+    grace period lets readers that listed before the snapshot existed finish.
+    """
+    reader = load_catalog(store)
+    snapshot_id = new_id()
+    key = f"{SNAPSHOT_PREFIX}{snapshot_id}.json.gz"
+    document = reader.state.to_snapshot(snapshot_id)
+    store.put_bytes(key, gzip.compress(json.dumps(document, separators=(",", ":")).encode()))
+    cutoff = datetime.now(timezone.utc) - grace
+    deleted = 0
+    for item in reader.seen.values():
+        if item.last_modified < cutoff:
+            store.delete(item.key)
+            deleted += 1
+    return CompactResult(key, len(reader.tracks()), len(reader.seen), deleted)
+

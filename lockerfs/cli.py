@@ -1,0 +1,276 @@
+"""The `lockerfs` command: argument parsing, progress, exit codes. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+
+from lockerfs import __version__, catalog, config
+from lockerfs.store import S3Store, StoreError, UPLOAD_RETRIES
+
+log = logging.getLogger("lockerfs")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one sentence, no traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "debug", False))
+    try:
+        return args.run(args)
+    except (UserError, StoreError, catalog.FormatError, ValueError) as exc:
+        print(f"lockerfs: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (UserError, ValueError)) else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("lockerfs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="lockerfs: %(levelname)s: %(message)s")
+    # botocore at DEBUG logs request headers; keep it quiet so no credential
+    # material ever reaches a log, even with --debug.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lockerfs", description=(
+        "Your music in an S3 bucket you own, mounted as Album Artist/Album/Track folders."))
+    parser.add_argument("--version", action="version", version=f"lockerfs {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    upload = commands.add_parser("upload", help="upload music files and folders to a locker")
+    add_endpoint(upload)
+    upload.add_argument("--jobs", "-j", type=int, default=4, help="files processed at once (default 4)")
+    upload.add_argument("--debug", action="store_true", help="log every step")
+    upload.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    upload.add_argument("locker", metavar="LOCKER", help="s3://BUCKET[/PREFIX]")
+    upload.set_defaults(run=run_upload)
+
+    listing = commands.add_parser("ls", help="list the tracks in a locker")
+    add_endpoint(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per track")
+    listing.add_argument("locker", metavar="LOCKER")
+    listing.set_defaults(run=run_ls)
+
+    stats = commands.add_parser("stats", help="count the tracks and bytes in a locker")
+    add_endpoint(stats)
+    stats.add_argument("locker", metavar="LOCKER")
+    stats.set_defaults(run=run_stats)
+
+    compact = commands.add_parser("compact", help="merge the catalog journal into a snapshot")
+    add_endpoint(compact)
+    compact.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+                         help="keep merged journal files younger than this (default 3600)")
+    compact.add_argument("locker", metavar="LOCKER")
+    compact.set_defaults(run=run_compact)
+
+    from lockerfs import mount  # imported here: pyfuse3 is only needed to mount
+
+    mount.add_mount_commands(commands, add_endpoint)
+    return parser
+
+
+def add_endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", metavar="URL",
+                        help="S3 endpoint (default: boto3's chain, e.g. AWS_ENDPOINT_URL)")
+
+
+def open_store(args: argparse.Namespace) -> S3Store:
+    try:
+        return S3Store(args.locker, args.endpoint_url, UPLOAD_RETRIES, pool_size=32)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+# --- upload ---------------------------------------------------------------------
+
+def run_upload(args: argparse.Namespace) -> int:
+    from lockerfs.upload import UploadState, Uploader, scan
+
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise UserError(f"no such file or folder: {', '.join(missing)}")
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    store = open_store(args)
+    store.check()
+    sources = list(scan(args.paths))
+    total_bytes = sum(_size(s.path) for s in sources)
+    state = UploadState(config.upload_state_path(), config.locker_id(args.locker, store.endpoint))
+    progress = Progress(len(sources), total_bytes)
+    uploader = Uploader(store, state, args.jobs, on_bytes=progress.add_bytes,
+                        on_file=lambda outcome: progress.add_file())
+    stop = threading.Event()
+    with interrupt_sets(stop):
+        uploader.prepare()
+        summary = uploader.run(sources, stop)
+    progress.close()
+    state.close()
+    print_summary(summary)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary.failed else 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class interrupt_sets:
+    """Within the block, the first Ctrl-C (or SIGTERM) sets `stop`; a second one aborts."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        print("\nlockerfs: stopping after the files in flight (Ctrl-C again to abort)", file=sys.stderr)
+
+
+class Progress:
+    """Files and bytes done: a tqdm bar on a terminal, a plain line every few seconds otherwise."""
+
+    PLAIN_EVERY = 5.0
+
+    def __init__(self, files: int, total_bytes: int) -> None:
+        self.files, self.total_bytes = files, total_bytes
+        self.done_files = self.done_bytes = 0
+        self._lock = threading.Lock()
+        self._last_line = time.monotonic()
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc="upload", dynamic_ncols=True)
+            self._bar.set_postfix_str(f"0/{files} files")
+
+    def add_bytes(self, count: int) -> None:
+        with self._lock:
+            self.done_bytes += count
+            if self._bar is not None:
+                self._bar.update(count)
+
+    def add_file(self) -> None:
+        with self._lock:
+            self.done_files += 1
+            if self._bar is not None:
+                self._bar.set_postfix_str(f"{self.done_files}/{self.files} files", refresh=False)
+            elif time.monotonic() - self._last_line >= self.PLAIN_EVERY:
+                self._last_line = time.monotonic()
+                print(f"upload: {self.done_files}/{self.files} files, "
+                      f"{human(self.done_bytes)}/{human(self.total_bytes)}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def human(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def print_summary(summary) -> None:  # type: ignore[no-untyped-def]
+    print(f"uploaded {summary.uploaded} ({human(summary.uploaded_bytes)}), matched {summary.matched}, "
+          f"unchanged {summary.unchanged}, skipped {len(summary.skipped)}, failed {len(summary.failed)}"
+          + (" - interrupted: run the same command again to finish" if summary.interrupted else ""))
+    for title, items in (("skipped", summary.skipped), ("failed", summary.failed)):
+        if items:
+            reasons = Counter(reason for _, reason in items)
+            print(f"{title}: " + "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()))
+            for path, reason in items[:50]:
+                print(f"  {path}: {reason}")
+            if len(items) > 50:
+                print(f"  ... and {len(items) - 50} more")
+
+
+# --- catalog views ----------------------------------------------------------------
+
+def _load_tracks(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    store = open_store(args)
+    return sorted(catalog.load_catalog(store).tracks(), key=_track_order)
+
+
+def _track_order(track) -> tuple:  # type: ignore[no-untyped-def]
+    info = track.info
+    return (info.albumartist or info.artist or "", info.album or "", info.disc or 0,
+            info.track or 0, info.title or track.source)
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    tracks = _load_tracks(args)
+    if args.json:
+        for track in tracks:
+            print(json.dumps(catalog.track_to_dict(track), ensure_ascii=False))
+        return 0
+    for track in tracks:
+        info = track.info
+        number = f"{info.disc or 1}-{info.track:02d}" if info.track else "-"
+        duration = f"{int(info.duration // 60)}:{int(info.duration % 60):02d}" if info.duration else "?"
+        print("\t".join([info.albumartist or info.artist or "?", info.album or "?", number,
+                         info.title or Path(track.source).name, track.ext, duration, human(track.size)]))
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    tracks = _load_tracks(args)
+    by_format = Counter(track.ext for track in tracks)
+    seconds = sum(track.info.duration or 0 for track in tracks)
+    albums = {(t.info.albumartist or t.info.artist, t.info.album) for t in tracks}
+    print(f"tracks: {len(tracks)}")
+    print(f"albums: {len(albums)}")
+    print(f"bytes:  {sum(t.size for t in tracks)} ({human(sum(t.size for t in tracks))})")
+    print(f"time:   {timedelta(seconds=round(seconds))}")
+    print("formats: " + ", ".join(f"{ext} {n}" for ext, n in by_format.most_common()))
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    result = catalog.compact(open_store(args), timedelta(seconds=args.grace))
+    print(f"snapshot {result.snapshot_key}: {result.tracks} tracks from {result.files_merged} "
+          f"catalog files; deleted {result.files_deleted} older than {args.grace:.0f} s")
+    return 0
+
+
+Runner = Callable[[argparse.Namespace], int]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Where things live and how big they may be: locker URL, endpoint, cache dir and size.
+
+Credentials are not here on purpose: boto3's standard chain finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_CACHE_SIZE = 10 * 1024**3
+DEFAULT_REFRESH_SECONDS = 60.0
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'10G', '500MiB', '1.5g', '4096' -> bytes (binary units, as du and df print them)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (try 500M or 10G)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def locker_id(locker: str, endpoint: str | None) -> str:
+    """A short stable name for one locker on one endpoint, for local cache and state files."""
+    return hashlib.sha256(f"{endpoint or ''}\n{locker}".encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/lockerfs (~/.cache/lockerfs)."""
+    return platformdirs.user_cache_path("lockerfs")
+
+
+def upload_state_path() -> Path:
+    """$XDG_STATE_HOME/lockerfs/uploads.sqlite: what `upload` has already sent, per locker."""
+    return platformdirs.user_state_path("lockerfs") / "uploads.sqlite"

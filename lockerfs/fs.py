@@ -1,0 +1,165 @@
+"""pyfuse3 Operations: a thin adaptor from FUSE calls to the tree (names) and the cache (bytes).
+
+Nothing here talks to the bucket. Only pyfuse3.FUSEError may leave an
+operation (pyfuse3 ends the mount on anything else), so every failure is
+mapped to an errno here, in one place, with one log line.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+from lockerfs.cache import BlockCache, FetchError
+from lockerfs.prefetch import Prefetcher, ReadState, object_of
+from lockerfs.tree import DirNode, FileNode, Node, Tree
+
+log = logging.getLogger(__name__)
+
+# Objects never change and the tree changes only on refresh, which
+# invalidates what it changed; so the kernel may trust what we said for long.
+ENTRY_TIMEOUT = 3600.0
+ATTR_TIMEOUT = 3600.0
+STATFS_BLOCK = 64 * 1024
+NAME_MAX = 255
+
+
+@dataclass
+class OpenFile:
+    node: FileNode
+    reading: ReadState
+
+
+class LockerOperations(pyfuse3.Operations):
+    """Read-only operations over a Tree that mount.py replaces on refresh."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, cache: BlockCache, prefetcher: Prefetcher) -> None:
+        super().__init__()
+        self.tree = tree
+        self.cache = cache
+        self.prefetcher = prefetcher
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._handles: dict[int, OpenFile] = {}
+        self._dir_handles: dict[int, DirNode] = {}
+        self._next_handle = itertools.count(1)
+
+    # --- names and attributes -------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.inode
+        attrs.entry_timeout = ENTRY_TIMEOUT
+        attrs.attr_timeout = ATTR_TIMEOUT
+        attrs.st_uid, attrs.st_gid = self.uid, self.gid
+        attrs.st_blksize = STATFS_BLOCK
+        if isinstance(node, DirNode):
+            attrs.st_mode = stat.S_IFDIR | 0o555
+            attrs.st_nlink = 2 + node.subdirs
+            attrs.st_size = 4096
+            mtime = node.mtime
+        else:
+            attrs.st_mode = stat.S_IFREG | 0o444
+            attrs.st_nlink = 1
+            attrs.st_size = node.track.size
+            mtime = node.track.mtime
+        attrs.st_blocks = (attrs.st_size + 511) // 512
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = int(mtime * 1e9)
+        return attrs
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if name == b".":
+            return self.attributes(parent)
+        if name == b"..":
+            return self.attributes(self._node(parent.parent))
+        node = self.tree.lookup(parent_inode, os.fsdecode(name))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(node)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(self._node(inode))
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        if not isinstance(node, DirNode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        handle = next(self._next_handle)
+        self._dir_handles[handle] = node  # the listing stays consistent if the tree is replaced
+        return handle
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._dir_handles[fh]
+        for index in range(start_id, len(directory.names)):
+            name = directory.names[index]
+            node = self.tree.nodes.get(directory.children[name])
+            if node is None:
+                continue  # removed by a refresh while listing
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), index + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = STATFS_BLOCK
+        data.f_blocks = (self.tree.total_size + STATFS_BLOCK - 1) // STATFS_BLOCK
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.tree.nodes)
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = NAME_MAX
+        return data
+
+    # --- bytes ------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if isinstance(node, DirNode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        handle = next(self._next_handle)
+        self._handles[handle] = OpenFile(node, self.prefetcher.opened(node))
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        opened = self._handles.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        try:
+            self.prefetcher.read(opened.reading, off, size)
+            return await self.cache.read(object_of(opened.node.track), off, size)
+        except FetchError as exc:
+            log.warning("read of %s at %d failed: %s", opened.node.name, off, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:  # a bug must cost one read, not the whole mount
+            log.exception("unexpected error reading %s at %d", opened.node.name, off)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def release(self, fh: int) -> None:
+        opened = self._handles.pop(fh, None)
+        if opened is not None:
+            self.prefetcher.released(opened.reading)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []

@@ -1,0 +1,169 @@
+"""What to fetch before it is asked for. Policy only: cache.py does the fetching.
+
+Three patterns matter for music, and each is warmed in the background
+(cache.warm uses its own request slots, so a player's read never waits
+behind prefetch):
+
+- A tag scan (a player importing a library) opens every track and reads its
+  head and tail. On open we warm both tag regions of the track together, and
+  the first open in a folder warms the tag regions of its siblings, so an
+  album costs about one round trip, not two per track.
+- Playback reads a track sequentially. Read-ahead starts small (a seek should
+  not pull megabytes) and doubles with every sequential read up to a window
+  that keeps the link busy; a seek cancels the old read-ahead and starts over
+  from the new position.
+- An album plays in order: once a track is well under way, the start of the
+  next track in its folder is warmed so gapless playback never waits.
+
+Everything is bounded: per-handle read-ahead is cancelled when the handle is
+released or seeks, sibling warming is capped per folder, and warmed ranges
+are remembered (bounded LRU) so a scan does not warm the same region twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+from cachetools import TTLCache
+
+from lockerfs.cache import BlockCache, ObjectRef
+from lockerfs.track import Track
+from lockerfs.tree import FileNode, Tree
+
+log = logging.getLogger(__name__)
+
+HEAD_SLACK = 16 * 1024  # readers look a little past the tags (first audio frames)
+TAIL_MIN = 128 + 32 * 1024  # always cover ID3v1/APEv2 probes and the last Ogg page
+READAHEAD_START = 512 * 1024
+READAHEAD_MAX = 16 * 1024 * 1024
+READAHEAD_PIECE = 4 * 1024 * 1024  # one warm() call; cache splits it into requests
+NEXT_TRACK_AT = 0.5  # fraction of a track read sequentially before the next one is warmed
+NEXT_TRACK_BYTES = 1024 * 1024
+SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed on the first open
+SIBLING_SCOPE_SECONDS = 300.0  # a folder is warmed at most once per this period
+
+
+def object_of(track: Track) -> ObjectRef:
+    return ObjectRef(track.key, track.sha256, track.size)
+
+
+def tag_regions(track: Track) -> list[tuple[int, int]]:
+    """The byte ranges a tag reader needs: the head and the tail, merged if they meet."""
+    size = track.size
+    head_end = min(size, track.info.head_size + HEAD_SLACK)
+    tail_start = max(0, size - max(track.info.tail_size, TAIL_MIN))
+    if tail_start <= head_end:
+        return [(0, size)]
+    return [(0, head_end), (tail_start, size)]
+
+
+@dataclass
+class ReadState:
+    """Per open file: where sequential reading is and how far ahead we have warmed."""
+
+    node: FileNode
+    next_offset: int = -1
+    window: int = READAHEAD_START
+    warmed_until: int = 0
+    next_track_warmed: bool = False
+    readahead: set[trio.CancelScope] = field(default_factory=set)  # one scope per warm task
+
+    def cancel_readahead(self) -> None:
+        for scope in self.readahead:
+            scope.cancel()
+        self.readahead.clear()
+
+
+class Prefetcher:
+    """Turns opens and reads into background warm() calls on the block cache."""
+
+    def __init__(self, cache: BlockCache, tree_of: Callable[[], Tree]) -> None:
+        self.cache = cache
+        self._tree_of = tree_of  # returns the current Tree (it is replaced on refresh)
+        self._nursery: trio.Nursery | None = None
+        self._warmed_folders: TTLCache[int, bool] = TTLCache(maxsize=4096, ttl=SIBLING_SCOPE_SECONDS)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery prefetch tasks run in, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int) -> None:
+        """Warm [start, end) in the background; cancelled with `owner`'s read-ahead if given."""
+        if self._nursery is None or end <= start or self.cache.cached(obj, start, end):
+            return
+        scope = trio.CancelScope()
+        if owner is not None:
+            owner.readahead.add(scope)
+        self._nursery.start_soon(self._warm, owner, scope, obj, start, end)
+
+    async def _warm(self, owner: ReadState | None, scope: trio.CancelScope, obj: ObjectRef,
+                    start: int, end: int) -> None:
+        with scope:
+            await self.cache.warm(obj, start, end)
+        if owner is not None:
+            owner.readahead.discard(scope)
+
+    # --- events from fs.py ------------------------------------------------------
+
+    def opened(self, node: FileNode) -> ReadState:
+        """A track was opened: warm its tag regions, and its album's on the folder's first open."""
+        obj = object_of(node.track)
+        for start, end in tag_regions(node.track):
+            self._spawn(None, obj, start, end)
+        if node.parent not in self._warmed_folders:
+            self._warmed_folders[node.parent] = True
+            tree = self._tree_of()
+            if node.parent in tree.nodes:
+                for sibling in tree.siblings(node)[:SIBLINGS_MAX]:
+                    if sibling.inode != node.inode:
+                        sibling_obj = object_of(sibling.track)
+                        for start, end in tag_regions(sibling.track):
+                            self._spawn(None, sibling_obj, start, end)
+        return ReadState(node)
+
+    def read(self, state: ReadState, offset: int, size: int) -> None:
+        """A read was served or is being served: extend or restart read-ahead."""
+        track_size = state.node.track.size
+        if offset != state.next_offset:
+            # A seek (or the first read): forget the old read-ahead, start small here.
+            state.cancel_readahead()
+            state.window = READAHEAD_START
+            state.warmed_until = offset + size
+        else:
+            state.window = min(state.window * 2, READAHEAD_MAX)
+        state.next_offset = offset + size
+        target = min(track_size, offset + size + state.window)
+        obj = object_of(state.node.track)
+        while state.warmed_until < target:
+            piece_end = min(target, state.warmed_until + READAHEAD_PIECE)
+            self._spawn(state, obj, state.warmed_until, piece_end)
+            state.warmed_until = piece_end
+        if not state.next_track_warmed and offset + size >= track_size * NEXT_TRACK_AT:
+            state.next_track_warmed = True
+            self._warm_next_track(state.node)
+
+    def _warm_next_track(self, node: FileNode) -> None:
+        tree = self._tree_of()
+        if node.parent not in tree.nodes:
+            return
+        siblings = tree.siblings(node)
+        names = [sibling.name for sibling in siblings]
+        try:
+            position = names.index(node.name)
+        except ValueError:
+            return
+        if position + 1 < len(siblings):
+            following = siblings[position + 1].track
+            end = min(following.size, max(NEXT_TRACK_BYTES, following.info.head_size + HEAD_SLACK))
+            self._spawn(None, object_of(following), 0, end)
+            tail_start, tail_end = tag_regions(following)[-1]
+            self._spawn(None, object_of(following), max(tail_start, end), tail_end)
+
+    def released(self, state: ReadState) -> None:
+        state.cancel_readahead()

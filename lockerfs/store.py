@@ -1,0 +1,300 @@
+"""The bucket: one small interface over an S3-compatible store, with typed errors.
+
+Everything else in lockerfs sees keys relative to the locker prefix and the
+errors below, never botocore. What is temporary (retry) and what is permanent
+(tell the user) is decided here, once: botocore retries transient failures
+with backoff according to the `RetryPolicy`; what still fails is mapped to a
+`StoreError` subclass whose message is one sentence a user can act on.
+
+Implementations: `S3Store` (boto3) and `MemoryStore` (unit tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import boto3
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """A request to the bucket failed for good; str() is a sentence for the user."""
+
+
+class NotFound(StoreError):
+    """The key does not exist."""
+
+
+class BucketMissing(StoreError):
+    """The bucket does not exist."""
+
+
+class AccessDenied(StoreError):
+    """Credentials are missing, wrong, or not allowed to do this."""
+
+
+class Unreachable(StoreError):
+    """The endpoint could not be reached or did not answer in time (after retries)."""
+
+
+class ServerError(StoreError):
+    """The server kept failing (5xx) after retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str  # relative to the locker prefix
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard one request tries before it is reported as failed.
+
+    Uploads can afford patience; the mount must answer a player within
+    seconds, so it uses short timeouts and few attempts.
+    """
+
+    max_attempts: int
+    connect_timeout: float
+    read_timeout: float
+
+
+UPLOAD_RETRIES = RetryPolicy(max_attempts=10, connect_timeout=5, read_timeout=60)
+MOUNT_RETRIES = RetryPolicy(max_attempts=3, connect_timeout=2, read_timeout=4)
+
+
+class Store(Protocol):
+    """The operations lockerfs needs from a bucket. Keys are relative to the locker."""
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object; shorter only at the object's end."""
+
+    def get(self, key: str) -> bytes: ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None: ...
+
+    def head(self, key: str) -> int | None:
+        """The object's size, or None if it does not exist."""
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def check(self) -> None:
+        """Fail with a clear StoreError if the bucket cannot be used at all."""
+
+
+def parse_locker_url(url: str) -> tuple[str, str]:
+    """`s3://BUCKET[/PREFIX]` -> (bucket, prefix without slashes at either end)."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"a locker is s3://BUCKET[/PREFIX], not {url!r}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket name in {url!r}")
+    return bucket, prefix.strip("/")
+
+
+class S3Store:
+    """A locker in an S3-compatible bucket, through boto3.
+
+    One client per store; botocore clients are thread-safe, so worker threads
+    share it, and its connection pool is sized to the caller's parallelism.
+    """
+
+    def __init__(self, url: str, endpoint_url: str | None = None,
+                 retries: RetryPolicy = UPLOAD_RETRIES, pool_size: int = 10) -> None:
+        self.url = url
+        self.bucket, self.prefix = parse_locker_url(url)
+        config = Config(
+            retries={"mode": "standard", "max_attempts": retries.max_attempts},
+            connect_timeout=retries.connect_timeout,
+            read_timeout=retries.read_timeout,
+            max_pool_connections=pool_size,
+            tcp_keepalive=True,
+            # Many S3-compatible servers answer ranged GETs with the checksum of
+            # the whole object; validating it would fail every range read.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = boto3.session.Session()
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024,
+                                        multipart_chunksize=16 * 1024 * 1024,
+                                        max_concurrency=4, use_threads=True)
+        self.endpoint = self._client.meta.endpoint_url
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        with self._errors(key):
+            response = self._client.get_object(Bucket=self.bucket, Key=self._full(key),
+                                               Range=f"bytes={start}-{end - 1}")
+            return response["Body"].read()
+
+    def get(self, key: str) -> bytes:
+        with self._errors(key):
+            return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._errors(key):
+            self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        with self._errors(key):
+            self._client.upload_file(str(path), self.bucket, self._full(key),
+                                     Config=self._transfer, Callback=progress)
+
+    def head(self, key: str) -> int | None:
+        try:
+            with self._errors(key):
+                return self._client.head_object(Bucket=self.bucket, Key=self._full(key))["ContentLength"]
+        except NotFound:
+            return None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(self._relative(item["Key"]), item["Size"], item["LastModified"])
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    def check(self) -> None:
+        with self._errors(""):
+            self._client.head_bucket(Bucket=self.bucket)
+
+    def _errors(self, key: str) -> _ErrorMapper:
+        return _ErrorMapper(self, key)
+
+
+class _ErrorMapper:
+    """Turns botocore's exceptions into StoreErrors with one clear sentence each."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self.store = store
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, StoreError):
+            return False
+        mapped = self._map(exc)
+        if mapped is None:
+            return False
+        raise mapped from exc
+
+    def _map(self, exc: BaseException) -> StoreError | None:
+        where = f"s3://{self.store.bucket}"
+        endpoint = self.store.endpoint
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return AccessDenied("no S3 credentials found: set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or ~/.aws/credentials")
+        if isinstance(exc, (botocore.exceptions.EndpointConnectionError,
+                            botocore.exceptions.ConnectTimeoutError)):
+            return Unreachable(f"cannot connect to the S3 endpoint {endpoint}")
+        if isinstance(exc, (botocore.exceptions.ReadTimeoutError,
+                            botocore.exceptions.ConnectionClosedError,
+                            botocore.exceptions.ResponseStreamingError,
+                            botocore.exceptions.IncompleteReadError)):
+            return Unreachable(f"the S3 endpoint {endpoint} stopped answering ({type(exc).__name__})")
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code == "NoSuchBucket" or (status == 404 and not self.key):
+                return BucketMissing(f"the bucket {where} does not exist at {endpoint}")
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return NotFound(f"{where}/{self.store._full(self.key)} does not exist")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+                        "403", "Forbidden", "InvalidToken", "ExpiredToken") or status in (401, 403):
+                return AccessDenied(f"the S3 server at {endpoint} refused our credentials "
+                                    f"for {where} ({code or status})")
+            if status >= 500:
+                return ServerError(f"the S3 server at {endpoint} keeps failing ({code or status})")
+            return StoreError(f"the S3 server at {endpoint} refused a request on {where} ({code or status})")
+        if isinstance(exc, botocore.exceptions.BotoCoreError):
+            return StoreError(f"S3 request failed: {exc}")
+        return None
+
+
+class MemoryStore:
+    """An in-memory bucket for unit tests; behaves like S3Store, including errors."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, datetime]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _record(self, op: str, key: str) -> None:
+        with self._lock:
+            self.requests.append((op, key))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        self._record("GET", key)
+        return self._data(key)[start:end]
+
+    def get(self, key: str) -> bytes:
+        self._record("GET", key)
+        return self._data(key)
+
+    def _data(self, key: str) -> bytes:
+        try:
+            return self.objects[key][0]
+        except KeyError:
+            raise NotFound(f"{key} does not exist") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._record("PUT", key)
+        with self._lock:
+            self.objects[key] = (bytes(data), datetime.now(timezone.utc))
+
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        data = path.read_bytes()
+        self.put_bytes(key, data)
+        if progress:
+            progress(len(data))
+
+    def head(self, key: str) -> int | None:
+        self._record("HEAD", key)
+        entry = self.objects.get(key)
+        return len(entry[0]) if entry else None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._record("LIST", prefix)
+        with self._lock:
+            items = sorted((k, v) for k, v in self.objects.items() if k.startswith(prefix))
+        for key, (data, modified) in items:
+            yield ObjectInfo(key, len(data), modified)
+
+    def delete(self, key: str) -> None:
+        self._record("DELETE", key)
+        with self._lock:
+            self.objects.pop(key, None)
+
+    def check(self) -> None:
+        return None

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything lockerfs needs on a fresh Debian machine: system packages
+# (when missing), a virtual environment in .venv with lockerfs and its test
+# extras, and the mount(8) helper for `mount -t fuse.lockerfs` and fstab.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+pkg-config --exists fuse3 2>/dev/null || need_apt+=(libfuse3-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)   # M4A test files, and the benchmark's real player
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]}" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import lockerfs, pyfuse3, pytest_timeout, soundfile" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[test]'
+    touch .venv/.installed
+fi
+
+# mount(8) looks for /sbin/mount.fuse.lockerfs; link ours there when we may.
+if [ "$(id -u)" -eq 0 ] && [ -d /usr/sbin ]; then
+    ln -sf "$PWD/.venv/bin/mount.fuse.lockerfs" /usr/sbin/mount.fuse.lockerfs
+fi
