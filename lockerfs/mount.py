@@ -160,20 +160,24 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     """Mount and serve until unmounted; `report` gets "ready" or the reason we could not mount."""
     cache_dir = options.cache_dir or config.default_cache_dir() / config.locker_id(options.locker, options.endpoint_url)
     _setup_logging(options, cache_dir)
+    # Anything that looks at the mount point must happen before it is mounted:
+    # until pyfuse3.main runs, nobody answers the kernel, and we would hang.
+    registry = _registry(options.mountpoint)
     try:
         mounted = _prepare(options, cache_dir)
     except (MountError, StoreError, catalog.FormatError, CacheInUse, UnsafeCacheDir, ValueError) as exc:
         log.error("cannot mount: %s", exc)
         report(str(exc))
         return 1
-    _register(options.mountpoint)
+    registry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    registry.write_text(f"{os.getpid()}\n")
     report("ready")
     try:
         trio.run(mounted.serve)
     finally:
         pyfuse3.close(unmount=True)
         mounted.close()
-        _unregister(options.mountpoint)
+        registry.unlink(missing_ok=True)
     return 0
 
 
@@ -274,7 +278,7 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
         catalog_copy = cache_dir / f"catalog-{config.locker_id(options.locker, store.endpoint)}.json.gz"
         reader = _load_catalog(store, catalog_copy)
         mounted = Mounted(options, store, cache, reader, catalog_copy)
-        mount_options = {"fsname=lockerfs", "subtype=lockerfs", "ro", "default_permissions", "noatime"}
+        mount_options = {f"fsname={options.locker}", "subtype=lockerfs", "ro", "default_permissions", "noatime"}
         if options.allow_other:
             mount_options.add("allow_other")
         if options.debug:
@@ -310,16 +314,6 @@ def _load_catalog(store: S3Store, copy: Path) -> CatalogReader:
 def _registry(mountpoint: Path) -> Path:
     name = config.locker_id(str(mountpoint.resolve()), None)
     return platformdirs.user_runtime_path("lockerfs") / f"mount-{name}.pid"
-
-
-def _register(mountpoint: Path) -> None:
-    path = _registry(mountpoint)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(f"{os.getpid()}\n")
-
-
-def _unregister(mountpoint: Path) -> None:
-    _registry(mountpoint).unlink(missing_ok=True)
 
 
 def run_umount(args: argparse.Namespace) -> int:

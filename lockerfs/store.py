@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -120,7 +121,7 @@ class S3Store:
         self.url = url
         self.bucket, self.prefix = parse_locker_url(url)
         config = Config(
-            retries={"mode": "standard", "max_attempts": retries.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": retries.max_attempts},
             connect_timeout=retries.connect_timeout,
             read_timeout=retries.read_timeout,
             max_pool_connections=pool_size,
@@ -132,6 +133,10 @@ class S3Store:
         )
         session = boto3.session.Session()
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        # check() answers "can we use this bucket at all" quickly, whatever the retry policy.
+        self._probe = session.client("s3", endpoint_url=endpoint_url, config=config.merge(Config(
+            retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=3, read_timeout=10)))
+        self._body_attempts = retries.max_attempts
         self._transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024,
                                         multipart_chunksize=16 * 1024 * 1024,
                                         max_concurrency=4, use_threads=True)
@@ -146,14 +151,28 @@ class S3Store:
     def get_range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
-        with self._errors(key):
-            response = self._client.get_object(Bucket=self.bucket, Key=self._full(key),
-                                               Range=f"bytes={start}-{end - 1}")
-            return response["Body"].read()
+        return self._get_body(key, Range=f"bytes={start}-{end - 1}")
 
     def get(self, key: str) -> bytes:
-        with self._errors(key):
-            return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        return self._get_body(key)
+
+    def _get_body(self, key: str, **extra: str) -> bytes:
+        """GET and read the body, retrying a body cut off mid-way.
+
+        botocore retries failed requests, but not a body that breaks while
+        we read it (reset, short read): that retry is ours.
+        """
+        for attempt in range(1, self._body_attempts + 1):
+            with self._errors(key):
+                response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **extra)
+                try:
+                    return response["Body"].read()
+                except _BODY_ERRORS as exc:
+                    if attempt == self._body_attempts:
+                        raise
+                    log.debug("body of %s broke (%s); retrying", key, type(exc).__name__)
+                    time.sleep(min(2.0, 0.1 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):
@@ -184,10 +203,14 @@ class S3Store:
 
     def check(self) -> None:
         with self._errors(""):
-            self._client.head_bucket(Bucket=self.bucket)
+            self._probe.head_bucket(Bucket=self.bucket)
 
     def _errors(self, key: str) -> _ErrorMapper:
         return _ErrorMapper(self, key)
+
+
+_BODY_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
+                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
 
 
 class _ErrorMapper:

@@ -91,7 +91,12 @@ class S3Server:
         self.start()
 
     def make_bucket(self, name: str) -> None:
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        """Create a bucket through the API: rclone caches its root listing, so a
+        folder made behind its back may stay invisible for minutes."""
+        if self.process is None:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        else:
+            self.client().create_bucket(Bucket=name)
 
     def client(self, endpoint: str | None = None):
         """A plain boto3 client for checking what the server holds."""

@@ -1,0 +1,159 @@
+"""What a music player does to a mount, one measurement per run, for scripts/bench.
+
+Each measurement runs in its own process (`python bench_steps.py STEP JSON-ARGS`,
+JSON result on stdout) so that the benchmark can time it out and kill it
+without hanging on a stuck FUSE request, and so that no measurement shares a
+Python interpreter with the benchmark itself. Times are taken inside the
+process: interpreter start-up is never counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+BLOCK = 64 * 1024
+SEQ_BLOCK = 1024 * 1024
+STALL_S = 0.100
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def discover(root: str) -> dict[str, Any]:
+    """Every file under the mount with its size: how the benchmark finds the
+    same track in each system's tree (paths differ, sizes do not)."""
+    files = []
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            files.append([os.path.relpath(path, root), os.stat(path).st_size])
+    return {"files": files}
+
+
+def find(root: str) -> dict[str, Any]:
+    """`find` over the whole mount, as a file manager's or indexer's walk."""
+    start = time.perf_counter()
+    done = subprocess.run(["find", root], capture_output=True, check=True)
+    return {"seconds": time.perf_counter() - start, "entries": done.stdout.count(b"\n")}
+
+
+def first_byte(paths: list[str]) -> dict[str, Any]:
+    """Open each track and read its first 64 KiB: what starting playback costs."""
+    times = []
+    for path in paths:
+        start = time.perf_counter()
+        with open(path, "rb", buffering=0) as track:
+            track.read(BLOCK)
+        times.append(time.perf_counter() - start)
+    return {"ms": [_ms(t) for t in times], "median_ms": _ms(statistics.median(times))}
+
+
+def scan(root: str) -> dict[str, Any]:
+    """A player's library import: walk the tree and read every file's tags with mutagen."""
+    import mutagen  # imported here: other steps do not pay for it
+
+    start = time.perf_counter()
+    files = errors = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            files += 1
+            try:
+                if mutagen.File(os.path.join(folder, name)) is None:
+                    errors += 1
+            except Exception:  # a player skips a file it cannot read; so do we, counting it
+                errors += 1
+    return {"seconds": time.perf_counter() - start, "files": files, "unreadable": errors}
+
+
+def sequential(path: str) -> dict[str, Any]:
+    """Read a whole file front to back in 1 MiB reads (like cp or a media server's copy)."""
+    total = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as big:
+        while chunk := big.read(SEQ_BLOCK):
+            total += len(chunk)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "bytes": total, "mb_per_s": total / 1e6 / seconds}
+
+
+def seek(path: str, count: int, seed: int) -> dict[str, Any]:
+    """64 KiB reads at random offsets: a listener scrubbing through a long track."""
+    size = os.stat(path).st_size
+    offsets = random.Random(seed).sample(range(0, size - BLOCK, 4096), count)
+    times = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in offsets:
+            start = time.perf_counter()
+            os.pread(fd, BLOCK, offset)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+    return {"ms": [_ms(t) for t in times], "median_ms": _ms(statistics.median(times)),
+            "max_ms": _ms(max(times))}
+
+
+def ffmpeg(paths: list[str]) -> dict[str, Any]:
+    """A real decoder reading each track from the mount as fast as it can."""
+    times = []
+    for path in paths:
+        start = time.perf_counter()
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-f", "null", "-"],
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return {"seconds": [round(t, 3) for t in times], "median_s": statistics.median(times)}
+
+
+def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str, Any]:
+    """Play consecutive tracks: 64 KiB reads paced at each track's byte rate.
+
+    `tracks` holds [path, bytes per second]. The first `seconds` of each track
+    are played (0: the whole track), `speed` times faster than real time. A
+    read is due when the previous one's audio would have been consumed; one
+    that takes over 100 ms is a stall. The very first read is start-up, not a
+    stall; opening the next track is counted, since a gapless player needs it
+    on time.
+    """
+    reads: list[float] = []
+    for path, byte_rate in tracks:
+        limit = byte_rate * seconds if seconds else float("inf")
+        with open(path, "rb", buffering=0) as track:
+            start = time.perf_counter()
+            played = 0
+            while played < limit:
+                due = start + played / byte_rate / speed
+                time.sleep(max(0.0, due - time.perf_counter()))
+                began = time.perf_counter()
+                chunk = track.read(BLOCK)
+                reads.append(time.perf_counter() - began)
+                if not chunk:
+                    break
+                played += len(chunk)
+    waits = reads[1:]
+    return {"startup_ms": _ms(reads[0]), "reads": len(reads),
+            "stalls": sum(wait > STALL_S for wait in waits),
+            "max_wait_ms": _ms(max(waits, default=0.0))}
+
+
+STEPS: dict[str, Callable[..., dict[str, Any]]] = {
+    "discover": discover, "find": find, "first_byte": first_byte, "scan": scan,
+    "sequential": sequential, "seek": seek, "ffmpeg": ffmpeg, "playback": playback,
+}
+
+
+def main() -> None:
+    step, arguments = sys.argv[1], json.loads(sys.argv[2])
+    json.dump(STEPS[step](**arguments), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

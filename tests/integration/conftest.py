@@ -1,0 +1,67 @@
+"""Fixtures for integration tests: a real S3 server on 127.0.0.1, a counting proxy, a library."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3server import S3Server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from synth_library import SynthTrack, synthesize_library  # noqa: E402
+
+pytestmark = pytest.mark.integration
+_bucket_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One server for the session; each test gets its own bucket."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> str:
+    name = f"test{next(_bucket_numbers)}"
+    s3_server.make_bucket(name)
+    return name
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A proxy in front of the server that counts (and can fail) requests."""
+    with FaultProxy(s3_server.port) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def env(s3_server: S3Server, proxy: FaultProxy, tmp_path: Path) -> dict[str, str]:
+    """Environment for lockerfs processes: credentials, endpoint through the proxy, private XDG dirs."""
+    environment = s3_server.env(proxy.endpoint)
+    for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+        folder = tmp_path / name.lower()
+        folder.mkdir(mode=0o700)
+        environment[name] = str(folder)
+    return environment
+
+
+@pytest.fixture
+def locker(bucket: str) -> str:
+    return f"s3://{bucket}/music"
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthTrack]]:
+    """The small synthesized library (every format, multi-disc, compilation, missing tags)."""
+    root = tmp_path_factory.mktemp("library")
+    return root, synthesize_library(root, profile="small")

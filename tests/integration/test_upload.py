@@ -1,0 +1,148 @@
+"""`lockerfs upload` against a real S3 server: byte-exact, matched, concurrent, crash-safe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.faultproxy import FaultProxy
+from tests.support.mounting import LOCKERFS, lockerfs, wait_until
+from tests.support.s3server import S3Server
+
+from synth_library import synthesize_library, write_track
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def catalog_records(locker: str, env: dict[str, str]) -> list[dict]:
+    output = lockerfs("ls", "--json", locker, env=env).stdout
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def assert_consistent(locker: str, env: dict[str, str], server: S3Server, bucket: str) -> list[dict]:
+    """Every record's object exists and has the record's bytes; no track twice."""
+    records = catalog_records(locker, env)
+    client = server.client()
+    prefix = locker.split("/", 3)[3]
+    for record in records:
+        body = client.get_object(Bucket=bucket, Key=f"{prefix}/{record['key']}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == record["sha256"]
+        assert len(body) == record["size"]
+    shas = [r["sha256"] for r in records]
+    assert len(shas) == len(set(shas)), "a track appears twice"
+    return records
+
+
+def test_upload_stores_every_audio_file_byte_exact(library, locker, env, s3_server, bucket) -> None:
+    root, tracks = library
+    (root / "notes.txt").write_text("not music")
+    result = lockerfs("upload", str(root), locker, env=env)
+    assert f"uploaded {len(tracks)} " in result.stdout
+    assert "1 not audio (.txt)" in result.stdout
+    records = assert_consistent(locker, env, s3_server, bucket)
+    assert {r["sha256"] for r in records} == {sha256_file(t.path) for t in tracks}
+
+
+def test_second_upload_sends_no_audio(library, locker, env, proxy: FaultProxy) -> None:
+    root, tracks = library
+    lockerfs("upload", str(root), locker, env=env)
+    assert proxy.count("PUT", "/objects/") == len(tracks)
+    proxy.reset_counts()
+    again = lockerfs("upload", str(root), locker, env=env)
+    assert f"unchanged {len(tracks)}" in again.stdout
+    assert proxy.count("PUT", "/objects/") == 0
+    assert proxy.count("PUT") == 0, "nothing new: not even a journal file"
+    # Without the local state, files are hashed again and matched by content.
+    shutil.rmtree(Path(env["XDG_STATE_HOME"]) / "lockerfs")
+    proxy.reset_counts()
+    matched = lockerfs("upload", str(root), locker, env=env)
+    assert f"matched {len(tracks)}" in matched.stdout
+    assert proxy.count("PUT", "/objects/") == 0
+
+
+def test_two_concurrent_uploads_both_complete(tmp_path, locker, env, s3_server, bucket) -> None:
+    first = synthesize_library(tmp_path / "one", profile="small", seed=11)
+    second = synthesize_library(tmp_path / "two", profile="small", seed=22)
+    runs = [subprocess.Popen([LOCKERFS, "upload", str(tmp_path / name), locker], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for name in ("one", "two")]
+    for run in runs:
+        assert run.wait(300) == 0, run.stdout.read()
+    records = assert_consistent(locker, env, s3_server, bucket)
+    assert {r["sha256"] for r in records} == {sha256_file(t.path) for t in first + second}
+
+
+def _bulky_library(folder: Path, count: int) -> list[Path]:
+    """Tracks big enough that an upload takes a while to kill part-way."""
+    return [write_track(folder / f"{n:02d}.flac", "flac", seconds=6, noise=True, seed=n,
+                        tags={"artist": "Bulk", "album": "Heavy", "title": f"Song {n}", "track": n + 1}).path
+            for n in range(count)]
+
+
+def test_upload_killed_then_rerun_is_complete(tmp_path, locker, env, proxy: FaultProxy, s3_server, bucket) -> None:
+    files = _bulky_library(tmp_path / "bulk", 12)
+    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "2", str(tmp_path / "bulk"), locker], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 4, timeout=120)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    partial = {r["sha256"] for r in catalog_records(locker, env)}
+    assert len(partial) < len(files), "the kill came too late to test anything"
+    lockerfs("upload", str(tmp_path / "bulk"), locker, env=env)
+    records = assert_consistent(locker, env, s3_server, bucket)
+    assert {r["sha256"] for r in records} == {sha256_file(p) for p in files}
+
+
+def test_interrupt_stops_cleanly_and_rerun_finishes(tmp_path, locker, env, proxy: FaultProxy, s3_server, bucket) -> None:
+    files = _bulky_library(tmp_path / "bulk", 10)
+    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(tmp_path / "bulk"), locker], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 2, timeout=120)
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, output
+    assert "interrupted" in output
+    lockerfs("upload", str(tmp_path / "bulk"), locker, env=env)
+    records = assert_consistent(locker, env, s3_server, bucket)
+    assert {r["sha256"] for r in records} == {sha256_file(p) for p in files}
+
+
+def test_compact_during_upload_loses_nothing(tmp_path, locker, env, s3_server, bucket) -> None:
+    tracks = synthesize_library(tmp_path / "lib", profile="small", seed=5)
+    lockerfs("upload", str(_bulky_library(tmp_path / "first", 2)[0].parent), locker, env=env)
+    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(tmp_path / "lib"), locker], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    compactions = 0
+    while run.poll() is None or compactions < 2:
+        lockerfs("compact", "--grace", "0", locker, env=env)
+        compactions += 1
+        time.sleep(0.2)
+    assert run.returncode == 0
+    lockerfs("compact", "--grace", "0", locker, env=env)
+    records = assert_consistent(locker, env, s3_server, bucket)
+    assert {sha256_file(t.path) for t in tracks} <= {r["sha256"] for r in records}
+    assert len(records) == len(tracks) + 2
+
+
+def test_clear_errors_without_traceback(tmp_path, library, env, s3_server) -> None:
+    root, _ = library
+    missing_bucket = lockerfs("upload", str(root), "s3://no-such-bucket/x", env=env, check=False)
+    assert missing_bucket.returncode != 0
+    assert "does not exist" in missing_bucket.stderr and "Traceback" not in missing_bucket.stderr
+    wrong_keys = dict(env, AWS_SECRET_ACCESS_KEY="wrong-secret-value")
+    denied = lockerfs("upload", str(root), "s3://any/x", env=wrong_keys, check=False)
+    assert "refused our credentials" in denied.stderr and "Traceback" not in denied.stderr
+    unreachable = dict(env, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    down = lockerfs("upload", str(root), "s3://any/x", env=unreachable, check=False, timeout=120)
+    assert "cannot connect" in down.stderr and "Traceback" not in down.stderr
+    bad_url = lockerfs("upload", str(root), "bucket-without-scheme", env=env, check=False)
+    assert "s3://BUCKET" in bad_url.stderr
