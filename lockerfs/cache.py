@@ -734,7 +734,10 @@ def _take_lock(directory: Path) -> int:
                              f"process (pid {holder}); unmount that first, or give this mount "
                              f"its own cache directory") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds without the pid, which only helps messages
+            pass
     except BaseException:
         os.close(fd)
         raise

@@ -37,6 +37,11 @@ def default_cache_dir() -> Path:
     return platformdirs.user_cache_path("lockerfs")
 
 
+def state_dir() -> Path:
+    """$XDG_STATE_HOME/lockerfs (~/.local/state/lockerfs)."""
+    return platformdirs.user_state_path("lockerfs")
+
+
 def upload_state_path() -> Path:
-    """$XDG_STATE_HOME/lockerfs/uploads.sqlite: what `upload` has already sent, per locker."""
-    return platformdirs.user_state_path("lockerfs") / "uploads.sqlite"
+    """What `upload` has already sent, per locker."""
+    return state_dir() / "uploads.sqlite"

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
 import pyfuse3
 import trio
 
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 FOREGROUND_SLOTS = 8
 BACKGROUND_SLOTS = 8
-MEMORY_CACHE = 128 * 1024 * 1024
 
 
 class MountError(Exception):
@@ -55,6 +53,7 @@ class MountOptions:
     endpoint_url: str | None
     cache_dir: Path | None
     cache_size: int
+    memory_cache: int
     template: str
     refresh: float
     allow_other: bool
@@ -67,7 +66,8 @@ class MountOptions:
             raise MountError("--refresh must be a positive number of seconds")
         layout.parse_template(args.layout)  # fail before mounting, with the template's error
         return cls(args.locker, Path(args.mountpoint).absolute(), args.endpoint_url,
-                   args.cache_dir, config.parse_size(args.cache_size), args.layout,
+                   args.cache_dir, config.parse_size(args.cache_size),
+                   config.parse_size(args.memory_cache), args.layout,
                    args.refresh, args.allow_other, args.foreground, args.debug)
 
 
@@ -78,6 +78,8 @@ def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Calla
                        help="block and catalog cache (default: ~/.cache/lockerfs/<locker>)")
     mount.add_argument("--cache-size", default="10G", metavar="SIZE",
                        help="disk cache bound, e.g. 500M or 20G (default 10G)")
+    mount.add_argument("--memory-cache", default="128M", metavar="SIZE",
+                       help="memory cache bound, e.g. 32M on a small machine (default 128M)")
     mount.add_argument("--layout", default=layout.DEFAULT_TEMPLATE, metavar="TEMPLATE",
                        help=f"folder and file names (default {layout.DEFAULT_TEMPLATE!r})")
     mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
@@ -169,6 +171,11 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         log.error("cannot mount: %s", exc)
         report(str(exc))
         return 1
+    except OSError as exc:  # the cache dir or the mount point: one sentence, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        log.error("cannot mount: %s%s", exc.strerror or exc, where)
+        report(f"cannot mount: {exc.strerror or exc}{where}")
+        return 1
     registry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     registry.write_text(f"{os.getpid()}\n")
     report("ready")
@@ -238,11 +245,18 @@ class Mounted:
                     log.warning("catalog refresh failed, showing what we have: %s", exc)
                 offline = True
                 continue
+            except catalog.FormatError as exc:
+                # Someone else's bad (or newer) file must not end this mount.
+                log.warning("catalog refresh: %s; showing what we have", exc)
+                continue
             if offline:
                 log.info("the locker is reachable again")
                 offline = False
             if changed:
-                await self._apply_catalog()
+                try:
+                    await self._apply_catalog()
+                except Exception:  # a bug here must cost a refresh, not the mount
+                    log.exception("applying the refreshed catalog failed; showing the previous one")
 
     async def _apply_catalog(self) -> None:
         tracks = self.reader.tracks()
@@ -253,10 +267,19 @@ class Mounted:
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         for inode in changes.dirs:
             await trio.to_thread.run_sync(_invalidate_inode, inode)
-        await trio.to_thread.run_sync(self.reader.save, self.catalog_copy)
+        await trio.to_thread.run_sync(_save_copy, self.reader, self.catalog_copy)
 
     def close(self) -> None:
         self.cache.close()
+
+
+def _save_copy(reader: CatalogReader, copy: Path) -> None:
+    """Keep the local catalog copy; a full or read-only disk costs offline mounting, not this one."""
+    try:
+        reader.save(copy)
+    except OSError as exc:
+        log.warning("cannot save the catalog copy %s (%s); mounting offline may show less",
+                    copy, exc.strerror or exc)
 
 
 def _invalidate_inode(inode: int) -> None:
@@ -271,7 +294,7 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     """Everything that can fail before the kernel sees the mount."""
     store = S3Store(options.locker, options.endpoint_url, MOUNT_RETRIES,
                     pool_size=FOREGROUND_SLOTS + BACKGROUND_SLOTS + 4)
-    cache = BlockCache(store, cache_dir, disk_limit=options.cache_size, memory_limit=MEMORY_CACHE,
+    cache = BlockCache(store, cache_dir, disk_limit=options.cache_size, memory_limit=options.memory_cache,
                        foreground_slots=FOREGROUND_SLOTS, background_slots=BACKGROUND_SLOTS)
     cache.open()
     try:
@@ -305,7 +328,7 @@ def _load_catalog(store: S3Store, copy: Path) -> CatalogReader:
     except NotFound:
         raise MountError(f"{store.url} is not a lockerfs locker (no locker.json): "
                          "`lockerfs upload` creates one") from None
-    reader.save(copy)
+    _save_copy(reader, copy)
     return reader
 
 
@@ -313,7 +336,7 @@ def _load_catalog(store: S3Store, copy: Path) -> CatalogReader:
 
 def _registry(mountpoint: Path) -> Path:
     name = config.locker_id(str(mountpoint.resolve()), None)
-    return platformdirs.user_runtime_path("lockerfs") / f"mount-{name}.pid"
+    return config.state_dir() / "mounts" / f"{name}.pid"
 
 
 def run_umount(args: argparse.Namespace) -> int:

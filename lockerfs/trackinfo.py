@@ -17,7 +17,7 @@ class TrackInfo:
     TrackInfo (all None) and is named from its path by the layout.
     """
 
-    format: str  # container: flac, mp3, ogg, opus, m4a, wav, aiff; "" if unknown
+    format: str  # container: flac, mp3, ogg, opus, m4a, aac (raw ADTS), wav, aiff; "" if unknown
     codec: str  # flac, mp3, vorbis, opus, aac, alac, pcm; "" if unknown
     artist: str | None = None
     albumartist: str | None = None

@@ -50,8 +50,10 @@ def main() -> int:
             run([LOCKERFS, "stats", locker], env)
             run([LOCKERFS, "mount", "--cache-dir", str(work / "cache"), locker, str(mountpoint)], env)
             try:
-                subprocess.run(["find", str(mountpoint), "-mindepth", "1"], check=True,
-                               stdout=sys.stdout)
+                print(f"$ cd {mountpoint} && find . -type f | sort", flush=True)
+                listing = subprocess.run(["find", ".", "-type", "f"], cwd=mountpoint, check=True,
+                                         capture_output=True, text=True).stdout
+                print("".join(sorted(listing.splitlines(keepends=True))), end="")
                 first = next(p for p in sorted(mountpoint.rglob("*")) if p.is_file())
                 digest = hashlib.sha256(first.read_bytes()).hexdigest()
                 print(f"read {first.relative_to(mountpoint)}: sha256 {digest[:16]}...")

@@ -23,8 +23,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import lockerfs, pyfuse3, pytest_timeout, soundfile" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
-    .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[test]'
+    .venv/bin/pip install -q --upgrade pip > .venv/install.log 2>&1
+    .venv/bin/pip install -q -e '.[test]' >> .venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
     touch .venv/.installed
 fi
 

@@ -87,11 +87,11 @@ def _bulky_library(folder: Path, count: int) -> list[Path]:
 
 
 def test_upload_killed_then_rerun_is_complete(tmp_path, locker, env, proxy: FaultProxy, s3_server, bucket) -> None:
-    files = _bulky_library(tmp_path / "bulk", 12)
-    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "2", str(tmp_path / "bulk"), locker], env=env,
+    files = _bulky_library(tmp_path / "bulk", 40)
+    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(tmp_path / "bulk"), locker], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 4, timeout=120)
+        assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 2, timeout=120, interval=0.01)
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
@@ -103,10 +103,10 @@ def test_upload_killed_then_rerun_is_complete(tmp_path, locker, env, proxy: Faul
 
 
 def test_interrupt_stops_cleanly_and_rerun_finishes(tmp_path, locker, env, proxy: FaultProxy, s3_server, bucket) -> None:
-    files = _bulky_library(tmp_path / "bulk", 10)
+    files = _bulky_library(tmp_path / "bulk", 30)
     run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(tmp_path / "bulk"), locker], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 2, timeout=120)
+    assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 2, timeout=120, interval=0.01)
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 130, output
