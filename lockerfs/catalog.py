@@ -29,10 +29,10 @@ import gzip
 import io
 import json
 import logging
-import math
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -131,20 +131,38 @@ _INFO_TYPES: dict[str, tuple[type, ...]] = {
 assert set(_INFO_TYPES) == {f.name for f in fields(TrackInfo)}, "keep _INFO_TYPES in step with TrackInfo"
 
 
-def _clean_value(name: str, value: Any, size: int) -> Any:
-    """One TrackInfo field from untrusted JSON: the right type and a sane range, else None."""
-    kinds = _INFO_TYPES[name]
-    if value is None or isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
-        return None
-    if isinstance(value, str):
-        return value[:MAX_TEXT].replace("\x00", "")
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if name in ("head_size", "tail_size"):
-        return value if 0 <= value <= size else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1e12:
-        return None
-    return value
+_SHARED_TEXT = frozenset({"format", "codec", "artist", "albumartist", "album", "date", "genre"})
+
+
+def _clean_info(raw: dict[str, Any], size: int) -> TrackInfo:
+    """TrackInfo from untrusted JSON: wrong types, absurd values and unknown keys are dropped.
+
+    One pass over the keys present, since this runs once per track on every
+    cold mount. Values repeated across tracks (artist, album, ...) are
+    interned so a large library holds each once.
+    """
+    clean: dict[str, Any] = {}
+    for name, value in raw.items():
+        kinds = _INFO_TYPES.get(name)
+        if kinds is None or value is None:
+            continue  # unknown keys may come from a newer minor writer: ignore them
+        kind = type(value)
+        if kind is str and kinds is _TEXT:
+            if len(value) > MAX_TEXT or "\x00" in value:
+                value = value[:MAX_TEXT].replace("\x00", "")
+            clean[name] = sys.intern(value) if name in _SHARED_TEXT else value
+        elif kind is bool:
+            if kinds is _FLAG:
+                clean[name] = value
+        elif (kind is int and kinds is not _TEXT and kinds is not _FLAG) or (kind is float and kinds is _REAL):
+            if 0 <= value < 1e12:
+                clean[name] = value
+    for region in ("head_size", "tail_size"):
+        if clean.get(region, 0) > size:
+            del clean[region]
+    clean.setdefault("format", "")
+    clean.setdefault("codec", "")
+    return TrackInfo(**clean)
 
 
 def track_from_dict(record: Any) -> Track:
@@ -157,26 +175,21 @@ def track_from_dict(record: Any) -> Track:
     ext = record.get("ext")
     if not isinstance(ext, str) or not _EXT_RE.match(ext):
         raise ValueError("bad ext")
-    if record.get("key") != object_key(sha, ext):
+    key = record.get("key")
+    if key != object_key(sha, ext):
         raise ValueError("object key does not match sha256 and ext")
     size = record.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_OBJECT_SIZE:
+    if type(size) is not int or not 0 <= size <= MAX_OBJECT_SIZE:
         raise ValueError("bad size")
     source = record.get("source")
     source = source[:4096].replace("\x00", "") if isinstance(source, str) else ""
     mtime = record.get("mtime")
-    if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not 0 <= mtime < 1e11:
+    if type(mtime) not in (int, float) or not 0 <= mtime < 1e11:
         mtime = 0.0
     raw_info = record.get("info")
-    raw_info = raw_info if isinstance(raw_info, dict) else {}
-    info = {name: _clean_value(name, raw_info.get(name), size) for name in _INFO_TYPES}
-    info["format"] = info["format"] or ""
-    info["codec"] = info["codec"] or ""
-    info["compilation"] = bool(info["compilation"])
-    info["head_size"] = info["head_size"] or 0
-    info["tail_size"] = info["tail_size"] or 0
-    return Track(sha256=sha, key=object_key(sha, ext), size=size, ext=ext, source=source,
-                 mtime=float(mtime), info=TrackInfo(**info))
+    info = _clean_info(raw_info if isinstance(raw_info, dict) else {}, size)
+    return Track(sha256=sha, key=key, size=size, ext=sys.intern(ext), source=source,
+                 mtime=float(mtime), info=info)
 
 
 def add_record(track: Track) -> dict[str, Any]:
