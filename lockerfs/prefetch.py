@@ -5,9 +5,10 @@ Three patterns matter for music, and each is warmed in the background
 behind prefetch):
 
 - A tag scan (a player importing a library) opens every track and reads its
-  head and tail. On open we warm both tag regions of the track together, and
-  the first open in a folder warms the tag regions of its siblings, so an
-  album costs about one round trip, not two per track.
+  head and tail. On open we warm both tag regions of the track together; when
+  a second track of the same folder is opened soon after the first (a scan,
+  not someone playing one song), the tag regions of all its siblings are
+  warmed at once, so an album costs about one round trip, not two per track.
 - Playback reads a track sequentially. Read-ahead starts small (a seek should
   not pull megabytes) and doubles with every sequential read up to a window
   that keeps the link busy; a seek cancels the old read-ahead and starts over
@@ -42,7 +43,8 @@ READAHEAD_MAX = 16 * 1024 * 1024
 READAHEAD_PIECE = 4 * 1024 * 1024  # one warm() call; cache splits it into requests
 NEXT_TRACK_AT = 0.5  # fraction of a track read sequentially before the next one is warmed
 NEXT_TRACK_BYTES = 1024 * 1024
-SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed on the first open
+SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed at once
+SCAN_WINDOW_SECONDS = 10.0  # two opens in one folder this close together look like a scan
 SIBLING_SCOPE_SECONDS = 300.0  # a folder is warmed at most once per this period
 
 
@@ -84,6 +86,7 @@ class Prefetcher:
         self.cache = cache
         self._tree_of = tree_of  # returns the current Tree (it is replaced on refresh)
         self._nursery: trio.Nursery | None = None
+        self._first_opened: TTLCache[int, int] = TTLCache(maxsize=4096, ttl=SCAN_WINDOW_SECONDS)
         self._warmed_folders: TTLCache[int, bool] = TTLCache(maxsize=4096, ttl=SIBLING_SCOPE_SECONDS)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,20 +115,24 @@ class Prefetcher:
     # --- events from fs.py ------------------------------------------------------
 
     def opened(self, node: FileNode) -> ReadState:
-        """A track was opened: warm its tag regions, and its album's on the folder's first open."""
+        """A track was opened: warm its tag regions, and its album's if this looks like a scan."""
         obj = object_of(node.track)
         for start, end in tag_regions(node.track):
             self._spawn(None, obj, start, end)
-        if node.parent not in self._warmed_folders:
+        if self._looks_like_scan(node):
             self._warmed_folders[node.parent] = True
-            tree = self._tree_of()
-            if node.parent in tree.nodes:
-                for sibling in tree.siblings(node)[:SIBLINGS_MAX]:
-                    if sibling.inode != node.inode:
-                        sibling_obj = object_of(sibling.track)
-                        for start, end in tag_regions(sibling.track):
-                            self._spawn(None, sibling_obj, start, end)
+            for sibling in self._tree_of().siblings(node)[:SIBLINGS_MAX]:
+                sibling_obj = object_of(sibling.track)
+                for start, end in tag_regions(sibling.track):
+                    self._spawn(None, sibling_obj, start, end)
         return ReadState(node)
+
+    def _looks_like_scan(self, node: FileNode) -> bool:
+        """True on the second distinct track opened in a folder within the scan window."""
+        if node.parent in self._warmed_folders or node.parent not in self._tree_of().nodes:
+            return False
+        first = self._first_opened.setdefault(node.parent, node.inode)
+        return first != node.inode
 
     def read(self, state: ReadState, offset: int, size: int) -> None:
         """A read was served or is being served: extend or restart read-ahead."""
