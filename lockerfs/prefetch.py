@@ -9,10 +9,10 @@ behind prefetch):
   a second track of the same folder is opened soon after the first (a scan,
   not someone playing one song), the tag regions of all its siblings are
   warmed at once, so an album costs about one round trip, not two per track.
-- Playback reads a track sequentially. Read-ahead starts small (a seek should
-  not pull megabytes) and doubles with every sequential read up to a window
-  that keeps the link busy; a seek cancels the old read-ahead and starts over
-  from the new position.
+- Playback reads a track sequentially. Read-ahead starts at the second
+  sequential read, small, and doubles with every sequential read up to a
+  window that keeps the link busy; a seek cancels the old read-ahead and
+  starts over from the new position, so random reads cost no extra bytes.
 - An album plays in order: once a track is well under way, the start of the
   next track in its folder is warmed so gapless playback never waits.
 
@@ -135,18 +135,23 @@ class Prefetcher:
         return first != node.inode
 
     def read(self, state: ReadState, offset: int, size: int) -> None:
-        """A read was served or is being served: extend or restart read-ahead."""
+        """A read is being served: extend read-ahead if reading is sequential, else drop it.
+
+        Read-ahead starts only at the second sequential read: a seek, or a tag
+        reader hopping between the two ends of a file, costs no extra bytes.
+        """
         track_size = state.node.track.size
-        if offset != state.next_offset:
-            # A seek (or the first read): forget the old read-ahead, start small here.
+        sequential = offset == state.next_offset
+        state.next_offset = offset + size
+        if not sequential:
             state.cancel_readahead()
             state.window = READAHEAD_START
             state.warmed_until = offset + size
-        else:
-            state.window = min(state.window * 2, READAHEAD_MAX)
-        state.next_offset = offset + size
+            return
         target = min(track_size, offset + size + state.window)
+        state.window = min(state.window * 2, READAHEAD_MAX)
         obj = object_of(state.node.track)
+        state.warmed_until = max(state.warmed_until, offset + size)
         while state.warmed_until < target:
             piece_end = min(target, state.warmed_until + READAHEAD_PIECE)
             self._spawn(state, obj, state.warmed_until, piece_end)
