@@ -135,8 +135,13 @@ class LockerOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        try:
+            reading = self.prefetcher.opened(node)
+        except Exception:  # prefetch is an optimisation: a bug there must not cost the open
+            log.exception("prefetch failed on opening %s", node.name)
+            reading = ReadState(node)
         handle = next(self._next_handle)
-        self._handles[handle] = OpenFile(node, self.prefetcher.opened(node))
+        self._handles[handle] = OpenFile(node, reading)
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -145,11 +150,14 @@ class LockerOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
             self.prefetcher.read(opened.reading, off, size)
+        except Exception:  # prefetch is an optimisation: a bug there must not cost the read
+            log.exception("prefetch failed reading %s at %d", opened.node.name, off)
+        try:
             return await self.cache.read(object_of(opened.node.track), off, size)
         except FetchError as exc:
             log.warning("read of %s at %d failed: %s", opened.node.name, off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:  # a bug must cost one read, not the whole mount
+        except Exception:  # a bug must cost one read, not the whole mount (pyfuse3 would end it)
             log.exception("unexpected error reading %s at %d", opened.node.name, off)
             raise pyfuse3.FUSEError(errno.EIO) from None
 

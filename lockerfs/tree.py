@@ -91,6 +91,7 @@ class Tree:
                     parent.subdirs += 1
                 parent = nodes[inode]  # type: ignore[assignment]
                 parent.mtime = max(parent.mtime, track.mtime)
+            parent.mtime = max(parent.mtime, track.mtime)  # also for files placed in the root
             key = (*path, track.sha256)
             inode = inodes[key] = self._inode_for(key)
             nodes[inode] = FileNode(inode, parent.inode, path[-1], track)
@@ -119,8 +120,9 @@ def _diff(old: Mapping[int, Node], new: Mapping[int, Node]) -> Changes:
     changes = Changes()
     for inode in set(old) | set(new):
         before, after = old.get(inode), new.get(inode)
-        if isinstance(after, DirNode) and (not isinstance(before, DirNode) or before.children != after.children):
-            changes.dirs.add(inode)
+        if isinstance(after, DirNode) and (not isinstance(before, DirNode) or before.children != after.children
+                                           or before.mtime != after.mtime):
+            changes.dirs.add(inode)  # its listing or its attributes (mtime, nlink) changed
         if before is not None and after is None:
             changes.entries.append((before.parent, before.name))
             if before.parent in new:
