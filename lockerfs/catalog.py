@@ -34,6 +34,7 @@ import re
 import secrets
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -65,6 +66,10 @@ Stamp = tuple[str, int]
 
 class FormatError(Exception):
     """The locker cannot be read by this version of lockerfs, or is not a locker."""
+
+
+class CorruptCatalogFile(FormatError):
+    """One catalog file cannot be decoded; readers skip it (with a warning) and go on."""
 
 
 def new_id(now: float | None = None) -> str:
@@ -235,13 +240,13 @@ class CatalogState:
         if kind == "journal":
             records = document.get("records")
             if not isinstance(records, list):
-                raise FormatError(f"journal file {file_id} has no record list")
+                raise CorruptCatalogFile(f"journal file {file_id} has no record list")
             for index, record in enumerate(records):
                 self.apply((file_id, index), record)
         elif kind == "snapshot":
             entries = document.get("entries")
             if not isinstance(entries, list):
-                raise FormatError(f"snapshot {file_id} has no entry list")
+                raise CorruptCatalogFile(f"snapshot {file_id} has no entry list")
             for item in entries:
                 stamp = item.get("stamp") if isinstance(item, dict) else None
                 if (not isinstance(stamp, list) or len(stamp) != 2 or not isinstance(stamp[0], str)
@@ -250,7 +255,7 @@ class CatalogState:
                     continue
                 self.apply((stamp[0], stamp[1]), item.get("record"))
         else:
-            raise FormatError(f"catalog file {file_id} is of unknown kind {kind!r}")
+            raise CorruptCatalogFile(f"catalog file {file_id} is of unknown kind {kind!r}")
 
     def tracks(self) -> list[Track]:
         return [entry.track for entry in self.entries.values() if entry.track is not None]
@@ -289,16 +294,19 @@ def _file_id(key: str) -> str | None:
 def decode_catalog_file(key: str, raw: bytes) -> dict[str, Any]:
     """Parse (and for snapshots, inflate with a size cap) one catalog file."""
     if key.endswith(".gz"):
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
-            raw = stream.read(MAX_CATALOG_FILE_BYTES + 1)
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+                raw = stream.read(MAX_CATALOG_FILE_BYTES + 1)
+        except (OSError, EOFError, zlib.error):
+            raise CorruptCatalogFile(f"{key} is not valid gzip") from None
         if len(raw) > MAX_CATALOG_FILE_BYTES:
-            raise FormatError(f"{key} inflates past {MAX_CATALOG_FILE_BYTES} bytes")
+            raise CorruptCatalogFile(f"{key} inflates past {MAX_CATALOG_FILE_BYTES} bytes")
     try:
         document = json.loads(raw)
-    except ValueError:
-        raise FormatError(f"{key} is not valid JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        raise CorruptCatalogFile(f"{key} is not valid JSON") from None
     if not isinstance(document, dict):
-        raise FormatError(f"{key} is not a JSON object")
+        raise CorruptCatalogFile(f"{key} is not a JSON object")
     _check_version(document.get("version"), key)
     return document
 
@@ -334,6 +342,7 @@ class CatalogReader:
         self.parallel = parallel
         self.state = CatalogState()
         self.seen: dict[str, CatalogFile] = {}
+        self.corrupt: set[str] = set()  # keys skipped as undecodable; compaction keeps them
 
     def refresh(self) -> bool:
         """Fetch and apply catalog files not applied yet; True if the catalog changed."""
@@ -354,11 +363,13 @@ class CatalogReader:
                 yield CatalogFile(item.key, item.last_modified)
 
     def _apply_all(self, files: list[CatalogFile]) -> list[CatalogFile]:
-        def fetch(item: CatalogFile) -> tuple[CatalogFile, dict[str, Any] | None]:
+        def fetch(item: CatalogFile) -> tuple[CatalogFile, dict[str, Any] | None | CorruptCatalogFile]:
             try:
                 return item, decode_catalog_file(item.key, self.store.get(item.key))
             except NotFound:
                 return item, None
+            except CorruptCatalogFile as exc:
+                return item, exc
 
         vanished = []
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
@@ -366,7 +377,14 @@ class CatalogReader:
                 if document is None:
                     vanished.append(item)
                     continue
-                self.state.merge_file(_file_id(item.key) or "", document)
+                try:
+                    if isinstance(document, CorruptCatalogFile):
+                        raise document
+                    self.state.merge_file(_file_id(item.key) or "", document)
+                except CorruptCatalogFile as exc:
+                    # One damaged file must not make the whole locker unreadable.
+                    self.corrupt.add(item.key)
+                    log.warning("skipping a damaged catalog file: %s", exc)
                 self.seen[item.key] = item
         return vanished
 
@@ -431,7 +449,7 @@ def compact(store: Store, grace: timedelta = timedelta(hours=1)) -> CompactResul
     cutoff = datetime.now(timezone.utc) - grace
     deleted = 0
     for item in reader.seen.values():
-        if item.last_modified < cutoff:
+        if item.last_modified < cutoff and item.key not in reader.corrupt:
             store.delete(item.key)
             deleted += 1
     return CompactResult(key, len(reader.tracks()), len(reader.seen), deleted)

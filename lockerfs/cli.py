@@ -127,6 +127,9 @@ def run_upload(args: argparse.Namespace) -> int:
     progress.close()
     state.close()
     print_summary(summary)
+    if summary.stopped:
+        print(f"lockerfs: stopped early, {summary.not_attempted} files not attempted: {summary.stopped}; "
+              "run the same command again to finish", file=sys.stderr)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary.failed else 0

@@ -11,7 +11,10 @@ Implementations: `S3Store` (boto3) and `MemoryStore` (unit tests).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -52,6 +56,10 @@ class ServerError(StoreError):
     """The server kept failing (5xx) after retries."""
 
 
+class CorruptUpload(StoreError):
+    """The server did not receive or store the bytes we sent, several times over."""
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str  # relative to the locker prefix
@@ -74,6 +82,13 @@ class RetryPolicy:
 
 UPLOAD_RETRIES = RetryPolicy(max_attempts=10, connect_timeout=5, read_timeout=60)
 MOUNT_RETRIES = RetryPolicy(max_attempts=3, connect_timeout=2, read_timeout=4)
+# check() answers "can we use this bucket at all": a few quick tries, so that a
+# flaky network does not stop an upload before it starts, yet a server that is
+# down is reported within seconds (refused connections fail at once; the
+# standard-mode backoff between 4 attempts is at most 1 + 2 + 4 s).
+PROBE_RETRIES = RetryPolicy(max_attempts=4, connect_timeout=3, read_timeout=5)
+# Whole PUTs repeated when the server says it got other bytes than we sent.
+VERIFY_ATTEMPTS = 3
 
 
 class Store(Protocol):
@@ -86,10 +101,17 @@ class Store(Protocol):
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
-    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None: ...
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None,
+                 md5: str | None = None) -> None:
+        """Store a file; `md5` (hex, of the bytes the caller hashed) makes the server check
+        that it stored exactly those bytes. Raises CorruptUpload if it keeps getting others."""
 
     def head(self, key: str) -> int | None:
         """The object's size, or None if it does not exist."""
+
+    def holds(self, key: str, size: int, md5: str) -> bool:
+        """Whether the object exists with this size and, as far as the server's ETag
+        tells without reading it, these bytes."""
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
@@ -135,7 +157,15 @@ class S3Store:
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
         # check() answers "can we use this bucket at all" quickly, whatever the retry policy.
         self._probe = session.client("s3", endpoint_url=endpoint_url, config=config.merge(Config(
-            retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=3, read_timeout=10)))
+            retries={"mode": "standard", "total_max_attempts": PROBE_RETRIES.max_attempts},
+            connect_timeout=PROBE_RETRIES.connect_timeout, read_timeout=PROBE_RETRIES.read_timeout)))
+        self._expected_md5: dict[str, str] = {}  # full key -> base64 MD5 for its single-part PUT
+        self._expected_lock = threading.Lock()
+        events = self._client.meta.events
+        events.register("before-parameter-build.s3.PutObject", self._expected_content_md5)
+        for operation in ("PutObject", "UploadPart"):
+            events.register(f"before-call.s3.{operation}", _send_content_md5)
+            events.register(f"after-call.s3.{operation}", _check_etag)
         self._body_attempts = retries.max_attempts
         self._transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024,
                                         multipart_chunksize=16 * 1024 * 1024,
@@ -175,18 +205,70 @@ class S3Store:
         raise AssertionError("unreachable")
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        with self._errors(key):
-            self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+        self._verified_put(key, lambda: self._client.put_object(
+            Bucket=self.bucket, Key=self._full(key), Body=data))
 
-    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
-        with self._errors(key):
-            self._client.upload_file(str(path), self.bucket, self._full(key),
-                                     Config=self._transfer, Callback=progress)
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None,
+                 md5: str | None = None) -> None:
+        full = self._full(key)
+        if md5 is not None:
+            with self._expected_lock:
+                self._expected_md5[full] = base64.b64encode(bytes.fromhex(md5)).decode()
+        try:
+            self._verified_put(key, lambda: self._client.upload_file(
+                str(path), self.bucket, full, Config=self._transfer, Callback=progress))
+        finally:
+            with self._expected_lock:
+                self._expected_md5.pop(full, None)
+
+    def _verified_put(self, key: str, put: Callable[[], object]) -> None:
+        """Run a PUT, repeating it whole when the server got (or stored) other bytes than we sent.
+
+        Integrity, and why this way: every PutObject and UploadPart carries
+        Content-MD5 (the hooks below), which S3 defines and AWS, MinIO, Ceph
+        RGW, B2, R2, GCS and rclone serve s3 all enforce: a body that arrives
+        different is refused (BadDigest) and nothing is stored. For a file's
+        single-part PUT that MD5 is the one computed while the file was hashed
+        for its key, so the server checks the very bytes the key names, even
+        if the file changed since. botocore's newer CRC checksums are not used:
+        they need aws-chunked trailers that many S3-compatible servers reject,
+        and rclone serve s3 ignores x-amz-checksum-sha256 (tried). As a second
+        line, a reply whose ETag is a plain MD5 that differs from ours (a server
+        that ignored Content-MD5 and kept other bytes) counts as a failure too.
+        A PUT whose reply was lost is repeated by botocore; objects are
+        content-addressed, so writing one twice is harmless.
+        """
+        for attempt in range(1, VERIFY_ATTEMPTS + 1):
+            try:
+                with self._errors(key):
+                    put()
+                return
+            except CorruptUpload as exc:
+                if attempt == VERIFY_ATTEMPTS:
+                    raise
+                log.warning("%s; sending it again", exc)
+
+    def _expected_content_md5(self, params: dict, **kwargs: object) -> None:
+        with self._expected_lock:
+            md5 = self._expected_md5.get(params.get("Key", ""))
+        if md5 is not None:
+            params["ContentMD5"] = md5
 
     def head(self, key: str) -> int | None:
+        head = self._head(key)
+        return None if head is None else head["ContentLength"]
+
+    def holds(self, key: str, size: int, md5: str) -> bool:
+        head = self._head(key)
+        if head is None or head["ContentLength"] != size:
+            return False
+        etag = _plain_md5_etag(head)
+        return etag is None or etag == md5
+
+    def _head(self, key: str) -> dict | None:
         try:
             with self._errors(key):
-                return self._client.head_object(Bucket=self.bucket, Key=self._full(key))["ContentLength"]
+                return self._client.head_object(Bucket=self.bucket, Key=self._full(key))
         except NotFound:
             return None
 
@@ -207,6 +289,60 @@ class S3Store:
 
     def _errors(self, key: str) -> _ErrorMapper:
         return _ErrorMapper(self, key)
+
+
+_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+# ETags that are not the MD5 of the bytes even when they look like one.
+_OPAQUE_ETAG_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
+_DIGEST_ERRORS = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+
+
+def _send_content_md5(params: dict, context: dict, **kwargs: object) -> None:
+    """botocore hook: send Content-MD5 on PUTs (the expected one if set, else the body's)."""
+    headers = params.setdefault("headers", {})
+    given = headers.get("Content-MD5")
+    if given:
+        context["lockerfs_md5"] = base64.b64decode(given).hex()
+        return
+    body = params.get("body") or b""
+    if isinstance(body, (bytes, bytearray)):
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+    elif hasattr(body, "read") and hasattr(body, "seek"):
+        # s3transfer's file chunks count what is read as progress; this read is
+        # not a transfer (s3transfer turns counting back on when the request is sent)
+        if hasattr(body, "signal_not_transferring"):
+            body.signal_not_transferring()
+        md5 = hashlib.md5(usedforsecurity=False)
+        start = body.tell()
+        for chunk in iter(lambda: body.read(1024 * 1024), b""):
+            md5.update(chunk)
+        body.seek(start)
+        digest = md5.digest()
+    else:
+        return
+    headers["Content-MD5"] = base64.b64encode(digest).decode()
+    context["lockerfs_md5"] = digest.hex()
+
+
+def _plain_md5_etag(reply: dict) -> str | None:
+    """The ETag if it is the MD5 of the object's bytes, as S3 makes it for single-part
+    unencrypted or SSE-S3 objects; None for multipart, SSE-KMS, SSE-C, or odd ETags."""
+    etag = str(reply.get("ETag", "")).strip('"').lower()
+    if (not _MD5_RE.match(etag) or reply.get("SSECustomerAlgorithm")
+            or reply.get("ServerSideEncryption") in _OPAQUE_ETAG_ENCRYPTION):
+        return None
+    return etag
+
+
+def _check_etag(parsed: dict, context: dict, **kwargs: object) -> None:
+    """botocore hook: a PUT whose reply names other bytes than we sent failed."""
+    sent = context.get("lockerfs_md5")
+    if not sent or "Error" in parsed:
+        return
+    stored = _plain_md5_etag(parsed)
+    if stored is not None and stored != sent:
+        raise CorruptUpload(f"the S3 server stored other bytes than were sent (ETag {stored}, "
+                            f"MD5 sent {sent})")
 
 
 _BODY_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
@@ -232,6 +368,10 @@ class _ErrorMapper:
         raise mapped from exc
 
     def _map(self, exc: BaseException) -> StoreError | None:
+        if isinstance(exc, boto3.exceptions.S3UploadFailedError):
+            # upload_file wraps the ClientError that says what went wrong
+            cause = exc.__cause__ or exc.__context__
+            return self._map(cause) if cause is not None else StoreError(f"S3 upload failed: {exc}")
         where = f"s3://{self.store.bucket}"
         endpoint = self.store.endpoint
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -249,6 +389,9 @@ class _ErrorMapper:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _DIGEST_ERRORS:
+                return CorruptUpload(f"the S3 server at {endpoint} received other bytes than were sent "
+                                     f"for {where}/{self.store._full(self.key)} ({code})")
             if code == "NoSuchBucket" or (status == 404 and not self.key):
                 return BucketMissing(f"the bucket {where} does not exist at {endpoint}")
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
@@ -296,8 +439,11 @@ class MemoryStore:
         with self._lock:
             self.objects[key] = (bytes(data), datetime.now(timezone.utc))
 
-    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None,
+                 md5: str | None = None) -> None:
         data = path.read_bytes()
+        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            raise CorruptUpload(f"{path} changed before it was stored as {key}")
         self.put_bytes(key, data)
         if progress:
             progress(len(data))
@@ -306,6 +452,12 @@ class MemoryStore:
         self._record("HEAD", key)
         entry = self.objects.get(key)
         return len(entry[0]) if entry else None
+
+    def holds(self, key: str, size: int, md5: str) -> bool:
+        self._record("HEAD", key)
+        entry = self.objects.get(key)
+        return (entry is not None and len(entry[0]) == size
+                and hashlib.md5(entry[0], usedforsecurity=False).hexdigest() == md5)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._record("LIST", prefix)

@@ -3,7 +3,10 @@
 Crash safety comes from write order: an object is stored before the journal
 record that names it, and the local state file learns a file only after its
 record is stored. A run killed at any point leaves at worst an object without
-a record, which the next run finds (HEAD) and records without re-uploading.
+a record, which the next run finds (HEAD: size, and the ETag where it is an
+MD5) and records without re-uploading. Every PUT is verified by the server
+(Content-MD5, see S3Store._verified_put): an object that did not arrive intact
+is sent again or reported as failed, never recorded.
 
 Matching happens at three levels, cheapest first:
   unchanged - same path, size and mtime as a file already recorded: not even hashed;
@@ -18,6 +21,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import stat as stat_module
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockerfs import catalog
-from lockerfs.store import Store, StoreError
+from lockerfs.store import CorruptUpload, Store, StoreError, Unreachable
 from lockerfs.tags import AUDIO_EXTENSIONS, FORMAT_EXTENSIONS, NotAudioError, read_track_info
 from lockerfs.track import Track
 
@@ -44,9 +48,9 @@ class SourceFile:
 
     @property
     def relative(self) -> str:
-        if self.root == self.path:
-            return self.path.name
-        return self.path.relative_to(self.root).as_posix()
+        """The path below the given folder, as valid text (undecodable bytes become U+FFFD)."""
+        relative = self.path.name if self.root == self.path else self.path.relative_to(self.root).as_posix()
+        return os.fsencode(relative).decode("utf-8", "replace")
 
 
 @dataclass
@@ -58,6 +62,8 @@ class UploadSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     failed: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str = ""  # why the run gave up before the end (the bucket became unreachable)
+    not_attempted: int = 0
 
 
 class UploadState:
@@ -71,7 +77,8 @@ class UploadState:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.locker = locker
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS files (locker TEXT, path TEXT, size INTEGER, "
+        # Paths are stored as their bytes: a file name need not be valid UTF-8.
+        self._db.execute("CREATE TABLE IF NOT EXISTS files (locker TEXT, path BLOB, size INTEGER, "
                          "mtime_ns INTEGER, sha256 TEXT, PRIMARY KEY (locker, path))")
         self._db.commit()
         self._lock = threading.Lock()
@@ -80,14 +87,14 @@ class UploadState:
         with self._lock:
             row = self._db.execute(
                 "SELECT sha256 FROM files WHERE locker=? AND path=? AND size=? AND mtime_ns=?",
-                (self.locker, str(path), stat.st_size, stat.st_mtime_ns)).fetchone()
+                (self.locker, os.fsencode(path), stat.st_size, stat.st_mtime_ns)).fetchone()
         return row[0] if row else None
 
     def remember(self, entries: Iterable[tuple[Path, os.stat_result, str]]) -> None:
         with self._lock:
             self._db.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
-                [(self.locker, str(p), s.st_size, s.st_mtime_ns, sha) for p, s, sha in entries])
+                [(self.locker, os.fsencode(p), s.st_size, s.st_mtime_ns, sha) for p, s, sha in entries])
             self._db.commit()
 
     def close(self) -> None:
@@ -95,18 +102,21 @@ class UploadState:
 
 
 def scan(paths: Iterable[Path]) -> Iterator[SourceFile]:
-    """Every regular file under the given paths, in a stable order; symlinked folders are not followed."""
+    """Every file under the given paths, in a stable order; symlinked folders are not followed.
+
+    Entries that are not regular files (FIFOs, sockets, devices, broken
+    symlinks) are yielded too, so that the run reports them as skipped rather
+    than leaving them out without a word; nothing opens them.
+    """
     for given in paths:
         root = given.absolute()
-        if root.is_file():
+        if not root.is_dir():
             yield SourceFile(root, root)
             continue
         for folder, dirnames, filenames in os.walk(root, onerror=_report_walk_error):
             dirnames.sort()
             for name in sorted(filenames):
-                path = Path(folder, name)
-                if path.is_file():
-                    yield SourceFile(root, path)
+                yield SourceFile(root, Path(folder, name))
 
 
 def _report_walk_error(error: OSError) -> None:
@@ -114,11 +124,26 @@ def _report_walk_error(error: OSError) -> None:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    return digests_of(path)[0]
+
+
+def digests_of(path: Path) -> tuple[str, str]:
+    """(SHA-256, MD5) of a file in one read: the key, and what the server is asked to verify."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as stream:
         while chunk := stream.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat_module.S_ISFIFO, "a FIFO"), (stat_module.S_ISSOCK, "a socket"),
+                       (stat_module.S_ISCHR, "a character device"), (stat_module.S_ISBLK, "a block device"),
+                       (stat_module.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 @dataclass
@@ -130,6 +155,15 @@ class _Outcome:
     stat: os.stat_result | None = None
     size: int = 0
     needs_record: bool = False  # the catalog does not name this track yet
+    unreachable: bool = False  # failed because the bucket could not be reached
+
+
+def _changed(path: Path, before: os.stat_result) -> bool:
+    try:
+        after = path.stat()
+    except OSError:
+        return True
+    return (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
 
 
 class Uploader:
@@ -161,7 +195,7 @@ class Uploader:
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="upload") as pool:
             running: set[Future[_Outcome]] = set()
             while True:
-                while not stop.is_set() and len(running) < self.jobs * 2:
+                while not stop.is_set() and not self.summary.stopped and len(running) < self.jobs * 2:
                     source = next(queue, None)
                     if source is None:
                         break
@@ -175,12 +209,20 @@ class Uploader:
                     self._flush()
         self._flush()
         self.summary.interrupted = stop.is_set()
+        if self.summary.stopped:
+            self.summary.not_attempted = sum(1 for _ in queue)
         return self.summary
 
     def _process(self, source: SourceFile) -> _Outcome:
         path = source.path
         try:
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                reason = "broken symbolic link" if path.is_symlink() else "vanished before it was read"
+                return _Outcome(source, "skipped", reason)
+            if not stat_module.S_ISREG(stat.st_mode):
+                return _Outcome(source, "skipped", f"not a regular file ({_kind_of(stat.st_mode)})")
             if self.state.known_sha(path, stat) in self._known:
                 self.on_bytes(stat.st_size)
                 return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
@@ -188,33 +230,47 @@ class Uploader:
             if ext not in AUDIO_EXTENSIONS:
                 return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
             info = read_track_info(path)
-            sha = sha256_of(path)
+            sha, md5 = digests_of(path)
             after = path.stat()
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 return _Outcome(source, "failed", "file changed while it was being read")
             ext = FORMAT_EXTENSIONS.get(info.format, ext)
             track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
                           source=source.relative, mtime=stat.st_mtime, info=info)
-            return self._store_object(source, track, stat)
+            return self._store_object(source, track, stat, md5)
         except NotAudioError as exc:
             return _Outcome(source, "skipped", str(exc))
+        except FileNotFoundError:
+            return _Outcome(source, "skipped", "vanished while it was being read")
         except OSError as exc:
-            return _Outcome(source, "skipped", f"unreadable ({exc.strerror or exc})")
+            # the user meant this file to be uploaded and it was not: a failure, not a skip
+            return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
+        except Unreachable as exc:
+            return _Outcome(source, "failed", str(exc), unreachable=True)
+        except CorruptUpload as exc:
+            return _Outcome(source, "failed", "file changed while it was being uploaded"
+                            if _changed(path, stat) else str(exc))
         except StoreError as exc:
             return _Outcome(source, "failed", str(exc))
 
-    def _store_object(self, source: SourceFile, track: Track, stat: os.stat_result) -> _Outcome:
+    def _store_object(self, source: SourceFile, track: Track, stat: os.stat_result, md5: str) -> _Outcome:
         with self._known_lock:
             if track.sha256 in self._known:
                 self.on_bytes(track.size)
                 return _Outcome(source, "matched", "already in the locker", track, stat, track.size)
             self._known.add(track.sha256)  # a duplicate later in this run matches this one
         try:
-            if self.store.head(track.key) == track.size:
+            # size alone would trust an object a broken upload left behind; the
+            # ETag, where it is an MD5, says whether it holds these bytes
+            if self.store.holds(track.key, track.size, md5):
                 self.on_bytes(track.size)
                 return _Outcome(source, "matched", "object already stored", track, stat, track.size,
                                 needs_record=True)
-            self.store.put_file(track.key, source.path, self.on_bytes)
+            self.store.put_file(track.key, source.path, self.on_bytes, md5=md5)
+            # a single-part PUT is verified against `md5`; the parts of a big
+            # file are verified as sent, so a file changed meanwhile is caught here
+            if _changed(source.path, stat):
+                raise CorruptUpload("file changed while it was being uploaded")
         except BaseException:
             with self._known_lock:
                 self._known.discard(track.sha256)
@@ -232,6 +288,9 @@ class Uploader:
             summary.skipped.append((outcome.source.relative, outcome.reason))
         else:
             summary.failed.append((outcome.source.relative, outcome.reason))
+            if outcome.unreachable and not summary.stopped:
+                # every further file would wait out the same retries: stop now, say so
+                summary.stopped = outcome.reason
         self.on_file(outcome)
         if outcome.track is not None:
             if not self._pending:

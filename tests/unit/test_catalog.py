@@ -171,12 +171,22 @@ def test_hostile_field_values_are_cleaned(store: MemoryStore) -> None:
     assert track.source == "ab"
 
 
-def test_snapshot_bomb_is_refused(store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_damaged_files_are_skipped_and_kept(store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip bomb, bad gzip, bad JSON: skipped with a warning, never deleted by compaction."""
     monkeypatch.setattr(catalog, "MAX_CATALOG_FILE_BYTES", 1000)
-    key = f"{catalog.SNAPSHOT_PREFIX}{catalog.new_id()}.json.gz"
-    store.put_bytes(key, gzip.compress(b" " * 100_000))
-    with pytest.raises(FormatError, match="inflates"):
-        catalog.load_catalog(store)
+    catalog.append_records(store, [catalog.add_record(make_track(1))])
+    damaged = [f"{catalog.SNAPSHOT_PREFIX}{catalog.new_id()}.json.gz",
+               f"{catalog.SNAPSHOT_PREFIX}{catalog.new_id()}.json.gz",
+               f"{catalog.JOURNAL_PREFIX}{catalog.new_id()}.json"]
+    for key, body in zip(damaged, [gzip.compress(b" " * 100_000), b"not gzip", b"{not json"]):
+        store.put_bytes(key, body)
+    with pytest.raises(catalog.CorruptCatalogFile, match="inflates"):
+        catalog.decode_catalog_file(damaged[0], store.get(damaged[0]))
+    reader = catalog.load_catalog(store)
+    assert [t.sha256 for t in reader.tracks()] == [make_track(1).sha256]
+    assert reader.corrupt == set(damaged)
+    catalog.compact(store, grace=timedelta(0))
+    assert all(store.head(key) is not None for key in damaged)
 
 
 def test_local_copy_round_trip(store: MemoryStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
