@@ -148,14 +148,20 @@ class Prefetcher:
             state.window = READAHEAD_START
             state.warmed_until = offset + size
             return
-        target = min(track_size, offset + size + state.window)
+        # Refill only when less than half a window is left, so read-ahead goes
+        # out in large requests (a 128 KiB GET per kernel read would cap the
+        # rate far below the link's), and grow the window while reading stays
+        # sequential.
+        end = offset + size
+        state.warmed_until = max(state.warmed_until, end)
+        if state.warmed_until - end < state.window // 2:
+            target = min(track_size, end + state.window)
+            obj = object_of(state.node.track)
+            while state.warmed_until < target:
+                piece_end = min(target, state.warmed_until + READAHEAD_PIECE)
+                self._spawn(state, obj, state.warmed_until, piece_end)
+                state.warmed_until = piece_end
         state.window = min(state.window * 2, READAHEAD_MAX)
-        obj = object_of(state.node.track)
-        state.warmed_until = max(state.warmed_until, offset + size)
-        while state.warmed_until < target:
-            piece_end = min(target, state.warmed_until + READAHEAD_PIECE)
-            self._spawn(state, obj, state.warmed_until, piece_end)
-            state.warmed_until = piece_end
         if not state.next_track_warmed and offset + size >= track_size * NEXT_TRACK_AT:
             state.next_track_warmed = True
             self._warm_next_track(state.node)
