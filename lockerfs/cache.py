@@ -16,6 +16,10 @@ Invariants
 - What read() returns is the object's bytes or an error, never other bytes: a
   block file whose header or checksum does not match is deleted and fetched
   again; a short answer from the store is an error and is not cached.
+- A read answers within read_deadline. Once a reader gave up on a load at
+  its deadline, later readers of that load fail at once until it ends (the
+  kernel retries a failed page with a second read; one read() must still
+  fail within one deadline); the next read starts a fresh load.
 - One load per block: `_pending` maps (sha, index) to the one load in flight,
   and every reader and warmer of that block waits on it. An entry lives from
   its claim until the block is in memory and on disk (or has failed).
@@ -183,7 +187,7 @@ class _Slot:
 class _Pending:
     """One block being loaded; everyone who needs it waits on `done`."""
 
-    __slots__ = ("done", "data", "error", "urgent", "slot")
+    __slots__ = ("done", "data", "error", "urgent", "slot", "overdue")
 
     def __init__(self, urgent: bool) -> None:
         self.done = trio.Event()
@@ -191,6 +195,11 @@ class _Pending:
         self.error: str | None = None
         self.urgent = urgent  # a reader (not only a warmer) waits for it
         self.slot: _Slot | None = None
+        # A reader gave up on it at its deadline. Later readers fail at once
+        # instead of waiting a deadline of their own: the kernel retries a
+        # failed page read with a second request, and a player's one read()
+        # must still fail within one deadline. The next load starts afresh.
+        self.overdue = False
 
     def hurry(self) -> None:
         self.urgent = True
@@ -264,7 +273,7 @@ class BlockCache:
             raise RuntimeError(f"the cache at {self._dir} is already open")
         if self._dir is None:
             return
-        _make_private_dir(self._dir)
+        make_private_dir(self._dir)
         _check_safe(self._dir)
         os.makedirs(self._blocks_dir, mode=0o700, exist_ok=True)
         self._lock_fd = _take_lock(self._dir)
@@ -344,9 +353,14 @@ class BlockCache:
         self.stats.memory_hits += len(blocks)
         missing = [i for i in range(first, last + 1) if i not in blocks]
         if missing:
+            waits = self._claim(obj, missing, urgent=True)
+            if any(pending.overdue and not pending.done.is_set() for _, pending in waits):
+                self.stats.timeouts += 1
+                raise FetchError(f"reading {obj.key} (bytes {offset}-{end - 1}): the store has not "
+                                 f"answered for longer than {self.read_deadline:g} s")
             try:
                 with trio.fail_after(self.read_deadline):
-                    for index, pending in self._claim(obj, missing, urgent=True):
+                    for index, pending in waits:
                         await pending.done.wait()
                         if pending.error is not None:
                             raise FetchError(pending.error)
@@ -354,6 +368,8 @@ class BlockCache:
                         blocks[index] = pending.data
             except trio.TooSlowError:
                 self.stats.timeouts += 1
+                for _, pending in waits:
+                    pending.overdue = not pending.done.is_set()
                 raise FetchError(f"reading {obj.key} (bytes {offset}-{end - 1}) took longer "
                                  f"than {self.read_deadline:g} s") from None
         base = first * self.block_size
@@ -693,7 +709,7 @@ def _touch(path: str) -> None:
 
 # --- the cache directory ---
 
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     """Create path and its missing parents, 0700: a cache tells what its owner listens to."""
     missing = []
     while not path.exists():

@@ -203,6 +203,11 @@ class Progress:
             self._bar.close()
 
 
+def printable(name: str) -> str:
+    """A file name safe to print: control characters (terminal escapes) shown as \\xNN."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
+
+
 def human(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
@@ -220,7 +225,7 @@ def print_summary(summary) -> None:  # type: ignore[no-untyped-def]
             reasons = Counter(reason for _, reason in items)
             print(f"{title}: " + "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()))
             for path, reason in items[:50]:
-                print(f"  {path}: {reason}")
+                print(f"  {printable(path)}: {reason}")
             if len(items) > 50:
                 print(f"  ... and {len(items) - 50} more")
 
@@ -248,8 +253,9 @@ def run_ls(args: argparse.Namespace) -> int:
         info = track.info
         number = f"{info.disc or 1}-{info.track:02d}" if info.track else "-"
         duration = f"{int(info.duration // 60)}:{int(info.duration % 60):02d}" if info.duration else "?"
-        print("\t".join([info.albumartist or info.artist or "?", info.album or "?", number,
-                         info.title or Path(track.source).name, track.ext, duration, human(track.size)]))
+        print("\t".join(printable(field) for field in [
+            info.albumartist or info.artist or "?", info.album or "?", number,
+            info.title or Path(track.source).name, track.ext, duration, human(track.size)]))
     return 0
 
 

@@ -29,7 +29,7 @@ import pyfuse3
 import trio
 
 from lockerfs import catalog, config, layout
-from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir
+from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader
 from lockerfs.fs import LockerOperations
 from lockerfs.prefetch import Prefetcher
@@ -161,6 +161,7 @@ def _detach_stdio() -> None:
 def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     """Mount and serve until unmounted; `report` gets "ready" or the reason we could not mount."""
     cache_dir = options.cache_dir or config.default_cache_dir() / config.locker_id(options.locker, options.endpoint_url)
+    os.umask(0o077)  # everything the mount writes (log, catalog copy, blocks) is its user's alone
     _setup_logging(options, cache_dir)
     # Anything that looks at the mount point must happen before it is mounted:
     # until pyfuse3.main runs, nobody answers the kernel, and we would hang.
@@ -176,7 +177,7 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         log.error("cannot mount: %s%s", exc.strerror or exc, where)
         report(f"cannot mount: {exc.strerror or exc}{where}")
         return 1
-    registry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(registry.parent)
     registry.write_text(f"{os.getpid()}\n")
     report("ready")
     try:
@@ -193,7 +194,7 @@ def _setup_logging(options: MountOptions, cache_dir: Path) -> None:
     if options.foreground:
         handler: logging.Handler = logging.StreamHandler()
     else:
-        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(cache_dir)  # and its missing parents: ~/.cache/lockerfs lists your lockers
         handler = logging.handlers.RotatingFileHandler(cache_dir / "mount.log", maxBytes=4 << 20, backupCount=1)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -248,6 +249,9 @@ class Mounted:
             except catalog.FormatError as exc:
                 # Someone else's bad (or newer) file must not end this mount.
                 log.warning("catalog refresh: %s; showing what we have", exc)
+                continue
+            except Exception:  # noqa: BLE001 - the catalog is untrusted input; a bug must not end the mount
+                log.exception("catalog refresh failed; showing what we have")
                 continue
             if offline:
                 log.info("the locker is reachable again")

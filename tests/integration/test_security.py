@@ -1,0 +1,201 @@
+"""Security: a private, read-only mount; a cache dir others cannot feed; secrets never shown.
+
+docs/SECURITY.md states the threat model these tests hold lockerfs to.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_mount import mounted_files
+from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
+from tests.support.s3server import SECRET_KEY
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def uploaded(library, locker, env):  # type: ignore[no-untyped-def]
+    root, tracks = library
+    lockerfs("upload", str(root), locker, env=env)
+    return root, tracks
+
+
+def mount_options(mnt: Path) -> list[str]:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(mnt):
+            return fields[3].split(",")
+    raise AssertionError(f"{mnt} not in /proc/mounts")
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NOBODY, *command], capture_output=True, text=True, errors="replace", timeout=30)
+
+
+def open_path_to_nobody(path: Path) -> None:
+    """tmp_path's parents are 0700 root: let uid 65534 walk to the mount point (not into our files)."""
+    for parent in reversed(path.parents):
+        if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
+            os.chmod(parent, os.stat(parent).st_mode | 0o001)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to another uid")
+def test_mount_is_private_unless_allow_other(uploaded, locker, env, tmp_path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    open_path_to_nobody(mnt)
+    with mounted(locker, mnt, env, "--cache-dir", str(tmp_path / "cache")):
+        assert "allow_other" not in mount_options(mnt)
+        some = next(iter(mounted_files(mnt).values()))
+        listing = as_nobody("ls", str(mnt))
+        reading = as_nobody("cat", str(some))
+        assert listing.returncode != 0 and "Permission denied" in listing.stderr, listing
+        assert reading.returncode != 0 and "Permission denied" in reading.stderr, reading
+    with mounted(locker, mnt, env, "--cache-dir", str(tmp_path / "cache"), "--allow-other"):
+        assert "allow_other" in mount_options(mnt)
+        some = next(iter(mounted_files(mnt).values()))
+        listing = as_nobody("ls", str(mnt))
+        assert listing.returncode == 0 and listing.stdout.strip(), listing
+        assert as_nobody("cat", str(some)).returncode == 0
+
+
+def test_nothing_in_the_mount_can_be_changed(uploaded, locker, env, tmp_path) -> None:
+    with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache")) as mnt:
+        some = next(iter(mounted_files(mnt).values()))
+        folder = some.parent
+        attempts = {
+            "open for write": lambda: open(some, "r+b"),
+            "open for append": lambda: open(some, "ab"),
+            "truncate": lambda: os.truncate(some, 0),
+            "create": lambda: open(folder / "new.flac", "wb"),
+            "chmod": lambda: os.chmod(some, 0o666),
+            "chown": lambda: os.chown(some, 65534, 65534),
+            "utime": lambda: os.utime(some, (0, 0)),
+            "unlink": lambda: os.unlink(some),
+            "rename": lambda: os.rename(some, folder / "renamed.flac"),
+            "link": lambda: os.link(some, folder / "hard.flac"),
+            "symlink": lambda: os.symlink("/etc/passwd", folder / "sym.flac"),
+            "mkdir": lambda: os.mkdir(mnt / "newdir"),
+            "rmdir": lambda: os.rmdir(folder),
+            "mknod": lambda: os.mkfifo(folder / "fifo"),
+            "setxattr": lambda: os.setxattr(some, "user.x", b"1"),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(OSError) as failure:
+                attempt()
+            assert failure.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTSUP), (what, failure.value)
+        assert "ro" in mount_options(mnt)
+        assert sorted(mounted_files(mnt)) == sorted(mounted_files(mnt))  # nothing appeared or vanished
+
+
+def test_world_writable_cache_dir_is_refused(uploaded, locker, env, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    (tmp_path / "mnt").mkdir()
+    result = lockerfs("mount", "--cache-dir", str(cache), locker, str(tmp_path / "mnt"), env=env, check=False)
+    try:
+        assert result.returncode != 0
+        assert f"the cache directory {cache} is writable by every user" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+        assert not os.path.ismount(tmp_path / "mnt")
+    finally:
+        force_unmount(tmp_path / "mnt")
+
+
+def test_cache_dir_and_its_files_are_private(uploaded, locker, env, tmp_path) -> None:
+    with mounted(locker, tmp_path / "mnt", env) as mnt:  # the default cache dir, under XDG_CACHE_HOME
+        for path in mounted_files(mnt).values():
+            path.read_bytes()
+    cache_root = Path(env["XDG_CACHE_HOME"]) / "lockerfs"
+    written = [cache_root, *cache_root.rglob("*")]
+    assert len(written) > 5
+    for path in written:
+        mode = os.stat(path).st_mode & 0o777
+        assert not mode & 0o077, f"{path} is {mode:o}"
+
+
+def _running_mount(mnt: Path) -> int:
+    pids = mount_pids(mnt)
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def test_secrets_never_appear(uploaded, library, locker, env, tmp_path) -> None:
+    """Every command's output, every file lockerfs wrote, the mount's argv and title: no secret key."""
+    root, _ = library
+    outputs: dict[str, str] = {}
+
+    def run(name: str, *args: str, environment: dict[str, str] = env) -> None:
+        result = lockerfs(*args, env=environment, check=False)
+        outputs[name] = result.stdout + result.stderr
+
+    run("upload", "upload", "--debug", str(root), locker) if _has_debug("upload") else run("upload", "upload",
+                                                                                           str(root), locker)
+    run("ls", "ls", locker)
+    cache = tmp_path / "cache"
+    mnt = tmp_path / "mnt"
+    # a daemonized mount with --debug
+    with mounted(locker, mnt, env, "--cache-dir", str(cache), "--debug"):
+        pid = _running_mount(mnt)
+        for path in mounted_files(mnt).values():
+            path.read_bytes()
+        outputs["daemon /proc/cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        outputs["daemon /proc/comm"] = Path(f"/proc/{pid}/comm").read_text()
+        # /proc/PID/environ is exempt: boto3 reads the credentials from there (docs/SECURITY.md)
+    # a foreground mount with --debug
+    mnt.mkdir(exist_ok=True)
+    foreground = subprocess.Popen([LOCKERFS, "mount", "-f", "--debug", "--cache-dir", str(tmp_path / "cache-fg"),
+                                   locker, str(mnt)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+    try:
+        assert wait_until(lambda: os.path.ismount(mnt), timeout=30)
+        pid = foreground.pid
+        outputs["foreground /proc/cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        outputs["foreground /proc/comm"] = Path(f"/proc/{pid}/comm").read_text()
+        for path in mounted_files(mnt).values():
+            path.read_bytes()
+    finally:
+        subprocess.run([LOCKERFS, "umount", str(mnt)], env=env, capture_output=True, timeout=60)
+        force_unmount(mnt)
+        try:
+            outputs["foreground mount"] = foreground.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            foreground.kill()
+            outputs["foreground mount"] = foreground.communicate()[0]
+    # a failing mount (the endpoint is unreachable), and an access-denied error
+    unreachable = {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    run("failing mount", "mount", "--debug", "--cache-dir", str(tmp_path / "cache-x"), locker, str(mnt),
+        environment=unreachable)
+    denied = {**env, "AWS_ACCESS_KEY_ID": "wrongkey", "AWS_SECRET_ACCESS_KEY": SECRET_KEY + "-wrong"}
+    run("access denied ls", "ls", locker, environment=denied)
+    run("access denied upload", "upload", str(root), locker, environment=denied)
+    run("access denied mount", "mount", "--debug", "--cache-dir", str(tmp_path / "cache-d"), locker, str(mnt),
+        environment=denied)
+    force_unmount(mnt)
+    assert "refused our credentials" in outputs["access denied ls"], outputs["access denied ls"]
+    assert outputs["failing mount"].strip()
+
+    files = [p for base in (tmp_path, Path(env["XDG_CACHE_HOME"]), Path(env["XDG_STATE_HOME"]),
+                            Path(env["XDG_RUNTIME_DIR"]))
+             for p in base.rglob("*") if p.is_file() and "lib" not in p.parts[:3]]
+    files = [p for p in files if not p.is_relative_to(root)]
+    leaks = [name for name, text in outputs.items() if SECRET_KEY in text]
+    leaks += [str(p) for p in files if SECRET_KEY.encode() in p.read_bytes()]
+    checked_logs = [p for p in files if p.name.startswith("mount.log")]
+    print(f"\n[secrets] {len(outputs)} outputs and {len(files)} files checked "
+          f"({len(checked_logs)} mount logs, {sum(p.stat().st_size for p in checked_logs)} bytes); leaks: {leaks}")
+    assert checked_logs and any("DEBUG" in p.read_text(errors="replace") for p in checked_logs)
+    assert not leaks
+
+
+def _has_debug(command: str) -> bool:
+    result = subprocess.run([LOCKERFS, command, "--help"], capture_output=True, text=True)
+    return "--debug" in result.stdout
