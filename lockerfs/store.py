@@ -81,9 +81,11 @@ class RetryPolicy:
 
 
 UPLOAD_RETRIES = RetryPolicy(max_attempts=10, connect_timeout=5, read_timeout=60)
-# The read timeout is per socket read, not per transfer: 2 s of silence is a stall,
-# and 3 attempts stay within the cache's 8 s read deadline.
-MOUNT_RETRIES = RetryPolicy(max_attempts=3, connect_timeout=2, read_timeout=2)
+# Three stalled attempts (4 s of silence each) outlast the cache's 8 s read
+# deadline on purpose: the reader gets EIO at the deadline, and the kernel's
+# immediate retry of the same page joins the overdue fetch and fails at once
+# (cache.py) instead of starting a fresh 8 s wait.
+MOUNT_RETRIES = RetryPolicy(max_attempts=3, connect_timeout=2, read_timeout=4)
 # check() answers "can we use this bucket at all": a few quick tries, so that a
 # flaky network does not stop an upload before it starts, yet a server that is
 # down is reported within seconds (refused connections fail at once; the
