@@ -5,10 +5,12 @@ Three patterns matter for music, and each is warmed in the background
 behind prefetch):
 
 - A tag scan (a player importing a library) opens every track and reads its
-  head and tail. On open we warm both tag regions of the track together; when
+  head and tail. On open we warm both tag regions of the track together. When
   a second track of the same folder is opened soon after the first (a scan,
-  not someone playing one song), the tag regions of all its siblings are
-  warmed at once, so an album costs about one round trip, not two per track.
+  not someone playing one song), the scan is on: the tag regions of all the
+  folder's tracks, and of the next folders in walk order, are warmed at
+  once, and while the scan goes on every folder it enters is warmed on its
+  first open. A scan then waits on the network about once, not twice per track.
 - Playback reads a track sequentially. Read-ahead starts at the second
   sequential read, small, and doubles with every sequential read up to a
   window that keeps the link busy; a seek cancels the old read-ahead and
@@ -24,6 +26,7 @@ are remembered (bounded LRU) so a scan does not warm the same region twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +48,7 @@ NEXT_TRACK_AT = 0.5  # fraction of a track read sequentially before the next one
 NEXT_TRACK_BYTES = 1024 * 1024
 SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed at once
 SCAN_WINDOW_SECONDS = 10.0  # two opens in one folder this close together look like a scan
+SCAN_AHEAD_FOLDERS = 2  # folders after the current one warmed during a scan
 SIBLING_SCOPE_SECONDS = 300.0  # a folder is warmed at most once per this period
 
 
@@ -88,6 +92,7 @@ class Prefetcher:
         self._nursery: trio.Nursery | None = None
         self._first_opened: TTLCache[int, int] = TTLCache(maxsize=4096, ttl=SCAN_WINDOW_SECONDS)
         self._warmed_folders: TTLCache[int, bool] = TTLCache(maxsize=4096, ttl=SIBLING_SCOPE_SECONDS)
+        self._scan_until = 0.0  # monotonic clock: opens before this belong to a scan in progress
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery prefetch tasks run in, until cancelled."""
@@ -115,24 +120,36 @@ class Prefetcher:
     # --- events from fs.py ------------------------------------------------------
 
     def opened(self, node: FileNode) -> ReadState:
-        """A track was opened: warm its tag regions, and its album's if this looks like a scan."""
+        """A track was opened: warm its tag regions, and during a scan its folder's and the next ones'."""
+        self._warm_tags(node)
+        if self._scanning(node):
+            tree = self._tree_of()
+            for folder in [tree.nodes[node.parent], *tree.folders_after(node.parent, SCAN_AHEAD_FOLDERS)]:
+                if folder.inode not in self._warmed_folders:
+                    self._warmed_folders[folder.inode] = True
+                    for track in tree.files_in(folder)[:SIBLINGS_MAX]:  # type: ignore[arg-type]
+                        self._warm_tags(track)
+        return ReadState(node)
+
+    def _warm_tags(self, node: FileNode) -> None:
         obj = object_of(node.track)
         for start, end in tag_regions(node.track):
             self._spawn(None, obj, start, end)
-        if self._looks_like_scan(node):
-            self._warmed_folders[node.parent] = True
-            for sibling in self._tree_of().siblings(node)[:SIBLINGS_MAX]:
-                sibling_obj = object_of(sibling.track)
-                for start, end in tag_regions(sibling.track):
-                    self._spawn(None, sibling_obj, start, end)
-        return ReadState(node)
 
-    def _looks_like_scan(self, node: FileNode) -> bool:
-        """True on the second distinct track opened in a folder within the scan window."""
-        if node.parent in self._warmed_folders or node.parent not in self._tree_of().nodes:
+    def _scanning(self, node: FileNode) -> bool:
+        """Whether opens look like a library scan: a second track opened in one folder
+        within the scan window, or any open while a scan detected so recently goes on."""
+        if node.parent not in self._tree_of().nodes:
             return False
+        now = time.monotonic()  # the clock the TTL caches use
+        if now < self._scan_until:
+            self._scan_until = now + SCAN_WINDOW_SECONDS
+            return True
         first = self._first_opened.setdefault(node.parent, node.inode)
-        return first != node.inode
+        if first != node.inode:
+            self._scan_until = now + SCAN_WINDOW_SECONDS
+            return True
+        return False
 
     def read(self, state: ReadState, offset: int, size: int) -> None:
         """A read is being served: extend read-ahead if reading is sequential, else drop it.

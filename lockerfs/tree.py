@@ -58,6 +58,10 @@ class Tree:
         self._next_inode = ROOT_INODE + 1
         self.track_count = 0
         self.total_size = 0
+        # Folders holding tracks, in the order a depth-first walk in name order
+        # (find, os.walk, a player's import) reaches them: lets a scan be predicted.
+        self.walk_order: list[int] = []
+        self.walk_position: dict[int, int] = {}
 
     def lookup(self, parent: int, name: str) -> Node | None:
         directory = self.nodes.get(parent)
@@ -70,8 +74,19 @@ class Tree:
         """The files in the node's folder, in name order (an album in play order)."""
         parent = self.nodes[node.parent]
         assert isinstance(parent, DirNode)
-        found = (self.nodes[parent.children[name]] for name in parent.names)
-        return [n for n in found if isinstance(n, FileNode)]
+        return self.files_in(parent)
+
+    def folders_after(self, folder: int, count: int) -> list[DirNode]:
+        """The next `count` folders holding tracks after `folder`, in walk order."""
+        position = self.walk_position.get(folder)
+        if position is None:
+            return []
+        following = self.walk_order[position + 1:position + 1 + count]
+        return [node for inode in following if isinstance(node := self.nodes[inode], DirNode)]
+
+    def files_in(self, folder: DirNode) -> list[FileNode]:
+        found = (self.nodes[folder.children[name]] for name in folder.names)
+        return [node for node in found if isinstance(node, FileNode)]
 
     def rebuild(self, paths: Mapping[tuple[str, ...], Track]) -> Changes:
         """Make the tree show exactly `paths`, reusing inodes of unchanged entries."""
@@ -102,8 +117,10 @@ class Tree:
             if isinstance(node, DirNode):
                 node.names = sorted(node.children)
                 root.mtime = max(root.mtime, node.mtime)
+        walk_order = _walk_order(nodes)
         changes = _diff(old_nodes, nodes)
         self.nodes, self._inodes = nodes, inodes
+        self.walk_order, self.walk_position = walk_order, {inode: i for i, inode in enumerate(walk_order)}
         self.track_count = len(paths)
         self.total_size = sum(track.size for track in paths.values())
         return changes
@@ -114,6 +131,20 @@ class Tree:
             inode = self._next_inode
             self._next_inode += 1
         return inode
+
+
+def _walk_order(nodes: Mapping[int, Node]) -> list[int]:
+    """Inodes of folders that hold files, depth first, children in name order."""
+    order: list[int] = []
+    stack = [ROOT_INODE]
+    while stack:
+        folder = nodes[stack.pop()]
+        assert isinstance(folder, DirNode)
+        children = [nodes[folder.children[name]] for name in folder.names]
+        if any(isinstance(child, FileNode) for child in children):
+            order.append(folder.inode)
+        stack.extend(child.inode for child in reversed(children) if isinstance(child, DirNode))
+    return order
 
 
 def _diff(old: Mapping[int, Node], new: Mapping[int, Node]) -> Changes:

@@ -16,6 +16,7 @@ import trio.testing
 
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
+from lockerfs import prefetch
 from lockerfs.prefetch import (HEAD_SLACK, NEXT_TRACK_BYTES, READAHEAD_MAX, READAHEAD_PIECE, READAHEAD_START,
                                SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState, object_of, tag_regions)
 from lockerfs.track import Track
@@ -142,9 +143,41 @@ def test_second_open_in_a_folder_warms_every_siblings_tags() -> None:
         p.opened(node_of(tree, ALBUM[1]))
 
     scenario(tree, cache, body)
-    for track in ALBUM:
+    for track in ALBUM + OTHER:
         assert set(tag_regions(track)) <= set(cache.of(track)), track.source
-    assert warmed_keys(cache) == {t.key for t in ALBUM}  # not the other folder
+    # the scan is on: the next folder in walk order (B) is warmed ahead too
+    assert warmed_keys(cache) == {t.key for t in ALBUM + OTHER}
+
+
+def test_a_scan_in_progress_warms_each_new_folder_on_its_first_open() -> None:
+    folders = {f"F{n}": [make_track(100 * n + i) for i in range(2)] for n in range(6)}
+    tree, cache = album_tree(folders), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        p.opened(node_of(tree, folders["F0"][0]))
+        p.opened(node_of(tree, folders["F0"][1]))  # a scan: F0, F1, F2 warmed
+        await settle()
+        assert warmed_keys(cache) == {t.key for n in range(3) for t in folders[f"F{n}"]}
+        p.opened(node_of(tree, folders["F3"][0]))  # first open in F3, scan still on
+        await settle()
+
+    scenario(tree, cache, body)
+    assert warmed_keys(cache) == {t.key for n in range(6) for t in folders[f"F{n}"]}
+
+
+def test_one_open_per_folder_long_apart_is_no_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "SCAN_WINDOW_SECONDS", 0.2)
+    folders = {f"F{n}": [make_track(100 * n + i) for i in range(2)] for n in range(3)}
+    tree, cache = album_tree(folders), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        p.opened(node_of(tree, folders["F0"][0]))
+        await trio.sleep(0.3)
+        p.opened(node_of(tree, folders["F1"][0]))
+        await settle()
+
+    scenario(tree, cache, body)
+    assert warmed_keys(cache) == {folders["F0"][0].key, folders["F1"][0].key}
 
 
 def test_same_track_opened_twice_is_not_a_scan() -> None:

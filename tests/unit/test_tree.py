@@ -247,3 +247,14 @@ def test_changes_include_dirs_whose_mtime_changed() -> None:
     changes = tree.rebuild({("A", "x", "1.flac"): aged(1, 100.0), ("A", "x", "2.flac"): aged(2, 900.0)})
     assert resolve(tree, "A").mtime == 900.0  # type: ignore[union-attr]
     assert {ROOT_INODE, artist} <= changes.dirs
+
+
+def test_walk_order_is_depth_first_in_name_order() -> None:
+    tree = Tree()
+    tree.rebuild({("B", "y", "1.flac"): aged(1, 1.0), ("A", "x", "1.flac"): aged(2, 1.0),
+                  ("A", "w", "1.flac"): aged(3, 1.0), ("loose.flac",): aged(4, 1.0)})
+    names = {node.inode: node.name for node in tree.nodes.values()}
+    assert [names[inode] for inode in tree.walk_order] == ["", "w", "x", "y"]
+    w = resolve(tree, "A", "w")
+    assert [folder.name for folder in tree.folders_after(w.inode, 2)] == ["x", "y"]
+    assert tree.folders_after(resolve(tree, "B", "y").inode, 2) == []
