@@ -184,16 +184,20 @@ class _Slot:
         self._held.release_on_behalf_of(borrower)
 
 
+FAILED_TTL = 2.0  # seconds a block that failed a reader is not asked for again
+
+
 class _Pending:
     """One block being loaded; everyone who needs it waits on `done`."""
 
-    __slots__ = ("done", "data", "error", "urgent", "slot", "overdue")
+    __slots__ = ("done", "data", "error", "urgent", "started_by_reader", "slot", "overdue")
 
     def __init__(self, urgent: bool) -> None:
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: str | None = None
         self.urgent = urgent  # a reader (not only a warmer) waits for it
+        self.started_by_reader = urgent
         self.slot: _Slot | None = None
         # A reader gave up on it at its deadline. Later readers fail at once
         # instead of waiting a deadline of their own: the kernel retries a
@@ -247,6 +251,8 @@ class BlockCache:
         self._write_backlog = 0  # bytes of blocks waiting for _write_lock
         self._max_write_backlog = max_request * (foreground_slots + background_slots)
         self._pending: dict[BlockKey, _Pending] = {}
+        # Blocks whose load just failed a reader -> why; a read of them fails at once meanwhile.
+        self._failed: cachetools.TTLCache[BlockKey, str] = cachetools.TTLCache(maxsize=4096, ttl=FAILED_TTL)
         self._lock_fd: int | None = None
 
     @property
@@ -353,29 +359,56 @@ class BlockCache:
         self.stats.memory_hits += len(blocks)
         missing = [i for i in range(first, last + 1) if i not in blocks]
         if missing:
-            waits = self._claim(obj, missing, urgent=True)
-            if any(pending.overdue and not pending.done.is_set() for _, pending in waits):
-                self.stats.timeouts += 1
-                raise FetchError(f"reading {obj.key} (bytes {offset}-{end - 1}): the store has not "
-                                 f"answered for longer than {self.read_deadline:g} s")
             try:
                 with trio.fail_after(self.read_deadline):
-                    for index, pending in waits:
-                        await pending.done.wait()
-                        if pending.error is not None:
-                            raise FetchError(pending.error)
-                        assert pending.data is not None
-                        blocks[index] = pending.data
+                    await self._wait_for(obj, missing, blocks, f"bytes {offset}-{end - 1}")
             except trio.TooSlowError:
                 self.stats.timeouts += 1
-                for _, pending in waits:
-                    pending.overdue = not pending.done.is_set()
                 raise FetchError(f"reading {obj.key} (bytes {offset}-{end - 1}) took longer "
                                  f"than {self.read_deadline:g} s") from None
         base = first * self.block_size
         if first == last:
             return blocks[first][offset - base:end - base]
         return b"".join(blocks[i] for i in range(first, last + 1))[offset - base:end - base]
+
+    async def _wait_for(self, obj: ObjectRef, missing: list[int], blocks: dict[int, bytes], what: str) -> None:
+        """Claim the missing blocks and wait for them into `blocks`; the caller sets the deadline.
+
+        A load that a warmer started earlier and that failed is tried once
+        more: this reader's deadline has time left, and the warm may have been
+        stuck long before the reader came. A load a reader started that failed
+        is final, so a server that refuses connections gives EIO at once.
+        """
+        for attempt in (1, 2):
+            failed = next((self._failed[(obj.sha256, i)] for i in missing if (obj.sha256, i) in self._failed), None)
+            if failed is not None:
+                raise FetchError(f"{failed} (failed moments ago; not asking again yet)")
+            waits = self._claim(obj, missing, urgent=True)
+            if any(pending.overdue and not pending.done.is_set() for _, pending in waits):
+                self.stats.timeouts += 1
+                raise FetchError(f"reading {obj.key} ({what}): the store has not "
+                                 f"answered for longer than {self.read_deadline:g} s")
+            retry = []
+            try:
+                for index, pending in waits:
+                    await pending.done.wait()
+                    if pending.error is None:
+                        assert pending.data is not None
+                        blocks[index] = pending.data
+                    elif pending.started_by_reader or attempt == 2:
+                        # The kernel retries a failed page read at once: answer
+                        # that retry now rather than with a second full wait.
+                        self._failed[(obj.sha256, index)] = pending.error
+                        raise FetchError(pending.error)
+                    else:
+                        retry.append(index)
+            except trio.Cancelled:
+                for _, pending in waits:
+                    pending.overdue = not pending.done.is_set()
+                raise
+            if not retry:
+                return
+            missing = retry
 
     async def warm(self, obj: ObjectRef, start: int, end: int) -> None:
         """Fetch the blocks of [start, end) not yet cached; never raises.

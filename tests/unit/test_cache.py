@@ -411,6 +411,12 @@ def test_a_store_error_becomes_a_fetch_error_with_its_message(store: TestStore, 
         assert str(caught.value) == "cannot connect to the S3 endpoint http://127.0.0.1:9"
         assert cache.pending_blocks == 0 and not cache.cached(obj, 0, 10)
         store.fail = None
+        # The kernel retries a failed page read at once: that retry fails without a request...
+        requests = len(store.requests)
+        with pytest.raises(FetchError, match="failed moments ago"):
+            run(lambda: cache.read(obj, 0, 10))
+        assert len(store.requests) == requests
+        cache._failed.clear()  # ... until FAILED_TTL has passed; then the store is asked again
         assert run(lambda: cache.read(obj, 0, 10)) == data[:10]
 
 
@@ -451,6 +457,7 @@ def test_short_data_from_the_store_is_an_error_and_not_cached(store: TestStore, 
         assert not cache.cached(obj, 0, 2 * BS)
         assert block_files(cache_dir) == []
         store.short = False
+        cache._failed.clear()  # FAILED_TTL has passed
         assert run(lambda: cache.read(obj, 0, 2 * BS)) == data[:2 * BS]
 
 
