@@ -9,6 +9,7 @@ Mount state is read from /proc/self/mountinfo, never by touching the mount.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,7 +102,8 @@ class Mount:
                 self.process.wait(grace)
                 return
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, sig)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, sig)
         self.process.wait(10)
 
 
@@ -110,18 +112,23 @@ def stop_all_mounts() -> None:
         mount.stop(force=True)
 
 
-def run_step_process(step: str, arguments: dict[str, Any], timeout: float, mount: Mount) -> dict[str, Any]:
+def run_step_process(step: str, arguments: dict[str, Any], timeout: float,
+                     mount: Mount | None = None) -> dict[str, Any]:
     """On timeout the mount is torn down first: that fails the FUSE requests the
     child waits in, so the child can then be killed and reaped."""
     child = subprocess.Popen([sys.executable, str(STEPS_SCRIPT), step, json.dumps(arguments)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        mount.stop(force=True)
-        os.killpg(child.pid, signal.SIGKILL)
+    except BaseException as exc:  # a timeout, or the benchmark interrupted: no child outlives its step
+        if mount:
+            mount.stop(force=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
         child.communicate(timeout=60)
-        raise StepFailed(f"timeout after {timeout:.0f} s") from None
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise StepFailed(f"timeout after {timeout:.0f} s") from None
+        raise
     if child.returncode:
         lines = err.decode(errors="replace").strip().splitlines() or [f"exit status {child.returncode}"]
         raise StepFailed(lines[-1][-200:])
@@ -144,8 +151,10 @@ def settle(proxy: wanproxy.WanProxy, quiet_s: float = 0.3, limit_s: float = 15.0
 
 
 def drop_page_cache() -> bool:
-    """Drop clean page-cache pages so warm reads come from the system's own cache, not
-    the kernel's; False where the kernel does not let us (then warm includes it)."""
+    """Drop the page cache so warm reads come from the system's own cache, not the
+    kernel's; False where the kernel does not let us (then warm includes it).
+    Synced first: a cache file just written is dirty, and dirty pages stay."""
+    os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as control:
             control.write("1\n")

@@ -14,8 +14,12 @@ the mounts and the local S3 server. It models one shared link:
 * Connection set-up: a new connection's first bytes leave one RTT after the
   accept, as a TCP handshake would make them (no TLS is modelled).
 * Back-pressure: each direction of a connection holds at most `buffer_bytes`
-  in flight, then stops reading, which is what a TCP window does; the default
-  is several times the bandwidth-delay product so a single stream can fill the link.
+  in flight, then stops reading, as a TCP window would. The default is one
+  bandwidth-delay product: enough for one stream to fill the link (the proxy
+  learns of free room at once, with no ACK coming back), and no more, so a
+  client that abandons a download (rclone cancels long ranges) wastes about
+  what it would on a real link, not a deep buffer's worth of link time.
+  Slow start is not modelled: a new connection may use its whole window at once.
 
 Counters live in shared memory so the benchmark (another process) reads them
 while the proxy runs: bytes each way (counted as they enter the link), TCP
@@ -43,6 +47,7 @@ import time
 from dataclasses import dataclass, fields
 
 READ_SIZE = 256 * 1024
+MIN_WINDOW = 256 * 1024
 METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
 TOLERANCE = 0.10
 # asyncio's epoll waits round timeouts up to whole milliseconds, which would make
@@ -246,7 +251,7 @@ class Proxy:
         self.counters = counters
         self.link = Link(mbit, self.rtt_s / 2, counters)
         bdp = int(self.link.bytes_per_s * self.rtt_s)
-        self.buffer_bytes = buffer_bytes or max(4 * 1024 * 1024, 4 * bdp)
+        self.buffer_bytes = buffer_bytes or max(MIN_WINDOW, bdp)
 
     async def serve(self, sock: socket.socket) -> None:
         server = await asyncio.start_server(self.handle, sock=sock, limit=2 * READ_SIZE)
@@ -352,8 +357,15 @@ class _TestServer:
 
     def _accept(self) -> None:
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self.sock.close()
 
     @staticmethod
     def _serve(conn: socket.socket) -> None:
@@ -428,15 +440,19 @@ def selfcheck(rtt_ms: float, mbit: float, seconds: float = 2.0) -> tuple[bool, d
     """Measure the emulator against its settings: RTT, one stream's rate, and two
     parallel streams' total (proves the limit is shared, not per connection)."""
     upstream = _TestServer()
-    with WanProxy(upstream.port, rtt_ms, mbit) as proxy:
-        rtt = measure_rtt(proxy.port)
-        size = int(mbit * 1e6 / 8 * seconds)
-        single = measure_rate(proxy.port, size, rtt / 1000)
-        shared = measure_rate(proxy.port, size // 2, rtt / 1000, streams=2)
-        cpu = proxy_cpu_seconds(proxy)
+    try:
+        with WanProxy(upstream.port, rtt_ms, mbit) as proxy:
+            rtt = measure_rtt(proxy.port)
+            size = int(mbit * 1e6 / 8 * seconds)
+            single = measure_rate(proxy.port, size, rtt / 1000)
+            shared = measure_rate(proxy.port, size // 2, rtt / 1000, streams=2)
+            cpu = proxy_cpu_seconds(proxy)
+    finally:
+        upstream.close()
     figures = {"rtt_ms": rtt, "rate_mbit": single, "two_streams_mbit": shared,
                "proxy_cpu_s": cpu}
-    ok = (_within(rtt, rtt_ms, 1.0) and _within(single, mbit, 0.0)
+    # 1.5 ms: waking three idle processes on this VM costs about that per round trip.
+    ok = (_within(rtt, rtt_ms, 1.5) and _within(single, mbit, 0.0)
           and _within(shared, mbit, 0.0))
     return ok, figures
 
