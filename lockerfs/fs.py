@@ -160,6 +160,8 @@ class LockerOperations(pyfuse3.Operations):
         except Exception:  # a bug must cost one read, not the whole mount (pyfuse3 would end it)
             log.exception("unexpected error reading %s at %d", opened.node.name, off)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.prefetcher.served(opened.reading)
 
     async def release(self, fh: int) -> None:
         opened = self._handles.pop(fh, None)

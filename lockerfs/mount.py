@@ -208,8 +208,9 @@ class Mounted:
     """A mounted locker: the pieces that live as long as the mount."""
 
     def __init__(self, options: MountOptions, store: S3Store, cache: BlockCache,
-                 reader: CatalogReader, catalog_copy: Path) -> None:
+                 reader: CatalogReader, catalog_copy: Path, save_copy_now: bool) -> None:
         self.options = options
+        self.save_copy_now = save_copy_now
         self.store = store
         self.cache = cache
         self.reader = reader
@@ -225,6 +226,8 @@ class Mounted:
             nursery.start_soon(self._stop_on_signals)
             await nursery.start(self.prefetcher.run)
             nursery.start_soon(self._refresh_loop)
+            if self.save_copy_now:  # after mounting: a large catalog takes seconds to write
+                nursery.start_soon(trio.to_thread.run_sync, _save_copy, self.reader, self.catalog_copy)
             await pyfuse3.main(max_tasks=64)
             nursery.cancel_scope.cancel()
 
@@ -303,8 +306,8 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     cache.open()
     try:
         catalog_copy = cache_dir / f"catalog-{config.locker_id(options.locker, store.endpoint)}.json.gz"
-        reader = _load_catalog(store, catalog_copy)
-        mounted = Mounted(options, store, cache, reader, catalog_copy)
+        reader, fresh = _load_catalog(store, catalog_copy)
+        mounted = Mounted(options, store, cache, reader, catalog_copy, save_copy_now=fresh)
         mount_options = {f"fsname={options.locker}", "subtype=lockerfs", "ro", "default_permissions", "noatime"}
         if options.allow_other:
             mount_options.add("allow_other")
@@ -317,23 +320,23 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     return mounted
 
 
-def _load_catalog(store: S3Store, copy: Path) -> CatalogReader:
-    """The catalog from the bucket, or from the local copy when the bucket is out of reach."""
+def _load_catalog(store: S3Store, copy: Path) -> tuple[CatalogReader, bool]:
+    """The catalog from the bucket, or from the local copy when the bucket is out of reach;
+    and whether the bucket had news the local copy lacks."""
     reader = CatalogReader(store)
     have_copy = reader.load_local(copy)
     try:
         catalog.check_locker(store)
-        reader.refresh()
+        changed = reader.refresh()
     except Unreachable as exc:
         if not have_copy:
             raise MountError(f"{exc}, and there is no cached catalog of {store.url} to show offline") from None
         log.warning("%s: mounting offline with the cached catalog (%d tracks)", exc, len(reader.tracks()))
-        return reader
+        return reader, False
     except NotFound:
         raise MountError(f"{store.url} is not a lockerfs locker (no locker.json): "
                          "`lockerfs upload` creates one") from None
-    _save_copy(reader, copy)
-    return reader
+    return reader, changed
 
 
 # --- which process serves which mount point ----------------------------------------------

@@ -40,6 +40,8 @@ from lockerfs.tree import FileNode, Tree
 log = logging.getLogger(__name__)
 
 HEAD_SLACK = 16 * 1024  # readers look a little past the tags (first audio frames)
+KERNEL_READ = 128 * 1024  # the kernel's first read of a file asks this much at once
+OPEN_WARM_WAIT = 0.05  # seconds an opened track's warming waits for its first read to be answered
 TAIL_MIN = 128 + 32 * 1024  # always cover ID3v1/APEv2 probes and the last Ogg page
 READAHEAD_START = 512 * 1024
 READAHEAD_MAX = 16 * 1024 * 1024
@@ -59,7 +61,7 @@ def object_of(track: Track) -> ObjectRef:
 def tag_regions(track: Track) -> list[tuple[int, int]]:
     """The byte ranges a tag reader needs: the head and the tail, merged if they meet."""
     size = track.size
-    head_end = min(size, track.info.head_size + HEAD_SLACK)
+    head_end = min(size, max(track.info.head_size + HEAD_SLACK, KERNEL_READ))
     tail_start = max(0, size - max(track.info.tail_size, TAIL_MIN))
     if tail_start <= head_end:
         return [(0, size)]
@@ -76,6 +78,7 @@ class ReadState:
     warmed_until: int = 0
     next_track_warmed: bool = False
     readahead: set[trio.CancelScope] = field(default_factory=set)  # one scope per warm task
+    first_read_served: trio.Event = field(default_factory=trio.Event)
 
     def cancel_readahead(self) -> None:
         for scope in self.readahead:
@@ -101,18 +104,23 @@ class Prefetcher:
             task_status.started()
             await trio.sleep_forever()
 
-    def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int) -> None:
-        """Warm [start, end) in the background; cancelled with `owner`'s read-ahead if given."""
+    def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int,
+               after: trio.Event | None = None) -> None:
+        """Warm [start, end) in the background; cancelled with `owner`'s read-ahead if given,
+        and started once `after` is set (or OPEN_WARM_WAIT has passed)."""
         if self._nursery is None or end <= start or self.cache.cached(obj, start, end):
             return
         scope = trio.CancelScope()
         if owner is not None:
             owner.readahead.add(scope)
-        self._nursery.start_soon(self._warm, owner, scope, obj, start, end)
+        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after)
 
     async def _warm(self, owner: ReadState | None, scope: trio.CancelScope, obj: ObjectRef,
-                    start: int, end: int) -> None:
+                    start: int, end: int, after: trio.Event | None) -> None:
         with scope:
+            if after is not None:
+                with trio.move_on_after(OPEN_WARM_WAIT):
+                    await after.wait()
             await self.cache.warm(obj, start, end)
         if owner is not None:
             owner.readahead.discard(scope)
@@ -120,16 +128,29 @@ class Prefetcher:
     # --- events from fs.py ------------------------------------------------------
 
     def opened(self, node: FileNode) -> ReadState:
-        """A track was opened: warm its tag regions, and during a scan its folder's and the next ones'."""
-        self._warm_tags(node)
+        """A track was opened: warm its tag regions, and during a scan its folder's and the next ones'.
+
+        The reader's own first read comes at once and should not share the
+        link with anything: the opened track's tag regions are warmed once that
+        read is answered (what it fetched is skipped then).
+        """
+        state = ReadState(node)
+        obj = object_of(node.track)
+        for start, end in tag_regions(node.track):
+            self._spawn(None, obj, start, end, after=state.first_read_served)
         if self._scanning(node):
             tree = self._tree_of()
             for folder in [tree.nodes[node.parent], *tree.folders_after(node.parent, SCAN_AHEAD_FOLDERS)]:
                 if folder.inode not in self._warmed_folders:
                     self._warmed_folders[folder.inode] = True
                     for track in tree.files_in(folder)[:SIBLINGS_MAX]:  # type: ignore[arg-type]
-                        self._warm_tags(track)
-        return ReadState(node)
+                        if track.inode != node.inode:
+                            self._warm_tags(track)
+        return state
+
+    def served(self, state: ReadState) -> None:
+        """A read of the handle was answered (or failed): its open's warming may start."""
+        state.first_read_served.set()
 
     def _warm_tags(self, node: FileNode) -> None:
         obj = object_of(node.track)

@@ -17,7 +17,7 @@ import trio.testing
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
 from lockerfs import prefetch
-from lockerfs.prefetch import (HEAD_SLACK, NEXT_TRACK_BYTES, READAHEAD_MAX, READAHEAD_PIECE, READAHEAD_START,
+from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_BYTES, READAHEAD_MAX, READAHEAD_PIECE, READAHEAD_START,
                                SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState, object_of, tag_regions)
 from lockerfs.track import Track
 from lockerfs.tree import FileNode, Tree
@@ -86,22 +86,30 @@ async def settle() -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
+@pytest.fixture(autouse=True)
+def no_open_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An opened track's warming waits for its first read; these tests make no reads."""
+    monkeypatch.setattr(prefetch, "OPEN_WARM_WAIT", 0.0)
+
+
 # --- tag_regions --------------------------------------------------------------------
 
-def test_tag_regions_head_plus_slack_and_tail_min() -> None:
+def test_tag_regions_head_covers_the_kernels_first_read_and_tail_min() -> None:
     track = sized(1, 10 * MiB, head=8192, tail=128)
-    assert tag_regions(track) == [(0, 8192 + HEAD_SLACK), (10 * MiB - TAIL_MIN, 10 * MiB)]
+    assert tag_regions(track) == [(0, KERNEL_READ), (10 * MiB - TAIL_MIN, 10 * MiB)]
+    big_head = sized(2, 10 * MiB, head=300_000, tail=128)
+    assert tag_regions(big_head)[0] == (0, 300_000 + HEAD_SLACK)
 
 
 def test_tag_regions_use_a_tail_bigger_than_tail_min() -> None:
     track = sized(1, 10 * MiB, head=100, tail=200_000)
-    assert tag_regions(track) == [(0, 100 + HEAD_SLACK), (10 * MiB - 200_000, 10 * MiB)]
+    assert tag_regions(track) == [(0, KERNEL_READ), (10 * MiB - 200_000, 10 * MiB)]
 
 
 @pytest.mark.parametrize("size, expected", [
-    (8192 + HEAD_SLACK + TAIL_MIN, [(0, 8192 + HEAD_SLACK + TAIL_MIN)]),  # they meet: one region
-    (8192 + HEAD_SLACK + TAIL_MIN - 1000, [(0, 8192 + HEAD_SLACK + TAIL_MIN - 1000)]),  # overlap
-    (8192 + HEAD_SLACK + TAIL_MIN + 1, [(0, 8192 + HEAD_SLACK), (8192 + HEAD_SLACK + 1, 8192 + HEAD_SLACK + TAIL_MIN + 1)]),
+    (KERNEL_READ + TAIL_MIN, [(0, KERNEL_READ + TAIL_MIN)]),  # they meet: one region
+    (KERNEL_READ + TAIL_MIN - 1000, [(0, KERNEL_READ + TAIL_MIN - 1000)]),  # overlap
+    (KERNEL_READ + TAIL_MIN + 1, [(0, KERNEL_READ), (KERNEL_READ + 1, KERNEL_READ + TAIL_MIN + 1)]),
     (1000, [(0, 1000)]),  # smaller than either end
     (0, [(0, 0)]),
 ])
