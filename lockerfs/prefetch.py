@@ -181,6 +181,10 @@ class Prefetcher:
         track_size = state.node.track.size
         sequential = offset == state.next_offset
         state.next_offset = offset + size
+        if not state.next_track_warmed and offset + size >= track_size * NEXT_TRACK_AT and (
+                sequential or offset == 0):  # a short track may be read whole at once
+            state.next_track_warmed = True
+            self._warm_next_track(state.node)
         if not sequential:
             state.cancel_readahead()
             state.window = READAHEAD_START
@@ -200,9 +204,6 @@ class Prefetcher:
                 self._spawn(state, obj, state.warmed_until, piece_end)
                 state.warmed_until = piece_end
         state.window = min(state.window * 2, READAHEAD_MAX)
-        if not state.next_track_warmed and offset + size >= track_size * NEXT_TRACK_AT:
-            state.next_track_warmed = True
-            self._warm_next_track(state.node)
 
     def _warm_next_track(self, node: FileNode) -> None:
         tree = self._tree_of()
