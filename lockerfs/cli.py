@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -278,8 +278,6 @@ def run_compact(args: argparse.Namespace) -> int:
           f"catalog files; deleted {result.files_deleted} older than {args.grace:.0f} s")
     return 0
 
-
-Runner = Callable[[argparse.Namespace], int]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,7 +78,7 @@ def main() -> int:
                 warm = read_all(big_path)
         finally:
             server.stop()
-    print(f"| measure (local rclone serve s3, no WAN) | value |")
+    print("| measure (local rclone serve s3, no WAN) | value |")
     print("|---|---|")
     print(f"| first byte, cold track (median of {len(first_bytes)}) | {statistics.median(first_bytes) * 1000:.1f} ms "
           f"(max {max(first_bytes) * 1000:.1f} ms) |")

@@ -16,7 +16,6 @@ import trio.testing
 
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
-from lockerfs import prefetch
 from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_BYTES, READAHEAD_MAX, READAHEAD_PIECE, READAHEAD_START,
                                SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState, object_of, tag_regions)
 from lockerfs.track import Track
