@@ -26,7 +26,7 @@ import pytest
 
 from tests.integration.test_mount import mounted_files, sha256_file
 from tests.support.faultproxy import ALL_KINDS, FaultProxy
-from tests.support.mounting import lockerfs, mount_pids, mounted, wait_until
+from tests.support.mounting import lockerfs, mount_pids, mounted, readable, wait_until
 from tests.support.s3server import S3Server
 
 from synth_library import SynthTrack, write_track
@@ -180,16 +180,8 @@ def test_a_read_that_cannot_succeed_is_eio_in_bounded_time(uploaded_corpus, lock
         assert_alive(mnt, process)
         fault_proxy.set_down(False)
         fault_proxy.set_fault_rate(0.0)
-        assert wait_until(lambda: _readable(files[0]), timeout=30)
+        assert wait_until(lambda: readable(files[0]), timeout=30)
         assert read_all_verified({p.name: p for p in files[:3]}, sources)["files"] == 3
-
-
-def _readable(path: Path) -> bool:
-    try:
-        path.read_bytes()
-        return True
-    except OSError:
-        return False
 
 
 def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, locker, env, tmp_path,
@@ -302,7 +294,7 @@ def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus,
         # Loads that met the stall end when botocore gives up on them (3 attempts x 4 s);
         # until then their blocks fail fast, as the EIO above did.
         for path in uncached:
-            assert wait_until(lambda: _readable(path), timeout=30), f"{path} not readable again without remount"
+            assert wait_until(lambda: readable(path), timeout=30), f"{path} not readable again without remount"
         print(f"[server {how}] every uncached file readable {time.monotonic() - recovered:.1f} s after recovery")
         assert read_all_verified({p.name: p for p in uncached}, sources, attempts=1)["files"] == len(uncached)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
+from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, readable, wait_until
 from tests.support.s3server import S3Server
 
 from synth_library import write_track
@@ -174,7 +174,7 @@ def test_offline_listing_and_cached_reads_work_uncached_fail_fast(tmp_path, libr
             assert failure.value.errno == errno.EIO
             assert time.monotonic() - started < 10
             server.start()
-            assert wait_until(lambda: _readable(uncached), timeout=20)
+            assert wait_until(lambda: readable(uncached), timeout=20)
         server.stop()
         # Mounting with the server down still works, from the cached catalog.
         with mounted(locker, tmp_path / "mnt", own_env, *cache) as mnt:
@@ -183,14 +183,6 @@ def test_offline_listing_and_cached_reads_work_uncached_fail_fast(tmp_path, libr
             assert sha256_file(mnt / cached.relative_to(tmp_path / "mnt")) == cached_sha
     finally:
         server.stop()
-
-
-def _readable(path: Path) -> bool:
-    try:
-        path.read_bytes()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("how", ["lockerfs umount", "fusermount3 -u"])

@@ -59,6 +59,15 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:  # typ
     return predicate()
 
 
+def readable(path: Path) -> bool:
+    """Whether the whole file can be read now (a mount recovering from an outage)."""
+    try:
+        path.read_bytes()
+        return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def mounted(locker: str, mountpoint: Path, env: dict[str, str], *extra: str) -> Iterator[Path]:
     """`lockerfs mount` (daemonized) for the block; unmounted and stopped afterwards, even on failure."""
