@@ -211,6 +211,7 @@ class Mounted:
                  reader: CatalogReader, catalog_copy: Path, save_copy_now: bool) -> None:
         self.options = options
         self.save_copy_now = save_copy_now
+        self._catalog_lock = trio.Lock()  # the catalog is refreshed and saved in worker threads
         self.store = store
         self.cache = cache
         self.reader = reader
@@ -227,7 +228,7 @@ class Mounted:
             await nursery.start(self.prefetcher.run)
             nursery.start_soon(self._refresh_loop)
             if self.save_copy_now:  # after mounting: a large catalog takes seconds to write
-                nursery.start_soon(trio.to_thread.run_sync, _save_copy, self.reader, self.catalog_copy)
+                nursery.start_soon(self._save_copy)
             await pyfuse3.main(max_tasks=64)
             nursery.cancel_scope.cancel()
 
@@ -238,32 +239,40 @@ class Mounted:
                 pyfuse3.terminate()
                 return
 
+    async def _save_copy(self) -> None:
+        async with self._catalog_lock:
+            await trio.to_thread.run_sync(_save_copy, self.reader, self.catalog_copy)
+
     async def _refresh_loop(self) -> None:
         offline = False
         while True:
             await trio.sleep(self.options.refresh)
+            async with self._catalog_lock:
+                offline = await self._refresh(offline)
+
+    async def _refresh(self, offline: bool) -> bool:
+        """One refresh of the catalog; returns whether the locker is out of reach now."""
+        try:
+            changed = await trio.to_thread.run_sync(self.reader.refresh)
+        except StoreError as exc:
+            if not offline:
+                log.warning("catalog refresh failed, showing what we have: %s", exc)
+            return True
+        except catalog.FormatError as exc:
+            # Someone else's bad (or newer) file must not end this mount.
+            log.warning("catalog refresh: %s; showing what we have", exc)
+            return offline
+        except Exception:  # noqa: BLE001 - the catalog is untrusted input; a bug must not end the mount
+            log.exception("catalog refresh failed; showing what we have")
+            return offline
+        if offline:
+            log.info("the locker is reachable again")
+        if changed:
             try:
-                changed = await trio.to_thread.run_sync(self.reader.refresh)
-            except StoreError as exc:
-                if not offline:
-                    log.warning("catalog refresh failed, showing what we have: %s", exc)
-                offline = True
-                continue
-            except catalog.FormatError as exc:
-                # Someone else's bad (or newer) file must not end this mount.
-                log.warning("catalog refresh: %s; showing what we have", exc)
-                continue
-            except Exception:  # noqa: BLE001 - the catalog is untrusted input; a bug must not end the mount
-                log.exception("catalog refresh failed; showing what we have")
-                continue
-            if offline:
-                log.info("the locker is reachable again")
-                offline = False
-            if changed:
-                try:
-                    await self._apply_catalog()
-                except Exception:  # a bug here must cost a refresh, not the mount
-                    log.exception("applying the refreshed catalog failed; showing the previous one")
+                await self._apply_catalog()
+            except Exception:  # a bug here must cost a refresh, not the mount
+                log.exception("applying the refreshed catalog failed; showing the previous one")
+        return False
 
     async def _apply_catalog(self) -> None:
         tracks = self.reader.tracks()
