@@ -410,19 +410,22 @@ class BlockCache:
                 return
             missing = retry
 
-    async def warm(self, obj: ObjectRef, start: int, end: int) -> None:
+    async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False) -> None:
         """Fetch the blocks of [start, end) not yet cached; never raises.
 
         Uses the background slots, so it cannot starve read(). Warmed blocks go
         to memory and disk both: the next read of a prefetched range should
         not even touch the disk (size memory_limit above the prefetch window).
-        Blocks already on disk are left there.
+        Blocks already on disk are left there, unless `into_memory` (read-ahead
+        of a re-read): then they are loaded from disk in one batch ahead of the
+        reader, which would otherwise wait on the disk block by block.
         """
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
             return
         first, last = start // self.block_size, (end - 1) // self.block_size
-        wanted = [i for i in range(first, last + 1) if not self._has((obj.sha256, i))]
+        present = self._in_memory if into_memory else self._has
+        wanted = [i for i in range(first, last + 1) if not present((obj.sha256, i))]
         error = None
         for _, pending in self._claim(obj, wanted, urgent=False):
             await pending.done.wait()
@@ -431,16 +434,20 @@ class BlockCache:
             self.stats.warm_failures += 1
             log.debug("warming %s bytes %d-%d: %s", obj.key, start, end - 1, error)
 
-    def cached(self, obj: ObjectRef, start: int, end: int) -> bool:
-        """Whether every block of [start, end) is in memory or on disk; no I/O."""
+    def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
+        """Whether every block of [start, end) is in memory (or, unless `in_memory`, on disk); no I/O."""
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
             return True
         first, last = start // self.block_size, (end - 1) // self.block_size
-        return all(self._has((obj.sha256, i)) for i in range(first, last + 1))
+        present = self._in_memory if in_memory else self._has
+        return all(present((obj.sha256, i)) for i in range(first, last + 1))
 
     def _has(self, key: BlockKey) -> bool:
         return key in self._memory or key in self._index
+
+    def _in_memory(self, key: BlockKey) -> bool:
+        return key in self._memory
 
     def _touch_disk(self, key: BlockKey) -> None:
         if key in self._index:

@@ -106,9 +106,11 @@ class Prefetcher:
 
     def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int,
                after: trio.Event | None = None) -> None:
-        """Warm [start, end) in the background; cancelled with `owner`'s read-ahead if given,
-        and started once `after` is set (or OPEN_WARM_WAIT has passed)."""
-        if self._nursery is None or end <= start or self.cache.cached(obj, start, end):
+        """Warm [start, end) in the background; started once `after` is set (or OPEN_WARM_WAIT
+        has passed). With an `owner` this is its read-ahead: cancelled with it, and loaded
+        into memory even from the disk cache, since a reader is about to ask for it."""
+        into_memory = owner is not None
+        if self._nursery is None or end <= start or self.cache.cached(obj, start, end, in_memory=into_memory):
             return
         scope = trio.CancelScope()
         if owner is not None:
@@ -121,7 +123,7 @@ class Prefetcher:
             if after is not None:
                 with trio.move_on_after(OPEN_WARM_WAIT):
                     await after.wait()
-            await self.cache.warm(obj, start, end)
+            await self.cache.warm(obj, start, end, into_memory=owner is not None)
         if owner is not None:
             owner.readahead.discard(scope)
 

@@ -736,3 +736,19 @@ def test_memory_stays_within_its_limit(store: TestStore) -> None:
             assert run(lambda: cache.read(obj, offset, 3 * BS)) == data[offset:offset + 3 * BS]
             assert cache.memory_bytes <= 4 * BS
         assert cache.pending_blocks == 0
+
+
+def test_warm_into_memory_loads_disk_blocks_ahead_without_the_store(store: TestStore, cache_dir: Path) -> None:
+    """Read-ahead of a re-read: blocks on disk are brought into memory before the reader asks."""
+    obj, data = put(store, SIZE)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.read(obj, 0, SIZE))
+    gets = len(store.gets())
+    with new_cache(store, cache_dir) as cache:
+        assert cache.cached(obj, 0, SIZE) and not cache.cached(obj, 0, SIZE, in_memory=True)
+        run(lambda: cache.warm(obj, 0, SIZE))  # plain warming leaves disk blocks where they are
+        assert not cache.cached(obj, 0, SIZE, in_memory=True)
+        run(lambda: cache.warm(obj, 0, SIZE, into_memory=True))
+        assert cache.cached(obj, 0, SIZE, in_memory=True)
+        assert run(lambda: cache.read(obj, 0, SIZE)) == data
+    assert len(store.gets()) == gets

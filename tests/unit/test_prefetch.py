@@ -40,10 +40,10 @@ class RecordingCache:
         self.present: list[Warm] = []  # ranges cached() reports as cached
         self.hold = False  # warm() waits until cancelled
 
-    def cached(self, obj: ObjectRef, start: int, end: int) -> bool:
+    def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
         return any(key == obj.key and s <= start and end <= e for key, s, e in self.present)
 
-    async def warm(self, obj: ObjectRef, start: int, end: int) -> None:
+    async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False) -> None:
         self.warms.append((obj.key, start, end))
         if self.hold:
             try:
