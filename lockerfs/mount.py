@@ -172,6 +172,10 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         log.error("cannot mount: %s", exc)
         report(str(exc))
         return 1
+    except RuntimeError as exc:  # pyfuse3.init: the kernel or fusermount3 refused the mount
+        log.error("cannot mount: %s", exc)
+        report(f"cannot mount {options.mountpoint}: {exc} (is fuse3 installed and /dev/fuse usable?)")
+        return 1
     except OSError as exc:  # the cache dir or the mount point: one sentence, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         log.error("cannot mount: %s%s", exc.strerror or exc, where)
