@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FOREGROUND_SLOTS = 8
 BACKGROUND_SLOTS = 8
+COPY_SAVE_DELAY = 30.0  # seconds after mounting before the local catalog copy is written
 
 
 class MountError(Exception):
@@ -212,9 +213,9 @@ class Mounted:
     """A mounted locker: the pieces that live as long as the mount."""
 
     def __init__(self, options: MountOptions, store: S3Store, cache: BlockCache,
-                 reader: CatalogReader, catalog_copy: Path, save_copy_now: bool) -> None:
+                 reader: CatalogReader, catalog_copy: Path, copy_dirty: bool) -> None:
         self.options = options
-        self.save_copy_now = save_copy_now
+        self.copy_dirty = copy_dirty  # the local catalog copy lacks what the bucket told us
         self._catalog_lock = trio.Lock()  # the catalog is refreshed and saved in worker threads
         self.store = store
         self.cache = cache
@@ -231,8 +232,8 @@ class Mounted:
             nursery.start_soon(self._stop_on_signals)
             await nursery.start(self.prefetcher.run)
             nursery.start_soon(self._refresh_loop)
-            if self.save_copy_now:  # after mounting: a large catalog takes seconds to write
-                nursery.start_soon(self._save_copy)
+            if self.copy_dirty:
+                nursery.start_soon(self._save_copy_later)
             await pyfuse3.main(max_tasks=64)
             nursery.cancel_scope.cancel()
 
@@ -243,9 +244,16 @@ class Mounted:
                 pyfuse3.terminate()
                 return
 
-    async def _save_copy(self) -> None:
+    async def _save_copy_later(self) -> None:
+        """Save the catalog copy once the mount has settled: a large catalog takes
+        seconds of CPU to write, which a player's first scan should not share."""
+        await trio.sleep(COPY_SAVE_DELAY)
         async with self._catalog_lock:
-            await trio.to_thread.run_sync(_save_copy, self.reader, self.catalog_copy)
+            await trio.to_thread.run_sync(self._save_copy)
+
+    def _save_copy(self) -> None:
+        write_catalog_copy(self.reader, self.catalog_copy)
+        self.copy_dirty = False
 
     async def _refresh_loop(self) -> None:
         offline = False
@@ -287,13 +295,15 @@ class Mounted:
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         for inode in changes.dirs:
             await trio.to_thread.run_sync(_invalidate_inode, inode)
-        await trio.to_thread.run_sync(_save_copy, self.reader, self.catalog_copy)
+        await trio.to_thread.run_sync(self._save_copy)
 
     def close(self) -> None:
+        if self.copy_dirty:  # unmounted before the delayed save: save it now
+            self._save_copy()
         self.cache.close()
 
 
-def _save_copy(reader: CatalogReader, copy: Path) -> None:
+def write_catalog_copy(reader: CatalogReader, copy: Path) -> None:
     """Keep the local catalog copy; a full or read-only disk costs offline mounting, not this one."""
     try:
         reader.save(copy)
@@ -320,7 +330,7 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     try:
         catalog_copy = cache_dir / f"catalog-{config.locker_id(options.locker, store.endpoint)}.json.gz"
         reader, fresh = _load_catalog(store, catalog_copy)
-        mounted = Mounted(options, store, cache, reader, catalog_copy, save_copy_now=fresh)
+        mounted = Mounted(options, store, cache, reader, catalog_copy, copy_dirty=fresh)
         mount_options = {f"fsname={options.locker}", "subtype=lockerfs", "ro", "default_permissions", "noatime"}
         if options.allow_other:
             mount_options.add("allow_other")
