@@ -19,7 +19,10 @@ Invariants
 - A read answers within read_deadline. Once a reader gave up on a load at
   its deadline, later readers of that load fail at once until it ends (the
   kernel retries a failed page with a second read; one read() must still
-  fail within one deadline); the next read starts a fresh load.
+  fail within one deadline); the next read starts a fresh load. Likewise a
+  block whose load failed a reader fails at once for FAILED_TTL, and a
+  reader whose joined load (started earlier by a warmer) failed tries once
+  more within its own deadline.
 - One load per block: `_pending` maps (sha, index) to the one load in flight,
   and every reader and warmer of that block waits on it. An entry lives from
   its claim until the block is in memory and on disk (or has failed).
@@ -184,7 +187,7 @@ class _Slot:
         self._held.release_on_behalf_of(borrower)
 
 
-FAILED_TTL = 2.0  # seconds a block that failed a reader is not asked for again
+FAILED_TTL = 1.0  # seconds a block that failed a reader is not asked for again (the kernel retries at once)
 
 
 class _Pending:

@@ -110,6 +110,7 @@ def read_all_verified(files: dict[str, Path], sources: dict[str, bytes], attempt
             except OSError as exc:
                 assert exc.errno == errno.EIO, (name, exc)
                 counts["eio"] += 1
+                time.sleep(0.5)  # a player retries after a moment, not in a tight loop
                 continue
             assert hashlib.sha256(data).hexdigest() in sources, f"{name}: wrong bytes"
             counts["files"] += 1
