@@ -19,17 +19,6 @@ pytestmark = pytest.mark.integration
 _bucket_numbers = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One server for the session; each test gets its own bucket."""
-    server = S3Server(tmp_path_factory.mktemp("s3") / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
     name = f"test{next(_bucket_numbers)}"

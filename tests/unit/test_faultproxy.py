@@ -35,14 +35,10 @@ from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, fre
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    s3 = S3Server(tmp_path_factory.mktemp("s3") / "root")
-    s3.start()
-    try:
-        yield s3
-    finally:
-        s3.stop()
+@pytest.fixture
+def server(s3_server: S3Server) -> S3Server:
+    """The session's S3 server (tests/conftest.py)."""
+    return s3_server
 
 
 @pytest.fixture
