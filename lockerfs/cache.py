@@ -20,7 +20,8 @@ Invariants
   its deadline, later readers of that load fail at once until it ends (the
   kernel retries a failed page with a second read; one read() must still
   fail within one deadline); the next read starts a fresh load. Likewise a
-  block whose load failed a reader fails at once for FAILED_TTL, and a
+  block whose load failed a reader slowly (after half a deadline or more)
+  fails at once for FAILED_TTL, and a
   reader whose joined load (started earlier by a warmer) failed tries once
   more within its own deadline.
 - One load per block: `_pending` maps (sha, index) to the one load in flight,
@@ -193,7 +194,7 @@ FAILED_TTL = 1.0  # seconds a block that failed a reader is not asked for again 
 class _Pending:
     """One block being loaded; everyone who needs it waits on `done`."""
 
-    __slots__ = ("done", "data", "error", "urgent", "started_by_reader", "slot", "overdue")
+    __slots__ = ("done", "data", "error", "urgent", "started_by_reader", "started", "slot", "overdue")
 
     def __init__(self, urgent: bool) -> None:
         self.done = trio.Event()
@@ -201,6 +202,7 @@ class _Pending:
         self.error: str | None = None
         self.urgent = urgent  # a reader (not only a warmer) waits for it
         self.started_by_reader = urgent
+        self.started = trio.current_time()
         self.slot: _Slot | None = None
         # A reader gave up on it at its deadline. Later readers fail at once
         # instead of waiting a deadline of their own: the kernel retries a
@@ -399,9 +401,11 @@ class BlockCache:
                         assert pending.data is not None
                         blocks[index] = pending.data
                     elif pending.started_by_reader or attempt == 2:
-                        # The kernel retries a failed page read at once: answer
-                        # that retry now rather than with a second full wait.
-                        self._failed[(obj.sha256, index)] = pending.error
+                        if trio.current_time() - pending.started >= self.read_deadline / 2:
+                            # A slow failure (a stalling server): the kernel retries a
+                            # failed page read at once; answer that retry now rather than
+                            # with a second long wait. A quick failure may be retried.
+                            self._failed[(obj.sha256, index)] = pending.error
                         raise FetchError(pending.error)
                     else:
                         retry.append(index)

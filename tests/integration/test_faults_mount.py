@@ -225,8 +225,13 @@ def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, loc
                             errors.append(f"{path}: EIO after {time.monotonic() - started:.1f} s")
                     continue
                 with lock:
-                    if data != expected[offset:offset + length]:
+                    wanted = expected[offset:offset + length]
+                    if data != wanted[:len(data)]:
                         errors.append(f"{path} at {offset}+{length}: wrong bytes")
+                    elif len(data) < len(wanted):
+                        # A page after the first failed: the kernel returns what it read
+                        # (a short read, as POSIX allows) rather than EIO. Correct bytes.
+                        counts["short reads"] += 1
                     counts["reads"] += 1
                     counts["bytes"] += len(data)
 
@@ -246,7 +251,7 @@ def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, loc
         assert_alive(mnt, process)
         stats = fault_proxy.stats
     growth = rss_after - rss_before
-    print(f"\n[soak {SOAK_SECONDS:g} s x {SOAK_THREADS} readers, 20% faults] reads verified {counts['reads']} "
+    print(f"\n[soak {SOAK_SECONDS:g} s x {SOAK_THREADS} readers, 20% faults] reads verified {counts['reads']} (short {counts['short reads']}) "
           f"({counts['bytes'] / 1e6:.1f} MB), EIO {counts['eio']}, faults by kind {dict(sorted(stats.items()))}, "
           f"RSS before {rss_before / 2**20:.1f} MiB, after {rss_after / 2**20:.1f} MiB "
           f"(growth {growth / 2**20:+.1f} MiB)")

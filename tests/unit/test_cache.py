@@ -411,12 +411,25 @@ def test_a_store_error_becomes_a_fetch_error_with_its_message(store: TestStore, 
         assert str(caught.value) == "cannot connect to the S3 endpoint http://127.0.0.1:9"
         assert cache.pending_blocks == 0 and not cache.cached(obj, 0, 10)
         store.fail = None
-        # The kernel retries a failed page read at once: that retry fails without a request...
+        # A quick failure is not remembered: the kernel's immediate retry asks the store again.
+        assert run(lambda: cache.read(obj, 0, 10)) == data[:10]
+
+
+def test_a_slow_failure_fails_the_immediate_retry_at_once(store: TestStore, cache_dir: Path) -> None:
+    """A stalling server: the kernel's retry of the page must not wait a second deadline."""
+    obj, data = put(store, SIZE)
+    store.fail = Unreachable("the S3 endpoint stopped answering")
+    store.delay = 0.3
+    with new_cache(store, cache_dir) as cache:
+        cache.read_deadline = 0.5  # the failure took more than half of it
+        with pytest.raises(FetchError, match="stopped answering"):
+            run(lambda: cache.read(obj, 0, 10))
+        store.fail, store.delay = None, 0.0
         requests = len(store.requests)
         with pytest.raises(FetchError, match="failed moments ago"):
             run(lambda: cache.read(obj, 0, 10))
         assert len(store.requests) == requests
-        cache._failed.clear()  # ... until FAILED_TTL has passed; then the store is asked again
+        cache._failed.clear()  # FAILED_TTL has passed: the store is asked again
         assert run(lambda: cache.read(obj, 0, 10)) == data[:10]
 
 
