@@ -565,6 +565,7 @@ class BlockCache:
             log.exception("reading %s bytes %d-%d", obj.key, start, end - 1)
             error = f"reading {obj.key} failed: {err!r}"
         else:
+            log.debug("GET %s bytes %d-%d (%s)", obj.key, start, end - 1, "reader" if urgent else "prefetch")
             self.stats.fetched_bytes += len(data)
             if len(data) != end - start:
                 error = (f"the store returned {len(data)} bytes of {obj.key} at {start} "

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 import pyfuse3
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 ENTRY_TIMEOUT = 3600.0
 ATTR_TIMEOUT = 3600.0
 STATFS_BLOCK = 64 * 1024
+# st_blksize: stdio and Python buffer this much per read. Small, so that a tag
+# reader's last buffered read runs little past its tags (see prefetch.HEAD_SLACK).
+IO_BLOCK = 16 * 1024
 NAME_MAX = 255
 
 
@@ -67,7 +71,7 @@ class LockerOperations(pyfuse3.Operations):
         attrs.entry_timeout = ENTRY_TIMEOUT
         attrs.attr_timeout = ATTR_TIMEOUT
         attrs.st_uid, attrs.st_gid = self.uid, self.gid
-        attrs.st_blksize = STATFS_BLOCK
+        attrs.st_blksize = IO_BLOCK
         if isinstance(node, DirNode):
             attrs.st_mode = stat.S_IFDIR | 0o555
             attrs.st_nlink = 2 + node.subdirs
@@ -142,7 +146,9 @@ class LockerOperations(pyfuse3.Operations):
             reading = ReadState(node)
         handle = next(self._next_handle)
         self._handles[handle] = OpenFile(node, reading)
-        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+        # A scan's opens bypass the page cache: the kernel's read-ahead would
+        # fetch up to 256 KiB past the tags of every track, a cold GET each.
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=reading.scanning)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._handles.get(fh)
@@ -152,6 +158,7 @@ class LockerOperations(pyfuse3.Operations):
             self.prefetcher.read(opened.reading, off, size)
         except Exception:  # prefetch is an optimisation: a bug there must not cost the read
             log.exception("prefetch failed reading %s at %d", opened.node.name, off)
+        began = time.monotonic()
         try:
             return await self.cache.read(object_of(opened.node.track), off, size)
         except FetchError as exc:
@@ -162,6 +169,8 @@ class LockerOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             self.prefetcher.served(opened.reading)
+            log.debug("read %s at %d, %d bytes: %.1f ms", opened.node.name, off, size,
+                      (time.monotonic() - began) * 1000)
 
     async def release(self, fh: int) -> None:
         opened = self._handles.pop(fh, None)

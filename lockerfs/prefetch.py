@@ -39,14 +39,14 @@ from lockerfs.tree import FileNode, Tree
 
 log = logging.getLogger(__name__)
 
-HEAD_SLACK = 16 * 1024  # readers look a little past the tags (first audio frames)
-KERNEL_READ = 128 * 1024  # the kernel's first read of a file asks this much at once
+HEAD_SLACK = 16 * 1024  # a buffered reader's last read runs on past the tags (one st_blksize)
+KERNEL_READ = 128 * 1024  # the kernel's first read of a file (not direct_io) asks this much at once
 OPEN_WARM_WAIT = 0.05  # seconds an opened track's warming waits for its first read to be answered
-TAIL_MIN = 128 + 32 * 1024  # always cover ID3v1/APEv2 probes and the last Ogg page
+TAIL_MIN = 8 * 1024  # the kernel reads whole pages around ID3v1/APEv2 probes at the very end
 READAHEAD_START = 512 * 1024
 READAHEAD_MAX = 16 * 1024 * 1024
 READAHEAD_PIECE = 4 * 1024 * 1024  # one warm() call; cache splits it into requests
-NEXT_TRACK_AT = 0.5  # fraction of a track read sequentially before the next one is warmed
+NEXT_TRACK_AFTER = 1024 * 1024  # audio read sequentially before the next track is warmed
 NEXT_TRACK_BYTES = 1024 * 1024
 SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed at once
 SCAN_WINDOW_SECONDS = 10.0  # two opens in one folder this close together look like a scan
@@ -58,21 +58,35 @@ def object_of(track: Track) -> ObjectRef:
     return ObjectRef(track.key, track.sha256, track.size)
 
 
-def tag_regions(track: Track) -> list[tuple[int, int]]:
-    """The byte ranges a tag reader needs: the head and the tail, merged if they meet."""
+def head_end(track: Track) -> int:
+    """Where a tag reader's reads end at the front: reading that starts here is playback."""
+    return min(track.size, track.info.head_size + HEAD_SLACK)
+
+
+def tag_regions(track: Track, *, direct: bool) -> list[tuple[int, int]]:
+    """The byte ranges a tag reader needs: the head and the tail, merged if they meet.
+
+    `direct`: the reader's reads reach us as they are (a scan's direct_io
+    open); otherwise the kernel's first read of the file is KERNEL_READ long.
+    """
     size = track.size
-    head_end = min(size, max(track.info.head_size + HEAD_SLACK, KERNEL_READ))
+    head = head_end(track) if direct else min(size, max(head_end(track), KERNEL_READ))
     tail_start = max(0, size - max(track.info.tail_size, TAIL_MIN))
-    if tail_start <= head_end:
+    if tail_start <= head:
         return [(0, size)]
-    return [(0, head_end), (tail_start, size)]
+    return [(0, head), (tail_start, size)]
 
 
 @dataclass
 class ReadState:
-    """Per open file: where sequential reading is and how far ahead we have warmed."""
+    """Per open file: where sequential reading is and how far ahead we have warmed.
+
+    `scanning`: opened during a library scan, so opened with direct_io: the
+    kernel adds no read-ahead of its own and each read is the reader's own.
+    """
 
     node: FileNode
+    scanning: bool = False
     next_offset: int = -1
     window: int = READAHEAD_START
     warmed_until: int = 0
@@ -136,11 +150,11 @@ class Prefetcher:
         link with anything: the opened track's tag regions are warmed once that
         read is answered (what it fetched is skipped then).
         """
-        state = ReadState(node)
+        state = ReadState(node, scanning=self._scanning(node))
         obj = object_of(node.track)
-        for start, end in tag_regions(node.track):
+        for start, end in tag_regions(node.track, direct=state.scanning):
             self._spawn(None, obj, start, end, after=state.first_read_served)
-        if self._scanning(node):
+        if state.scanning:
             tree = self._tree_of()
             for folder in [tree.nodes[node.parent], *tree.folders_after(node.parent, SCAN_AHEAD_FOLDERS)]:
                 if folder.inode not in self._warmed_folders:
@@ -156,7 +170,7 @@ class Prefetcher:
 
     def _warm_tags(self, node: FileNode) -> None:
         obj = object_of(node.track)
-        for start, end in tag_regions(node.track):
+        for start, end in tag_regions(node.track, direct=True):  # siblings open during a scan
             self._spawn(None, obj, start, end)
 
     def _scanning(self, node: FileNode) -> bool:
@@ -177,26 +191,32 @@ class Prefetcher:
     def read(self, state: ReadState, offset: int, size: int) -> None:
         """A read is being served: extend read-ahead if reading is sequential, else drop it.
 
-        Read-ahead starts only at the second sequential read: a seek, or a tag
-        reader hopping between the two ends of a file, costs no extra bytes.
+        Read-ahead starts only at the second sequential read, and only past
+        the tags (a tag reader reads its head sequentially, then stops): a
+        seek, or a tag reader hopping between the two ends of a file, costs
+        no extra bytes. Likewise the next track is warmed only once this one
+        is being played: read sequentially well into its audio, or whole.
         """
         track_size = state.node.track.size
+        audio_start = head_end(state.node.track)
+        end = offset + size
         sequential = offset == state.next_offset
-        state.next_offset = offset + size
-        if not state.next_track_warmed and offset + size >= track_size * NEXT_TRACK_AT and (
-                sequential or offset == 0):  # a short track may be read whole at once
+        state.next_offset = end
+        if not state.next_track_warmed and not state.scanning and (sequential or offset == 0) and (
+                end >= track_size or (offset >= audio_start and end >= audio_start + NEXT_TRACK_AFTER)):
             state.next_track_warmed = True
             self._warm_next_track(state.node)
         if not sequential:
             state.cancel_readahead()
             state.window = READAHEAD_START
-            state.warmed_until = offset + size
+            state.warmed_until = end
+            return
+        if offset < audio_start:
             return
         # Refill only when less than half a window is left, so read-ahead goes
         # out in large requests (a 128 KiB GET per kernel read would cap the
         # rate far below the link's), and grow the window while reading stays
         # sequential.
-        end = offset + size
         state.warmed_until = max(state.warmed_until, end)
         if state.warmed_until - end < state.window // 2:
             target = min(track_size, end + state.window)
@@ -221,7 +241,7 @@ class Prefetcher:
             following = siblings[position + 1].track
             end = min(following.size, max(NEXT_TRACK_BYTES, following.info.head_size + HEAD_SLACK))
             self._spawn(None, object_of(following), 0, end)
-            tail_start, tail_end = tag_regions(following)[-1]
+            tail_start, tail_end = tag_regions(following, direct=False)[-1]
             self._spawn(None, object_of(following), max(tail_start, end), tail_end)
 
     def released(self, state: ReadState) -> None:

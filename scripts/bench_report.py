@@ -30,6 +30,7 @@ METRICS = (
     Metric("scan cold MB", "scan_cold", "traffic.bytes_down", scale=1e-6, digits=0),
     Metric("scan cold req", "scan_cold", "traffic.requests", digits=0),
     Metric("scan warm s", "scan_warm", "seconds", digits=2),
+    Metric("scan warm req", "scan_warm", "traffic.requests", digits=0),
     Metric("seq cold MB/s", "seq_cold", "mb_per_s", HIGHER),
     Metric("seq warm MB/s", "seq_warm", "mb_per_s", HIGHER),
     Metric("find cold s", "find_cold", "seconds", digits=2),
@@ -38,6 +39,8 @@ METRICS = (
     Metric("seek max ms", "seek", "max_ms", digits=0),
     Metric("ffmpeg s", "ffmpeg", "median_s", digits=2),
     Metric("stalls", "playback", "stalls", digits=0),
+    Metric("next track cached", "playback", "next_cached", HIGHER, digits=0),
+    Metric("next track ms", "playback", "next_max_ms", digits=0),
 )
 TRAFFIC_MEASURES = ("mount", "first_byte", "scan_cold", "scan_warm", "seq_cold", "seq_warm",
                     "find_cold", "find_warm", "seek", "ffmpeg", "playback")

@@ -121,11 +121,14 @@ def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str,
     read is due when the previous one's audio would have been consumed; one
     that takes over 100 ms is a stall. The very first read is start-up, not a
     stall; opening the next track is counted, since a gapless player needs it
-    on time.
+    on time. `next_first_ms` gives, for each track after the first, its open
+    plus first read: under half a round trip it came from the cache.
     """
     reads: list[float] = []
+    firsts: list[float] = []  # each track's first read, open included: gapless needs it at once
     for path, byte_rate in tracks:
         limit = byte_rate * seconds if seconds else float("inf")
+        opened = time.perf_counter()
         with open(path, "rb", buffering=0) as track:
             start = time.perf_counter()
             played = 0
@@ -135,13 +138,16 @@ def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str,
                 began = time.perf_counter()
                 chunk = track.read(BLOCK)
                 reads.append(time.perf_counter() - began)
+                if played == 0:
+                    firsts.append(time.perf_counter() - opened)
                 if not chunk:
                     break
                 played += len(chunk)
     waits = reads[1:]
     return {"startup_ms": _ms(reads[0]), "reads": len(reads),
             "stalls": sum(wait > STALL_S for wait in waits),
-            "max_wait_ms": _ms(max(waits, default=0.0))}
+            "max_wait_ms": _ms(max(waits, default=0.0)),
+            "next_first_ms": [_ms(first) for first in firsts[1:]]}
 
 
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -260,6 +260,15 @@ def test_open_for_writing_is_erofs(fs: Fs, flags: int) -> None:
     assert fuse_errno(lambda: fs.ops.open(inode, flags, CTX)) == errno.EROFS
 
 
+def test_opens_during_a_scan_bypass_the_page_cache(fs: Fs) -> None:
+    async def go() -> list[bool]:
+        infos = [await fs.ops.open(fs.inode("Artist", "Album", name), os.O_RDONLY, CTX)
+                 for name in ("01.flac", "02.flac")]  # two tracks of a folder at once: a scan
+        return [info.direct_io for info in infos]
+
+    assert run(go) == [False, True]
+
+
 def test_open_of_a_dir_is_eisdir(fs: Fs) -> None:
     assert fuse_errno(lambda: fs.ops.open(fs.inode("Artist"), os.O_RDONLY, CTX)) == errno.EISDIR
     assert fuse_errno(lambda: fs.ops.open(999_999, os.O_RDONLY, CTX)) == errno.ENOENT
@@ -336,10 +345,12 @@ def test_a_prefetch_bug_costs_neither_open_nor_read(fs: Fs, monkeypatch: pytest.
 
 
 def test_release_cancels_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test tracks are ~100 KB: keep their head region small, or it covers them whole.
-    monkeypatch.setattr(prefetch, "KERNEL_READ", 0)
-    fs = Fs()
+    # The test tracks are ~100 KB: keep their head region small, or it covers them whole,
+    # but have it cover two reads past the tags, where read-ahead starts.
     track = TRACKS[0]
+    audio = prefetch.head_end(track)
+    monkeypatch.setattr(prefetch, "KERNEL_READ", audio + 2 * BS)
+    fs = Fs()
     inode = fs.inode("Artist", "Album", "01.flac")
 
     async def go() -> None:
@@ -347,11 +358,11 @@ def test_release_cancels_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
             await nursery.start(fs.prefetcher.run)
             fh = (await fs.ops.open(inode, os.O_RDONLY, CTX)).fh
             await trio.testing.wait_all_tasks_blocked()
-            while not all(fs.cache.cached(object_of(track), s, e) for s, e in tag_regions(track)):
+            while not all(fs.cache.cached(object_of(track), s, e) for s, e in tag_regions(track, direct=False)):
                 await trio.sleep(0.005)  # the tag regions warmed on open
             fs.store.gate.clear()  # from now on the store does not answer
             state: ReadState = fs.ops._handles[fh].reading
-            for off in (0, BS):  # two sequential reads start read-ahead; both from memory
+            for off in (audio, audio + BS):  # two sequential reads start read-ahead; both from memory
                 assert await fs.ops.read(fh, off, BS) == content(track)[off:off + BS]
             await trio.testing.wait_all_tasks_blocked()
             scopes = set(state.readahead)

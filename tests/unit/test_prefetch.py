@@ -16,8 +16,9 @@ import trio.testing
 
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
-from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_BYTES, READAHEAD_MAX, READAHEAD_PIECE, READAHEAD_START,
-                               SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState, object_of, tag_regions)
+from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_AFTER, NEXT_TRACK_BYTES, READAHEAD_MAX,
+                               READAHEAD_PIECE, READAHEAD_START, SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState,
+                               head_end, object_of, tag_regions)
 from lockerfs.track import Track
 from lockerfs.tree import FileNode, Tree
 from tests.unit.test_catalog import make_track
@@ -95,14 +96,20 @@ def no_open_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_tag_regions_head_covers_the_kernels_first_read_and_tail_min() -> None:
     track = sized(1, 10 * MiB, head=8192, tail=128)
-    assert tag_regions(track) == [(0, KERNEL_READ), (10 * MiB - TAIL_MIN, 10 * MiB)]
+    assert tag_regions(track, direct=False) == [(0, KERNEL_READ), (10 * MiB - TAIL_MIN, 10 * MiB)]
     big_head = sized(2, 10 * MiB, head=300_000, tail=128)
-    assert tag_regions(big_head)[0] == (0, 300_000 + HEAD_SLACK)
+    assert tag_regions(big_head, direct=False)[0] == (0, 300_000 + HEAD_SLACK)
+
+
+def test_tag_regions_of_a_direct_open_are_the_tags_and_one_buffer() -> None:
+    track = sized(1, 10 * MiB, head=8192, tail=128)
+    assert head_end(track) == 8192 + HEAD_SLACK
+    assert tag_regions(track, direct=True) == [(0, 8192 + HEAD_SLACK), (10 * MiB - TAIL_MIN, 10 * MiB)]
 
 
 def test_tag_regions_use_a_tail_bigger_than_tail_min() -> None:
     track = sized(1, 10 * MiB, head=100, tail=200_000)
-    assert tag_regions(track) == [(0, KERNEL_READ), (10 * MiB - 200_000, 10 * MiB)]
+    assert tag_regions(track, direct=False) == [(0, KERNEL_READ), (10 * MiB - 200_000, 10 * MiB)]
 
 
 @pytest.mark.parametrize("size, expected", [
@@ -113,12 +120,12 @@ def test_tag_regions_use_a_tail_bigger_than_tail_min() -> None:
     (0, [(0, 0)]),
 ])
 def test_tag_regions_merge_when_they_meet(size: int, expected: list[tuple[int, int]]) -> None:
-    assert tag_regions(sized(1, size, head=8192, tail=128)) == expected
+    assert tag_regions(sized(1, size, head=8192, tail=128), direct=False) == expected
 
 
 def test_tag_regions_never_pass_the_file() -> None:
     track = sized(1, 50_000, head=10**9, tail=10**9)
-    assert tag_regions(track) == [(0, 50_000)]
+    assert tag_regions(track, direct=False) == tag_regions(track, direct=True) == [(0, 50_000)]
 
 
 # --- open: tag regions and scans ------------------------------------------------------
@@ -138,7 +145,7 @@ def test_one_open_warms_its_head_and_tail_only() -> None:
         p.opened(node_of(tree, ALBUM[2]))
 
     scenario(tree, cache, body)
-    assert sorted(cache.warms) == [(ALBUM[2].key, s, e) for s, e in tag_regions(ALBUM[2])]
+    assert sorted(cache.warms) == [(ALBUM[2].key, s, e) for s, e in tag_regions(ALBUM[2], direct=False)]
 
 
 def test_second_open_in_a_folder_warms_every_siblings_tags() -> None:
@@ -151,7 +158,7 @@ def test_second_open_in_a_folder_warms_every_siblings_tags() -> None:
 
     scenario(tree, cache, body)
     for track in ALBUM + OTHER:
-        assert set(tag_regions(track)) <= set(cache.of(track)), track.source
+        assert set(tag_regions(track, direct=True)) <= set(cache.of(track)), track.source
     # the scan is on: the next folder in walk order (B) is warmed ahead too
     assert warmed_keys(cache) == {t.key for t in ALBUM + OTHER}
 
@@ -234,7 +241,7 @@ def test_a_folder_is_warmed_once() -> None:
         p.opened(node_of(tree, ALBUM[3]))
         await settle()
         # only the two tracks' own tag regions again, not the whole album
-        assert len(cache.warms) - before == 2 * len(tag_regions(ALBUM[2]))
+        assert len(cache.warms) - before == 2 * len(tag_regions(ALBUM[2], direct=True))
 
     scenario(tree, cache, body)
 
@@ -253,7 +260,7 @@ def test_sibling_warming_is_capped() -> None:
 
 def test_cached_regions_are_not_warmed_again() -> None:
     tree, cache = album_tree({"A": ALBUM}), RecordingCache()
-    head, tail = tag_regions(ALBUM[0])
+    head, tail = tag_regions(ALBUM[0], direct=False)
     cache.present.append((ALBUM[0].key, *head))
 
     async def body(p: Prefetcher) -> None:
@@ -272,6 +279,19 @@ def test_without_run_nothing_is_warmed_and_nothing_fails() -> None:
         prefetcher.read(state, off, 128 * KiB)
     prefetcher.released(state)
     assert cache.warms == []
+
+
+def test_opens_during_a_scan_are_marked_for_direct_io() -> None:
+    tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
+    states: list[ReadState] = []
+
+    async def body(p: Prefetcher) -> None:
+        states.append(p.opened(node_of(tree, ALBUM[0])))
+        states.append(p.opened(node_of(tree, ALBUM[1])))  # the scan is detected here
+        states.append(p.opened(node_of(tree, OTHER[0])))  # and goes on in the next folder
+
+    scenario(tree, cache, body)
+    assert [state.scanning for state in states] == [False, True, True]
 
 
 # --- reads: read-ahead ------------------------------------------------------------------
@@ -293,6 +313,27 @@ def test_a_single_read_or_tag_hops_warm_nothing_ahead() -> None:
 
     scenario(tree, cache, body)
     assert cache.warms == []  # neither read-ahead nor the next track
+
+
+def test_a_tag_reader_reading_its_head_in_order_warms_nothing_ahead() -> None:
+    cover = sized(51, 64 * MiB, head=300_000)
+    tree, cache = album_tree({"A": [cover, ALBUM[0]]}), RecordingCache()
+    buffer = 16 * KiB
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, cover))
+        await settle()
+        cache.warms.clear()
+        for off in range(0, head_end(cover), buffer):  # the last read runs into HEAD_SLACK
+            p.read(state, off, buffer)
+        await settle()
+        assert cache.warms == []
+        p.read(state, off + buffer, buffer)  # reading on past the tags: playback
+        p.read(state, off + 2 * buffer, buffer)
+        await settle()
+        assert {key for key, _, _ in cache.warms} == {cover.key}
+
+    scenario(tree, cache, body)
 
 
 def test_sequential_reads_double_the_window_up_to_the_max() -> None:
@@ -380,22 +421,51 @@ def read_sequentially(p: Prefetcher, state: ReadState, until: int, start: int = 
         p.read(state, off, READ)
 
 
-def test_the_next_track_is_warmed_past_the_middle() -> None:
+def test_the_next_track_is_warmed_once_this_one_plays() -> None:
     tree, cache = album_tree({"A": SET}), RecordingCache()
     following = SET[1]
+    playing = head_end(SET[0]) + NEXT_TRACK_AFTER
 
     async def body(p: Prefetcher) -> None:
         state = p.opened(node_of(tree, SET[0]))
-        read_sequentially(p, state, TRACK_SIZE // 2 - READ)  # just short of the middle
+        read_sequentially(p, state, playing - READ)  # the last read ends just short
         await settle()
         assert cache.of(following) == []
-        read_sequentially(p, state, TRACK_SIZE, start=TRACK_SIZE // 2 - READ)
+        read_sequentially(p, state, TRACK_SIZE, start=playing - READ)
         await settle()
 
     scenario(tree, cache, body)
-    tail = tag_regions(following)[-1]
+    tail = tag_regions(following, direct=False)[-1]
     assert sorted(cache.of(following)) == [(0, NEXT_TRACK_BYTES), tail]
     assert cache.of(SET[2]) == []
+
+
+def test_a_short_track_read_whole_at_once_warms_the_next_one() -> None:
+    short = [sized(n, 100 * KiB) for n in (64, 65)]
+    tree, cache = album_tree({"A": short}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, short[0]))
+        p.read(state, 0, KERNEL_READ)  # the kernel's first read takes it all
+
+    scenario(tree, cache, body)
+    assert cache.of(short[1])
+
+
+def test_a_scan_reading_whole_tracks_warms_no_next_track() -> None:
+    short = [sized(n, 100 * KiB) for n in (66, 67, 68)]
+    tree, cache = album_tree({"A": short, "B": OTHER}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        p.opened(node_of(tree, short[0]))
+        state = p.opened(node_of(tree, short[1]))  # a scan
+        await settle()
+        cache.warms.clear()
+        p.read(state, 0, 64 * KiB)
+        p.read(state, 64 * KiB, 64 * KiB)
+
+    scenario(tree, cache, body)
+    assert cache.warms == []  # the scan warmed the folder already; nothing more
 
 
 def test_the_last_track_warms_no_next_track() -> None:
@@ -435,9 +505,9 @@ def real_cache(tracks: list[Track]) -> tuple[GatedStore, BlockCache]:
     return store, BlockCache(store, None, disk_limit=0, block_size=4 * KiB, max_request=256 * KiB)
 
 
-async def until_cached(cache: BlockCache, track: Track) -> None:
+async def until_cached(cache: BlockCache, track: Track, direct: bool) -> None:
     obj = object_of(track)
-    while not all(cache.cached(obj, s, e) for s, e in tag_regions(track)):
+    while not all(cache.cached(obj, s, e) for s, e in tag_regions(track, direct=direct)):
         await trio.sleep(0.002)
 
 
@@ -448,10 +518,10 @@ def test_open_fetches_head_and_tail_not_the_middle() -> None:
 
     async def body(p: Prefetcher) -> None:
         p.opened(node_of(tree, track))
-        await until_cached(cache, track)
+        await until_cached(cache, track, direct=False)
 
     scenario(tree, cache, body)
-    (head, tail) = tag_regions(track)
+    (head, tail) = tag_regions(track, direct=False)
     assert not cache.cached(object_of(track), head[1] + 4 * KiB, tail[0] - 4 * KiB)
     assert sorted((s, e) for _, s, e in store.ranges) == [(0, head[1]), (tail[0] // 4096 * 4096, track.size)]
 
@@ -465,7 +535,7 @@ def test_a_scan_fetches_the_tags_of_the_whole_album() -> None:
         p.opened(node_of(tree, tracks[0]))
         p.opened(node_of(tree, tracks[1]))
         for track in tracks:
-            await until_cached(cache, track)
+            await until_cached(cache, track, direct=True)
 
     scenario(tree, cache, body)
     for track in tracks:
