@@ -39,7 +39,9 @@ from lockerfs.tree import Tree
 log = logging.getLogger(__name__)
 
 FOREGROUND_SLOTS = 8
-BACKGROUND_SLOTS = 8
+# A scan warms two small ranges per track, each about one round trip long: the
+# number in flight, not the link, sets how many tracks a second it can warm.
+BACKGROUND_SLOTS = 24
 COPY_SAVE_DELAY = 30.0  # seconds after mounting before the local catalog copy is written
 
 

@@ -52,7 +52,7 @@ def main() -> int:
         library = work / "library"
         synthesize_library(library, profile="small")
         big = write_big_flac(library / "big" / "big.flac", megabytes=args.megabytes)
-        server = S3Server(work / "s3")
+        server = S3Server(work / "s3", remember_md5=True)
         server.make_bucket("bench")
         server.start()
         try:
