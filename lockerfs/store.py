@@ -26,6 +26,7 @@ from typing import Protocol
 import boto3
 import boto3.exceptions
 import botocore.exceptions
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
@@ -198,8 +199,10 @@ class S3Store:
         """
         for attempt in range(1, self._body_attempts + 1):
             with self._errors(key):
-                response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **extra)
                 try:
+                    # botocore reads an error reply's body inside get_object, and
+                    # lets a connection broken there escape as urllib3's error
+                    response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **extra)
                     return response["Body"].read()
                 except _BODY_ERRORS as exc:
                     if attempt == self._body_attempts:
@@ -350,7 +353,8 @@ def _check_etag(parsed: dict, context: dict, **kwargs: object) -> None:
 
 
 _BODY_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
-                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
+                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError,
+                urllib3.exceptions.ProtocolError)
 
 
 class _ErrorMapper:
@@ -384,10 +388,7 @@ class _ErrorMapper:
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError,
                             botocore.exceptions.ConnectTimeoutError)):
             return Unreachable(f"cannot connect to the S3 endpoint {endpoint}")
-        if isinstance(exc, (botocore.exceptions.ReadTimeoutError,
-                            botocore.exceptions.ConnectionClosedError,
-                            botocore.exceptions.ResponseStreamingError,
-                            botocore.exceptions.IncompleteReadError)):
+        if isinstance(exc, _BODY_ERRORS):
             return Unreachable(f"the S3 endpoint {endpoint} stopped answering ({type(exc).__name__})")
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})

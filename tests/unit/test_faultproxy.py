@@ -28,6 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError,
                                  ReadTimeoutError, ResponseStreamingError)
 
+from lockerfs.store import MOUNT_RETRIES, NotFound, S3Store
 from tests.support import faultproxy
 from tests.support.faultproxy import ALL_KINDS, FaultProxy
 from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port
@@ -187,6 +188,21 @@ def test_reset_mid_body_breaks_a_get_after_its_headers(proxy: FaultProxy, bucket
     proxy.wait_idle()
     record = proxy.records()[-1]
     assert record.status == 200 and 50_000 < record.response_bytes < 51_000
+
+
+def test_store_retries_an_error_reply_cut_mid_body(proxy: FaultProxy, bucket: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # botocore reads an error reply's body inside get_object; a reset there used
+    # to escape as urllib3's ProtocolError and end `lockerfs upload` with a traceback.
+    for name, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                        "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
+    store = S3Store(f"s3://{bucket}/p", endpoint_url=proxy.endpoint, retries=MOUNT_RETRIES)
+    proxy.fail_next("reset_mid_body", method="GET", path_contains="missing")
+    with pytest.raises(NotFound):
+        store.get("missing")
+    proxy.wait_idle()
+    assert [r.status for r in proxy.records() if "missing" in r.path] == [404, 404]
 
 
 def test_reset_mid_body_of_a_put_loses_only_the_answer(
