@@ -87,6 +87,7 @@ class ReadState:
 
     node: FileNode
     scanning: bool = False
+    playing: bool = False  # read in order past its tags: audio, not a tag reader
     next_offset: int = -1
     window: int = READAHEAD_START
     warmed_until: int = 0
@@ -107,7 +108,7 @@ class Prefetcher:
         self.cache = cache
         self._tree_of = tree_of  # returns the current Tree (it is replaced on refresh)
         self._nursery: trio.Nursery | None = None
-        self._first_opened: TTLCache[int, int] = TTLCache(maxsize=4096, ttl=SCAN_WINDOW_SECONDS)
+        self._first_opened: TTLCache[int, ReadState] = TTLCache(maxsize=4096, ttl=SCAN_WINDOW_SECONDS)
         self._warmed_folders: TTLCache[int, bool] = TTLCache(maxsize=4096, ttl=SIBLING_SCOPE_SECONDS)
         self._scan_until = 0.0  # monotonic clock: opens before this belong to a scan in progress
 
@@ -150,7 +151,8 @@ class Prefetcher:
         link with anything: the opened track's tag regions are warmed once that
         read is answered (what it fetched is skipped then).
         """
-        state = ReadState(node, scanning=self._scanning(node))
+        state = ReadState(node)
+        state.scanning = self._scanning(state)
         obj = object_of(node.track)
         for start, end in tag_regions(node.track, direct=state.scanning):
             self._spawn(None, obj, start, end, after=state.first_read_served)
@@ -173,17 +175,19 @@ class Prefetcher:
         for start, end in tag_regions(node.track, direct=True):  # siblings open during a scan
             self._spawn(None, obj, start, end)
 
-    def _scanning(self, node: FileNode) -> bool:
+    def _scanning(self, state: ReadState) -> bool:
         """Whether opens look like a library scan: a second track opened in one folder
-        within the scan window, or any open while a scan detected so recently goes on."""
+        within the scan window while the first was not played (an album played
+        track after track is no scan), or any open while a recent scan goes on."""
+        node = state.node
         if node.parent not in self._tree_of().nodes:
             return False
         now = time.monotonic()  # the clock the TTL caches use
         if now < self._scan_until:
             self._scan_until = now + SCAN_WINDOW_SECONDS
             return True
-        first = self._first_opened.setdefault(node.parent, node.inode)
-        if first != node.inode:
+        first = self._first_opened.setdefault(node.parent, state)
+        if first.node.inode != node.inode and not first.playing:
             self._scan_until = now + SCAN_WINDOW_SECONDS
             return True
         return False
@@ -213,6 +217,7 @@ class Prefetcher:
             return
         if offset < audio_start:
             return
+        state.playing = True
         # Refill only when less than half a window is left, so read-ahead goes
         # out in large requests (a 128 KiB GET per kernel read would cap the
         # rate far below the link's), and grow the window while reading stays

@@ -151,9 +151,12 @@ def test_secrets_never_appear(uploaded, library, locker, env, tmp_path) -> None:
         # /proc/PID/environ is exempt: boto3 reads the credentials from there (docs/SECURITY.md)
     # a foreground mount with --debug
     mnt.mkdir(exist_ok=True)
-    foreground = subprocess.Popen([LOCKERFS, "mount", "-f", "--debug", "--cache-dir", str(tmp_path / "cache-fg"),
-                                   locker, str(mnt)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
+    # --debug logs every read: to a file, since an unread pipe would fill and stall the mount
+    foreground_log = tmp_path / "foreground.log"
+    with open(foreground_log, "w") as log_file:
+        foreground = subprocess.Popen([LOCKERFS, "mount", "-f", "--debug", "--cache-dir",
+                                       str(tmp_path / "cache-fg"), locker, str(mnt)],
+                                      env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         assert wait_until(lambda: os.path.ismount(mnt), timeout=30)
         pid = foreground.pid
@@ -165,10 +168,11 @@ def test_secrets_never_appear(uploaded, library, locker, env, tmp_path) -> None:
         subprocess.run([LOCKERFS, "umount", str(mnt)], env=env, capture_output=True, timeout=60)
         force_unmount(mnt)
         try:
-            outputs["foreground mount"] = foreground.communicate(timeout=30)[0]
+            foreground.wait(timeout=30)
         except subprocess.TimeoutExpired:
             foreground.kill()
-            outputs["foreground mount"] = foreground.communicate()[0]
+            foreground.wait()
+        outputs["foreground mount"] = foreground_log.read_text(errors="replace")
     # a failing mount (the endpoint is unreachable), and an access-denied error
     unreachable = {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     run("failing mount", "mount", "--debug", "--cache-dir", str(tmp_path / "cache-x"), locker, str(mnt),

@@ -294,6 +294,21 @@ def test_opens_during_a_scan_are_marked_for_direct_io() -> None:
     assert [state.scanning for state in states] == [False, True, True]
 
 
+def test_an_album_played_track_after_track_is_no_scan() -> None:
+    tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        first = p.opened(node_of(tree, ALBUM[0]))
+        for off in range(0, 2 * MiB, 128 * KiB):  # played, not just tag-read
+            p.read(first, off, 128 * KiB)
+        second = p.opened(node_of(tree, ALBUM[1]))
+        assert not second.scanning
+        assert not p.opened(node_of(tree, ALBUM[2])).scanning
+
+    scenario(tree, cache, body)
+    assert not warmed_keys(cache) & {t.key for t in ALBUM[3:] + OTHER}
+
+
 # --- reads: read-ahead ------------------------------------------------------------------
 
 LONG = sized(50, 64 * MiB)
