@@ -151,6 +151,11 @@ def render(results: dict[str, Any]) -> str:
         f"page cache dropped between cold and warm: {'yes' if results['page_cache_drop'] else 'no'}",
         "", main_table(results), "", "Traffic through the WAN per measure:", "", traffic_table(results),
     ]
+    floor = results.get("get_floor_ms")
+    if floor:  # what any S3 client pays for a cold read: the yardstick for first byte and seek
+        rtt = results["selfcheck"]["rtt_ms"]
+        parts[1:1] = ["", "A bare ranged GET through the WAN (boto3, warm connection), median: "
+                      + ", ".join(f"{size} {ms:g} ms = {ms / rtt:.2f} RTT" for size, ms in floor.items()) + "."]
     scale = scale_table(results)
     if scale:
         parts += ["", scale]
