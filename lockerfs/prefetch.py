@@ -6,17 +6,21 @@ behind prefetch):
 
 - A tag scan (a player importing a library) opens every track and reads its
   head and tail. On open we warm both tag regions of the track together. When
-  a second track of the same folder is opened soon after the first (a scan,
-  not someone playing one song), the scan is on: the tag regions of all the
-  folder's tracks, and of the next folders in walk order, are warmed at
-  once, and while the scan goes on every folder it enters is warmed on its
-  first open. A scan then waits on the network about once, not twice per track.
+  a second track of the same folder is opened soon after the first, and the
+  first was not played (a scan, not an album playing), the scan is on: the
+  tag regions of all the folder's tracks, and of the next folders in walk
+  order, are warmed at once, and while the scan goes on every folder it
+  enters is warmed on its first open. A scan then waits on the network about
+  once, not twice per track. Its opens are marked for direct_io (fs.py), so
+  the kernel's read-ahead cannot ask for bytes past the tags.
 - Playback reads a track sequentially. Read-ahead starts at the second
-  sequential read, small, and doubles with every sequential read up to a
-  window that keeps the link busy; a seek cancels the old read-ahead and
-  starts over from the new position, so random reads cost no extra bytes.
-- An album plays in order: once a track is well under way, the start of the
-  next track in its folder is warmed so gapless playback never waits.
+  sequential read past the tags (a tag reader reads its head in order too,
+  then stops), small, and doubles with every sequential read up to a window
+  that keeps the link busy; a seek cancels the old read-ahead and starts
+  over from the new position, so random reads cost no extra bytes.
+- An album plays in order: once a track plays (256 KiB into its audio), the
+  start of the next track in its folder is warmed so gapless playback never
+  waits.
 
 Everything is bounded: per-handle read-ahead is cancelled when the handle is
 released or seeks, sibling warming is capped per folder, and warmed ranges

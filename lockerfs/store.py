@@ -195,20 +195,26 @@ class S3Store:
         """GET and read the body, retrying a body cut off mid-way.
 
         botocore retries failed requests, but not a body that breaks while
-        we read it (reset, short read): that retry is ours.
+        we read it (reset, short read): that retry is ours. Nor an error
+        reply's body that breaks: botocore reads it inside get_object and lets
+        urllib3's ProtocolError out; that is retried here too.
         """
         for attempt in range(1, self._body_attempts + 1):
             with self._errors(key):
+                broken: Exception
                 try:
-                    # botocore reads an error reply's body inside get_object, and
-                    # lets a connection broken there escape as urllib3's error
                     response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **extra)
-                    return response["Body"].read()
-                except _BODY_ERRORS as exc:
-                    if attempt == self._body_attempts:
-                        raise
-                    log.debug("body of %s broke (%s); retrying", key, type(exc).__name__)
-                    time.sleep(min(2.0, 0.1 * 2 ** attempt))
+                except urllib3.exceptions.ProtocolError as exc:
+                    broken = exc
+                else:
+                    try:
+                        return response["Body"].read()
+                    except _BODY_ERRORS as exc:
+                        broken = exc
+                if attempt == self._body_attempts:
+                    raise broken
+                log.debug("body of %s broke (%s); retrying", key, type(broken).__name__)
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
         raise AssertionError("unreachable")
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -353,8 +359,7 @@ def _check_etag(parsed: dict, context: dict, **kwargs: object) -> None:
 
 
 _BODY_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
-                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError,
-                urllib3.exceptions.ProtocolError)
+                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
 
 
 class _ErrorMapper:
@@ -388,7 +393,7 @@ class _ErrorMapper:
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError,
                             botocore.exceptions.ConnectTimeoutError)):
             return Unreachable(f"cannot connect to the S3 endpoint {endpoint}")
-        if isinstance(exc, _BODY_ERRORS):
+        if isinstance(exc, (*_BODY_ERRORS, urllib3.exceptions.ProtocolError)):
             return Unreachable(f"the S3 endpoint {endpoint} stopped answering ({type(exc).__name__})")
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
