@@ -18,9 +18,9 @@ behind prefetch):
   then stops), small, and doubles with every sequential read up to a window
   that keeps the link busy; a seek cancels the old read-ahead and starts
   over from the new position, so random reads cost no extra bytes.
-- An album plays in order: once a track plays (256 KiB into its audio), the
-  start of the next track in its folder is warmed so gapless playback never
-  waits.
+- An album plays in order: once a track has played for two seconds, or its
+  read-ahead has reached its end, the start of the next track in its folder
+  is warmed so gapless playback never waits.
 
 Everything is bounded: per-handle read-ahead is cancelled when the handle is
 released or seeks, sibling warming is capped per folder, and warmed ranges
@@ -50,7 +50,7 @@ TAIL_MIN = 8 * 1024  # the kernel reads whole pages around ID3v1/APEv2 probes at
 READAHEAD_START = 512 * 1024
 READAHEAD_MAX = 16 * 1024 * 1024
 READAHEAD_PIECE = 4 * 1024 * 1024  # one warm() call; cache splits it into requests
-NEXT_TRACK_AFTER = 256 * 1024  # audio read in order before the next track is warmed (1.5 s of FLAC)
+NEXT_TRACK_AFTER_SECONDS = 2.0  # a track played this long in real time has its successor warmed
 NEXT_TRACK_BYTES = 1024 * 1024
 SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed at once
 SCAN_WINDOW_SECONDS = 10.0  # two opens in one folder this close together look like a scan
@@ -91,7 +91,7 @@ class ReadState:
 
     node: FileNode
     scanning: bool = False
-    playing: bool = False  # read in order past its tags: audio, not a tag reader
+    playing_since: float | None = None  # when it was first read in order past its tags
     next_offset: int = -1
     window: int = READAHEAD_START
     warmed_until: int = 0
@@ -191,7 +191,7 @@ class Prefetcher:
             self._scan_until = now + SCAN_WINDOW_SECONDS
             return True
         first = self._first_opened.setdefault(node.parent, state)
-        if first.node.inode != node.inode and not first.playing:
+        if first.node.inode != node.inode and first.playing_since is None:
             self._scan_until = now + SCAN_WINDOW_SECONDS
             return True
         return False
@@ -211,7 +211,7 @@ class Prefetcher:
         sequential = offset == state.next_offset
         state.next_offset = end
         if not state.next_track_warmed and not state.scanning and (sequential or offset == 0) and (
-                end >= track_size or (offset >= audio_start and end >= audio_start + NEXT_TRACK_AFTER)):
+                end >= track_size or self._nearly_played(state, end)):
             state.next_track_warmed = True
             self._warm_next_track(state.node)
         if not sequential:
@@ -221,7 +221,8 @@ class Prefetcher:
             return
         if offset < audio_start:
             return
-        state.playing = True
+        if state.playing_since is None:
+            state.playing_since = time.monotonic()
         # Refill only when less than half a window is left, so read-ahead goes
         # out in large requests (a 128 KiB GET per kernel read would cap the
         # rate far below the link's), and grow the window while reading stays
@@ -235,6 +236,15 @@ class Prefetcher:
                 self._spawn(state, obj, state.warmed_until, piece_end)
                 state.warmed_until = piece_end
         state.window = min(state.window * 2, READAHEAD_MAX)
+
+    def _nearly_played(self, state: ReadState, position: int) -> bool:
+        """Whether the track has played for a while in real time, or the rest of it
+        is cached (a fast reader): then, and not sooner, the next track's start may
+        share the link with it."""
+        track = state.node.track
+        return state.playing_since is not None and (
+            time.monotonic() - state.playing_since >= NEXT_TRACK_AFTER_SECONDS
+            or self.cache.cached(object_of(track), position, track.size))
 
     def _warm_next_track(self, node: FileNode) -> None:
         tree = self._tree_of()

@@ -16,7 +16,7 @@ import trio.testing
 
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
-from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_AFTER, NEXT_TRACK_BYTES, READAHEAD_MAX,
+from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_BYTES, READAHEAD_MAX,
                                READAHEAD_PIECE, READAHEAD_START, SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState,
                                head_end, object_of, tag_regions)
 from lockerfs.track import Track
@@ -436,23 +436,41 @@ def read_sequentially(p: Prefetcher, state: ReadState, until: int, start: int = 
         p.read(state, off, READ)
 
 
-def test_the_next_track_is_warmed_once_this_one_plays() -> None:
+def test_the_next_track_is_warmed_once_this_one_has_played_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "NEXT_TRACK_AFTER_SECONDS", 0.1)
     tree, cache = album_tree({"A": SET}), RecordingCache()
     following = SET[1]
-    playing = head_end(SET[0]) + NEXT_TRACK_AFTER
 
     async def body(p: Prefetcher) -> None:
         state = p.opened(node_of(tree, SET[0]))
-        read_sequentially(p, state, playing - READ)  # the last read ends just short
+        read_sequentially(p, state, 1 * MiB)  # playing, but only just
         await settle()
         assert cache.of(following) == []
-        read_sequentially(p, state, TRACK_SIZE, start=playing - READ)
+        await trio.sleep(0.15)
+        read_sequentially(p, state, 1 * MiB + READ, start=1 * MiB)
         await settle()
 
     scenario(tree, cache, body)
     tail = tag_regions(following, direct=False)[-1]
     assert sorted(cache.of(following)) == [(0, NEXT_TRACK_BYTES), tail]
     assert cache.of(SET[2]) == []
+
+
+def test_a_fast_reader_warms_the_next_track_once_its_own_rest_is_cached() -> None:
+    tree, cache = album_tree({"A": SET}), RecordingCache()
+    following = SET[1]
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, SET[0]))
+        read_sequentially(p, state, 1 * MiB)  # read-ahead has asked for the rest, not got it
+        await settle()
+        assert cache.of(following) == []
+        cache.present.append((SET[0].key, 0, TRACK_SIZE))  # now it has
+        read_sequentially(p, state, 1 * MiB + READ, start=1 * MiB)
+        await settle()
+
+    scenario(tree, cache, body)
+    assert cache.of(following)
 
 
 def test_a_short_track_read_whole_at_once_warms_the_next_one() -> None:
