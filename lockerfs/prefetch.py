@@ -54,7 +54,9 @@ NEXT_TRACK_AFTER_SECONDS = 2.0  # a track played this long in real time has its 
 NEXT_TRACK_BYTES = 1024 * 1024
 SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed at once
 SCAN_WINDOW_SECONDS = 10.0  # two opens in one folder this close together look like a scan
-SCAN_AHEAD_FOLDERS = 2  # folders after the current one warmed during a scan
+# During a scan, the folders after the current one are warmed until this many
+# tracks are: a scan walks small folders faster than a round trip.
+SCAN_AHEAD_TRACKS = 64
 SIBLING_SCOPE_SECONDS = 300.0  # a folder is warmed at most once per this period
 
 
@@ -161,14 +163,25 @@ class Prefetcher:
         for start, end in tag_regions(node.track, direct=state.scanning):
             self._spawn(None, obj, start, end, after=state.first_read_served)
         if state.scanning:
-            tree = self._tree_of()
-            for folder in [tree.nodes[node.parent], *tree.folders_after(node.parent, SCAN_AHEAD_FOLDERS)]:
-                if folder.inode not in self._warmed_folders:
-                    self._warmed_folders[folder.inode] = True
-                    for track in tree.files_in(folder)[:SIBLINGS_MAX]:  # type: ignore[arg-type]
-                        if track.inode != node.inode:
-                            self._warm_tags(track)
+            self._warm_ahead(node)
         return state
+
+    def _warm_ahead(self, opened: FileNode) -> None:
+        """Warm the tags of the opened track's folder and of the folders after it in
+        walk order, up to SCAN_AHEAD_TRACKS tracks; each folder once."""
+        tree = self._tree_of()
+        tracks = 0
+        # every folder in walk order holds a track, so this many folders always suffice
+        for folder in [tree.nodes[opened.parent], *tree.folders_after(opened.parent, SCAN_AHEAD_TRACKS)]:
+            files = tree.files_in(folder)[:SIBLINGS_MAX]  # type: ignore[arg-type]
+            if folder.inode not in self._warmed_folders:
+                self._warmed_folders[folder.inode] = True
+                for track in files:
+                    if track.inode != opened.inode:
+                        self._warm_tags(track)
+            tracks += len(files)
+            if tracks >= SCAN_AHEAD_TRACKS:
+                break
 
     def served(self, state: ReadState) -> None:
         """A read of the handle was answered (or failed): its open's warming may start."""

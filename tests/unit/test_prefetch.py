@@ -163,7 +163,8 @@ def test_second_open_in_a_folder_warms_every_siblings_tags() -> None:
     assert warmed_keys(cache) == {t.key for t in ALBUM + OTHER}
 
 
-def test_a_scan_in_progress_warms_each_new_folder_on_its_first_open() -> None:
+def test_a_scan_in_progress_warms_each_new_folder_on_its_first_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "SCAN_AHEAD_TRACKS", 6)  # three folders of two
     folders = {f"F{n}": [make_track(100 * n + i) for i in range(2)] for n in range(6)}
     tree, cache = album_tree(folders), RecordingCache()
 
@@ -177,6 +178,20 @@ def test_a_scan_in_progress_warms_each_new_folder_on_its_first_open() -> None:
 
     scenario(tree, cache, body)
     assert warmed_keys(cache) == {t.key for n in range(6) for t in folders[f"F{n}"]}
+
+
+def test_a_scan_warms_small_folders_ahead_up_to_a_number_of_tracks() -> None:
+    folders = {f"F{n:02d}": [make_track(1000 + n)] for n in range(prefetch.SCAN_AHEAD_TRACKS + 10)}
+    folders["F00"].append(make_track(999))
+    tree, cache = album_tree(folders), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        p.opened(node_of(tree, folders["F00"][0]))
+        p.opened(node_of(tree, folders["F00"][1]))  # a scan of one-track folders
+
+    scenario(tree, cache, body)
+    # F00's two tracks and the next folders' single tracks, SCAN_AHEAD_TRACKS in all
+    assert len(warmed_keys(cache)) == prefetch.SCAN_AHEAD_TRACKS
 
 
 def test_one_open_per_folder_long_apart_is_no_scan(monkeypatch: pytest.MonkeyPatch) -> None:
