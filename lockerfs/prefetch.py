@@ -18,9 +18,9 @@ behind prefetch):
   then stops), small, and doubles with every sequential read up to a window
   that keeps the link busy; a seek cancels the old read-ahead and starts
   over from the new position, so random reads cost no extra bytes.
-- An album plays in order: once a track has played for two seconds, or its
-  read-ahead has reached its end, the start of the next track in its folder
-  is warmed so gapless playback never waits.
+- An album plays in order: once a track has played for two seconds, or the
+  rest of it is cached (a fast reader), the start of the next track in its
+  folder is warmed so gapless playback never waits.
 
 Everything is bounded: per-handle read-ahead is cancelled when the handle is
 released or seeks, sibling warming is capped per folder, and warmed ranges
@@ -216,7 +216,7 @@ class Prefetcher:
         the tags (a tag reader reads its head sequentially, then stops): a
         seek, or a tag reader hopping between the two ends of a file, costs
         no extra bytes. Likewise the next track is warmed only once this one
-        is being played: read sequentially well into its audio, or whole.
+        is being played (see _nearly_played), or has been read to its end.
         """
         track_size = state.node.track.size
         audio_start = head_end(state.node.track)
