@@ -241,6 +241,7 @@ class Mounted:
             if self.copy_dirty:
                 nursery.start_soon(self._save_copy_later)
             await pyfuse3.main(max_tasks=64)
+            self.prefetcher.stop()  # and with it the GETs only prefetch wanted
             await self.cache.settle(timeout=5.0)  # what was fetched is kept for the next mount
             nursery.cancel_scope.cancel()
 

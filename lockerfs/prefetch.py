@@ -178,6 +178,11 @@ class Prefetcher:
             task_status.started()
             await trio.sleep_forever()
 
+    def stop(self) -> None:
+        """Cancel every warm and pull (unmounting)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     @property
     def scanning(self) -> bool:
         return time.monotonic() < self._scan_until
