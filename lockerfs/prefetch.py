@@ -141,15 +141,17 @@ class ReadState:
     pulling: bool = False  # reading on in order past the head zone: playback, decode or copy
     pull_start: int = 0  # where the current pull began
     pulled_until: int = 0  # the end of the range asked for so far
-    played: int = 0  # bytes read in order while a pull ran: more than PROBE_MAX is playback
+    played: int = 0  # bytes read in order while a pull ran
+    read_to_end: bool = False  # reading in order while a pull ran reached the end of the file
     next_track_warmed: bool = False
     pulls: set[trio.CancelScope] = field(default_factory=set)  # one scope per pull task
     first_read_served: trio.Event = field(default_factory=trio.Event)
 
     @property
     def played_on(self) -> bool:
-        """Read on past the head for longer than any scanner does: played, decoded or copied."""
-        return self.played > PROBE_MAX
+        """Read on past the head further than any scanner does, or to the end of the file:
+        played, decoded or copied."""
+        return self.played > PROBE_MAX or self.read_to_end
 
     def stop_pull(self) -> None:
         for scope in self.pulls:
@@ -281,7 +283,7 @@ class Prefetcher:
         track = state.node.track
         end = min(offset + size, track.size)
         in_order = offset == state.next_offset
-        first = state.next_offset < 0
+        from_the_start = state.next_offset < 0 and offset == 0  # a copy's first read may run past the tags
         state.next_offset = end
         if offset <= state.frontier:
             state.frontier = max(state.frontier, end)
@@ -291,8 +293,9 @@ class Prefetcher:
             state.stop_pull()
         if state.pulling:
             state.played += end - offset
+            state.read_to_end = state.read_to_end or end >= track.size
             self._extend_pull(state, end)
-        elif (in_order or first) and end > self.zones(track).head and end < track.size:
+        elif (in_order or from_the_start) and end > self.zones(track).head and end < track.size:
             self._start_pull(state, end)
         if state.pulling and not state.next_track_warmed and state.pulled_until >= track.size \
                 and self.cache.cached(object_of(track), end, track.size):

@@ -293,6 +293,38 @@ def test_a_copy_of_an_album_is_no_scan() -> None:
     assert {ALBUM[3].key, ALBUM[4].key}.isdisjoint(warmed_keys(cache) - {ALBUM[3].key})
 
 
+def test_short_tracks_decoded_whole_one_after_another_are_no_scan() -> None:
+    """ffmpeg decoding small tracks from several albums reads each to its end: no scan."""
+    short = [sized(n, 300 * KiB) for n in (31, 32, 33)]
+    tree, cache = album_tree({"A": short[:1], "B": short[1:2], "C": short[2:], "D": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        for track in short:
+            state = p.opened(node_of(tree, track))
+            read_in_order(p, state, 0, track.size, size=32 * KiB)
+            p.released(state)
+        assert not p.scanning
+
+    scenario(tree, cache, body)
+    assert {t.key for t in ALBUM}.isdisjoint(warmed_keys(cache))
+
+
+def test_a_first_read_in_the_middle_pulls_nothing() -> None:
+    """A seek straight after opening (a player resuming, a random read) is no playback yet."""
+    track = sized(34, 20 * MiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        p.read(state, 10 * MiB, 64 * KiB)
+        await settle()
+        assert cache.whole == []
+        p.read(state, 10 * MiB + 64 * KiB, 64 * KiB)  # reading on from there is
+
+    scenario(tree, cache, body)
+    assert cache.whole == [(track.key, 10 * MiB + 128 * KiB, track.size)]
+
+
 def test_a_folder_is_warmed_once() -> None:
     tree, cache = album_tree({"A": ALBUM}), RecordingCache()
 
