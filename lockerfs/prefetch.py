@@ -105,25 +105,26 @@ class Zones:
 class ProbeExtents:
     """How far past each track's own zones the current scanner reads, learned from its handles.
 
-    Kept relative to the zones, not as absolute offsets: a reader that reads
-    its head in 256 KiB pieces ends at most 256 KiB past any track's tags,
-    however large the tags are, while the absolute end varies with them. The
-    widest of the recent handles is used, so one track that needed more widens
-    the next ones at once. A handle that played the track is not a probe and
-    teaches nothing.
+    Kept per container, since a scanner reads each its own way (MPD reads
+    half a MiB of an MP3's or an Ogg's audio and none of a FLAC's), and
+    relative to the zones, not as absolute offsets: a reader that reads its
+    head in 256 KiB pieces ends at most 256 KiB past any track's tags, however
+    large the tags are, while the absolute end varies with them. The widest of
+    the recent handles is used, so one track that needed more widens the next
+    ones at once. A handle that played its track is no probe and teaches nothing.
     """
 
     def __init__(self) -> None:
-        self._seen: deque[tuple[float, int, int]] = deque(maxlen=PROBE_MEMORY)  # (when, head, tail)
+        self._seen: dict[str, deque[tuple[float, int, int]]] = {}  # format -> (when, head, tail)
 
-    def learn(self, past_head: int, into_tail: int) -> None:
-        self._seen.append((time.monotonic(), min(max(past_head, 0), PROBE_MAX),
-                           min(max(into_tail, 0), PROBE_MAX)))
+    def learn(self, fmt: str, past_head: int, into_tail: int) -> None:
+        seen = self._seen.setdefault(fmt, deque(maxlen=PROBE_MEMORY))
+        seen.append((time.monotonic(), min(max(past_head, 0), PROBE_MAX), min(max(into_tail, 0), PROBE_MAX)))
 
-    def widening(self) -> tuple[int, int]:
-        """(bytes past the head zone, bytes before the tail zone) a scanner reads now."""
+    def widening(self, fmt: str) -> tuple[int, int]:
+        """(bytes past the head zone, bytes before the tail zone) a scanner reads of this container."""
         horizon = time.monotonic() - PROBE_MEMORY_SECONDS
-        recent = [(head, tail) for when, head, tail in self._seen if when >= horizon]
+        recent = [(head, tail) for when, head, tail in self._seen.get(fmt, ()) if when >= horizon]
         if not recent:
             return 0, 0
         return max(head for head, _ in recent), max(tail for _, tail in recent)
@@ -195,7 +196,7 @@ class Prefetcher:
         """The track's zones, widened by what the current scanner reads while a scan goes on."""
         head, tail = head_end(track), tail_start(track)
         if self.scanning:
-            past_head, into_tail = self.probes.widening()
+            past_head, into_tail = self.probes.widening(track.info.format)
             head, tail = min(track.size, head + past_head), max(0, tail - into_tail)
         return Zones(head, tail)
 
@@ -346,4 +347,4 @@ class Prefetcher:
         if not state.played_on and state.frontier > 0:
             past_head = state.frontier - head_end(track)
             into_tail = tail_start(track) - state.lowest_tail_read if state.lowest_tail_read is not None else 0
-            self.probes.learn(past_head, into_tail)
+            self.probes.learn(track.info.format, past_head, into_tail)

@@ -409,7 +409,7 @@ def test_widening_is_bounded() -> None:
 
     async def body(p: Prefetcher) -> None:
         probe(p, tree, ALBUM[0], past_head=PROBE_MAX - 64 * KiB)
-        p.probes.learn(10 * PROBE_MAX, 10 * PROBE_MAX)
+        p.probes.learn("flac", 10 * PROBE_MAX, 10 * PROBE_MAX)
         probe(p, tree, ALBUM[1])
         assert p.zones(ALBUM[2]).head == head_end(ALBUM[2]) + PROBE_MAX
 
@@ -423,7 +423,7 @@ def test_a_played_track_teaches_nothing() -> None:
         state = p.opened(node_of(tree, ALBUM[0]))
         read_in_order(p, state, 0, 3 * MiB, size=128 * KiB)
         p.released(state)
-        assert p.probes.widening() == (0, 0)
+        assert p.probes.widening("flac") == (0, 0)
 
     scenario(tree, cache, body)
 
@@ -431,13 +431,22 @@ def test_a_played_track_teaches_nothing() -> None:
 def test_the_widening_is_forgotten_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prefetch, "PROBE_MEMORY_SECONDS", 0.05)
     extents = prefetch.ProbeExtents()
-    extents.learn(100 * KiB, 0)
-    assert extents.widening() == (100 * KiB, 0)
+    extents.learn("mp3", 100 * KiB, 0)
+    assert extents.widening("mp3") == (100 * KiB, 0)
 
     async def later() -> None:
         await trio.sleep(0.1)
     trio.run(later)
-    assert extents.widening() == (0, 0)
+    assert extents.widening("mp3") == (0, 0)
+
+
+def test_widening_is_learned_per_container() -> None:
+    """MPD reads half a MiB of an MP3's audio and none of a FLAC's."""
+    extents = prefetch.ProbeExtents()
+    extents.learn("mp3", 512 * KiB, 32)
+    extents.learn("flac", 0, 0)
+    assert extents.widening("mp3") == (512 * KiB, 32)
+    assert extents.widening("flac") == (0, 0) and extents.widening("ogg") == (0, 0)
 
 
 # --- playback: pulls ---------------------------------------------------------------------------
