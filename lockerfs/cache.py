@@ -1,224 +1,132 @@
-"""Block cache: a memory LRU over a bounded, persistent disk cache, over the store.
+"""Block cache: memory, then disk, then the store; one load per block however many wait for it.
 
-Objects are immutable and named by their SHA-256, so a block, once fetched and
-verified, is valid forever: nothing is ever invalidated, only evicted.
+Objects are immutable and named by their SHA-256, so a block, once fetched,
+is valid forever: nothing is ever invalidated, only evicted.
 
 Block i of an object covers bytes [i*block_size, min((i+1)*block_size, size)).
 A block is looked for in three places, in this order:
 
 1. memory: a cachetools LRU of bytes, bounded by memory_limit (sum of lengths);
-2. disk: one file per block, <cache_dir>/blocks/<sha[:2]>/<sha>-<index>, with
-   a versioned, checksummed header; bounded by disk_limit (sum of file sizes);
-3. the store: one ranged GET per run of contiguous missing blocks, cut into
-   requests of at most max_request bytes that run in parallel.
+2. disk: diskcache.DiskCache, one verified file per block, bounded by disk_limit;
+3. the store: fetcher.Fetcher, one streamed GET per run of contiguous missing
+   blocks (at most max_request long unless a warm asks for longer), each
+   block handed over the moment it has arrived.
 
 Invariants
-- What read() returns is the object's bytes or an error, never other bytes: a
-  block file whose header or checksum does not match is deleted and fetched
-  again; a short answer from the store is an error and is not cached.
+- What read() returns is the object's bytes or an error, never other bytes
+  from the cache's side: a block file that fails its checksum is a miss; a
+  GET that returns less than asked delivers only its complete blocks and
+  fails the rest; one that returns more is refused (store.py). What the store
+  itself sends is trusted block by block; an object whose blocks are all
+  cached is hashed once per mount, and if it does not match its SHA-256 its
+  blocks are dropped and the mismatch logged (docs/SECURITY.md says why this
+  and not per-block hashes).
 - A read answers within read_deadline. Once a reader gave up on a load at
   its deadline, later readers of that load fail at once until it ends (the
-  kernel retries a failed page with a second read; one read() must still
-  fail within one deadline); the next read starts a fresh load. Likewise a
-  block whose load failed a reader slowly (after half a deadline or more)
-  fails at once for FAILED_TTL, and a
-  reader whose joined load (started earlier by a warmer) failed tries once
-  more within its own deadline.
+  kernel may retry a failed read at once; one read() must still fail within
+  one deadline); the next read starts a fresh load. Likewise a block whose
+  load failed a reader slowly (after half a deadline or more) fails at once
+  for FAILED_TTL, and a reader whose joined load (started by a warmer) failed
+  tries once more within its own deadline.
 - One load per block: `_pending` maps (sha, index) to the one load in flight,
-  and every reader and warmer of that block waits on it. An entry lives from
-  its claim until the block is in memory and on disk (or has failed).
-- `_disk_bytes` is the sum of the sizes of the indexed block files. Writes are
-  serialized by `_write_lock` and shielded from cancellation, and a writer
-  deletes its victims before it writes, so the directory never holds more
-  than disk_limit bytes of blocks, temp files included.
-- Memory: the LRU (<= memory_limit), blocks of loads in flight (<= the slots
-  times max_request, plus what readers are assembling), blocks waiting to be
-  written (<= the same again: beyond that a slow disk is skipped, not waited
-  for), and the disk index (about 200 bytes per block on disk).
+  and every reader and warmer of that block waits on it, from its claim until
+  the block is in memory (or has failed).
+- A load wanted only by warmers that all gave up (prefetch cancelled: a
+  seek, a close) is stopped; a load a reader ever waited for is never
+  stopped, so a reader that gives up at its deadline still leaves the block
+  to be cached when the store answers.
+- Memory: the LRU (<= memory_limit), blocks on their way to it, blocks
+  waiting to be written to disk (bounded by DiskCache's backlog), the disk
+  index (about 200 bytes per block on disk).
 
 Lock rules
 - The tables (memory LRU, disk index, `_pending`, stats) are touched only on
   the trio thread. A lookup followed by a claim with no await in between is
   atomic, so the tables need no locks, and a claim needs no re-check.
 - Worker threads do file and store I/O on the arguments they are given and
-  return results; they never touch the tables.
-- Only the load that claimed a block writes its file; eviction deletes only
-  files already removed from the index.
-- Loads run as trio system tasks, not in the reader's task: a reader that
-  gives up at its deadline leaves the load running, so other waiters still
-  get the block and it is still cached when the store finally answers.
-- Between processes: an exclusive flock on <cache_dir>/lock, held from open()
-  to close().
+  hand results back; they never touch the tables.
+- Loads run as trio system tasks, not in a reader's task.
 """
 
 from __future__ import annotations
 
-import enum
-import fcntl
+import hashlib
 import logging
-import os
-import re
-import stat
-import struct
-import sys
-import threading
-import zlib
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import cachetools
 import trio
 
-from lockerfs.store import Store, StoreError
+from lockerfs.cachestats import CacheStats
+from lockerfs.diskcache import BlockKey, CacheInUse, DiskCache, UnsafeCacheDir, make_private_dir
+from lockerfs.fetcher import Fetch, Fetcher
+from lockerfs.objectref import ObjectRef
+from lockerfs.store import Store
+
+__all__ = ["BlockCache", "CacheInUse", "CacheStats", "FetchError", "ObjectRef", "UnsafeCacheDir",
+           "make_private_dir"]
 
 log = logging.getLogger(__name__)
 
 KiB = 1024
 MiB = 1024 * KiB
 
-_SHA_RE = re.compile(r"[0-9a-f]{64}")
-_BLOCK_NAME_RE = re.compile(r"([0-9a-f]{64})-(\d+)")
-
-# Block file header: magic, format version, block size, sha256 of the object
-# (raw), block index, data length, CRC-32 of the data. The block size is there
-# because a mount with another --block-size numbers blocks differently: its
-# block 1 could have the same index and length but other bytes. CRC-32 because the threat is
-# accidental damage (torn writes after a crash, bit rot, truncation), which it
-# detects at memory speed; a cryptographic hash would not stop a deliberate
-# forger, who can write a matching digest into our own directory just as well.
-_MAGIC = b"LKBC"
-_FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sHI32sQII")
-
-BlockKey = tuple[str, int]  # (sha256, block index)
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """An object to read: where it is in the store and what it is."""
-
-    key: str  # store key
-    sha256: str  # identity, and the cache key
-    size: int
-
-    def __post_init__(self) -> None:
-        # The digest names files in the cache dir: anything else could escape it.
-        if not _SHA_RE.fullmatch(self.sha256):
-            raise ValueError(f"not a lower-case SHA-256 hex digest: {self.sha256!r}")
-        if self.size < 0:
-            raise ValueError(f"negative object size {self.size} for {self.key}")
+FAILED_TTL = 1.0  # seconds a block that failed a reader is not asked for again (the kernel retries at once)
+VERIFIED_MEMORY = 65536  # objects remembered as verified this mount (an LRU of digests)
+DISK_BATCH = 16  # blocks of one GET written to disk together
 
 
 class FetchError(Exception):
     """A read that could not be served; the filesystem answers it with EIO."""
 
 
-class CacheInUse(Exception):
-    """Another live process holds this cache directory."""
-
-
-class UnsafeCacheDir(Exception):
-    """The cache directory could be changed by another user."""
-
-
-@dataclass
-class CacheStats:
-    """Counters for logs, benchmarks and tests. Blocks unless named otherwise."""
-
-    memory_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0  # blocks asked of the store
-    joins: int = 0  # waits on a load someone else had started
-    requests: int = 0  # GETs sent
-    failed_requests: int = 0
-    fetched_bytes: int = 0
-    timeouts: int = 0  # reads that gave up at read_deadline
-    warm_failures: int = 0  # warm() calls that could not fetch everything
-    corrupt_blocks: int = 0
-    disk_errors: int = 0
-    disk_skipped: int = 0  # not written: the disk lagged too far behind
-    evicted_blocks: int = 0  # from disk
-
-
-class _Found(enum.Enum):
-    HIT = enum.auto()
-    MISSING = enum.auto()
-    CORRUPT = enum.auto()
-    FAILED = enum.auto()
-
-
-class _Corrupt(Exception):
-    """A block file that must not be served."""
-
-
-class _Slot:
-    """The worker-thread slot of one GET, in trio's limiter protocol.
-
-    It queues on the background limiter while only warmers want its blocks;
-    when a reader joins, hurry() moves it to the foreground queue, so a player
-    never waits behind prefetch for bytes it needs now. Once a slot is held
-    the GET is under way and nothing changes.
-    """
-
-    def __init__(self, limiter: trio.CapacityLimiter, foreground: trio.CapacityLimiter) -> None:
-        self._want = limiter
-        self._foreground = foreground
-        self._held: trio.CapacityLimiter | None = None
-        self._queue: trio.CancelScope | None = None
-
-    def hurry(self) -> None:
-        if self._held is None and self._want is not self._foreground:
-            self._want = self._foreground
-            if self._queue is not None:
-                self._queue.cancel()
-
-    async def acquire_on_behalf_of(self, borrower: object) -> None:
-        while True:
-            limiter = self._want
-            with trio.CancelScope() as self._queue:
-                await limiter.acquire_on_behalf_of(borrower)
-                self._held = limiter
-                return
-            # hurry() cancelled the wait: queue again on the foreground limiter
-
-    def release_on_behalf_of(self, borrower: object) -> None:
-        assert self._held is not None
-        self._held.release_on_behalf_of(borrower)
-
-
-FAILED_TTL = 1.0  # seconds a block that failed a reader is not asked for again (the kernel retries at once)
-
-
 class _Pending:
     """One block being loaded; everyone who needs it waits on `done`."""
 
-    __slots__ = ("done", "data", "error", "urgent", "started_by_reader", "started", "slot", "overdue")
+    __slots__ = ("done", "data", "error", "urgent", "started_by_reader", "started", "load", "overdue",
+                 "warmers")
 
     def __init__(self, urgent: bool) -> None:
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: str | None = None
-        self.urgent = urgent  # a reader (not only a warmer) waits for it
+        self.urgent = urgent  # a reader (not only a warmer) waits or waited for it: never stopped
         self.started_by_reader = urgent
         self.started = trio.current_time()
-        self.slot: _Slot | None = None
+        self.load: _Load | None = None  # the GET bringing it, once one is under way
         # A reader gave up on it at its deadline. Later readers fail at once
         # instead of waiting a deadline of their own: the kernel retries a
         # failed page read with a second request, and a player's one read()
         # must still fail within one deadline. The next load starts afresh.
         self.overdue = False
+        self.warmers = 0  # warm() calls waiting for it now
 
     def hurry(self) -> None:
         self.urgent = True
-        if self.slot is not None:
-            self.slot.hurry()
+        if self.load is not None:
+            self.load.fetch.hurry()
+
+    @property
+    def unwanted(self) -> bool:
+        return not self.urgent and self.warmers == 0 and not self.done.is_set()
 
     def finish(self, data: bytes | None = None, error: str | None = None) -> None:
         if not self.done.is_set():
             self.data, self.error = data, error
             self.done.set()
+
+
+class _Load:
+    """The cache's side of one GET: the blocks it brings and those waiting for the disk."""
+
+    __slots__ = ("obj", "fetch", "pendings", "to_disk")
+
+    def __init__(self, obj: ObjectRef, pendings: dict[int, _Pending]) -> None:
+        self.obj = obj
+        self.fetch: Fetch  # set as soon as the GET starts
+        self.pendings = pendings
+        self.to_disk: list[tuple[int, bytes]] = []
 
 
 class BlockCache:
@@ -235,30 +143,24 @@ class BlockCache:
                  background_slots: int = 8, read_deadline: float = 8.0) -> None:
         if block_size <= 0 or max_request < block_size:
             raise ValueError(f"need 0 < block_size <= max_request, not {block_size} and {max_request}")
-        if disk_limit < 0 or memory_limit < 0:
+        if memory_limit < 0:
             raise ValueError("cache limits cannot be negative")
         self.block_size = block_size
         self.read_deadline = read_deadline
+        self.memory_limit = memory_limit
         self.stats = CacheStats()
-        self._store = store
-        self._dir = cache_dir
-        self._blocks_dir = str(cache_dir / "blocks") if cache_dir is not None else ""
-        self._disk_limit = disk_limit
+        self.disk = DiskCache(cache_dir, limit=disk_limit, block_size=block_size, stats=self.stats,
+                              max_backlog=max_request * (foreground_slots + background_slots))
+        self._fetcher = Fetcher(store, block_size, foreground_slots=foreground_slots,
+                                background_slots=background_slots, stats=self.stats)
         self._blocks_per_request = max_request // block_size
-        self._foreground = trio.CapacityLimiter(foreground_slots)
-        self._background = trio.CapacityLimiter(background_slots)
         self._memory: cachetools.LRUCache[BlockKey, bytes] = cachetools.LRUCache(
             maxsize=memory_limit, getsizeof=len)
-        self._index: OrderedDict[BlockKey, int] = OrderedDict()  # LRU first; value: file size
-        self._disk_bytes = 0
-        self._disk_on = False  # new blocks are written to disk
-        self._write_lock = trio.Lock()
-        self._write_backlog = 0  # bytes of blocks waiting for _write_lock
-        self._max_write_backlog = max_request * (foreground_slots + background_slots)
         self._pending: dict[BlockKey, _Pending] = {}
         # Blocks whose load just failed a reader -> why; a read of them fails at once meanwhile.
         self._failed: cachetools.TTLCache[BlockKey, str] = cachetools.TTLCache(maxsize=4096, ttl=FAILED_TTL)
-        self._lock_fd: int | None = None
+        self._verified: cachetools.LRUCache[str, bool] = cachetools.LRUCache(maxsize=VERIFIED_MEMORY)
+        self._fetching = 0  # GETs under way
 
     @property
     def memory_bytes(self) -> int:
@@ -266,11 +168,11 @@ class BlockCache:
 
     @property
     def disk_bytes(self) -> int:
-        return self._disk_bytes
+        return self.disk.bytes
 
     @property
     def disk_enabled(self) -> bool:
-        return self._disk_on
+        return self.disk.enabled
 
     @property
     def pending_blocks(self) -> int:
@@ -280,31 +182,18 @@ class BlockCache:
 
     def open(self) -> None:
         """Take the cache dir for this process and index the blocks already there."""
-        if self._lock_fd is not None:
-            raise RuntimeError(f"the cache at {self._dir} is already open")
-        if self._dir is None:
-            return
-        make_private_dir(self._dir)
-        _check_safe(self._dir)
-        os.makedirs(self._blocks_dir, mode=0o700, exist_ok=True)
-        self._lock_fd = _take_lock(self._dir)
-        try:
-            self._load_index()
-        except BaseException:
-            self.close()
-            raise
-        self._disk_on = True
-        log.debug("disk cache %s: %d blocks, %d of %d bytes",
-                  self._dir, len(self._index), self._disk_bytes, self._disk_limit)
+        self.disk.open()
 
     def close(self) -> None:
         """Release the cache dir; its blocks stay for the next open()."""
-        self._disk_on = False
-        self._index.clear()
-        self._disk_bytes = 0
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.disk.close()
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait (at most `timeout`) until no GET is under way and every fetched block is on
+        disk: before unmounting, so what was fetched is kept, and in tests."""
+        with trio.move_on_after(timeout):
+            while self._fetching or self.disk.writing:
+                await trio.sleep(0.005)
 
     def __enter__(self) -> BlockCache:
         self.open()
@@ -313,34 +202,6 @@ class BlockCache:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def _load_index(self) -> None:
-        """Rebuild the disk index, least recently used (oldest mtime) first."""
-        found: list[tuple[int, BlockKey, int]] = []
-        with os.scandir(self._blocks_dir) as shards:
-            for shard in shards:
-                if not shard.is_dir(follow_symlinks=False):
-                    continue
-                with os.scandir(shard.path) as entries:
-                    for entry in entries:
-                        if entry.name.endswith(".tmp"):  # a write cut short by a crash
-                            _unlink(entry.path)
-                            continue
-                        match = _BLOCK_NAME_RE.fullmatch(entry.name)
-                        if not match or shard.name != match[1][:2] or not entry.is_file(follow_symlinks=False):
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        sha = sys.intern(match[1])  # one string for all blocks of an object
-                        found.append((st.st_mtime_ns, (sha, int(match[2])), st.st_size))
-        found.sort()
-        for _, key, size in found:
-            self._index[key] = size
-            self._disk_bytes += size
-        while self._disk_bytes > self._disk_limit:  # the limit shrank since the last mount
-            key, size = self._index.popitem(last=False)
-            _unlink(self._path(key))
-            self._disk_bytes -= size
-            self.stats.evicted_blocks += 1
 
     # --- reading ---
 
@@ -360,7 +221,7 @@ class BlockCache:
             data = self._memory.get((obj.sha256, index))
             if data is not None:
                 blocks[index] = data
-                self._touch_disk((obj.sha256, index))
+                self.disk.touch((obj.sha256, index))
         self.stats.memory_hits += len(blocks)
         missing = [i for i in range(first, last + 1) if i not in blocks]
         if missing:
@@ -381,8 +242,9 @@ class BlockCache:
 
         A load that a warmer started earlier and that failed is tried once
         more: this reader's deadline has time left, and the warm may have been
-        stuck long before the reader came. A load a reader started that failed
-        is final, so a server that refuses connections gives EIO at once.
+        stuck (or stopped) long before the reader came. A load a reader
+        started that failed is final, so a server that refuses connections
+        gives EIO at once.
         """
         for attempt in (1, 2):
             failed = next((self._failed[(obj.sha256, i)] for i in missing if (obj.sha256, i) in self._failed), None)
@@ -417,15 +279,17 @@ class BlockCache:
                 return
             missing = retry
 
-    async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False) -> None:
+    async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False,
+                   max_request: int | None = None) -> None:
         """Fetch the blocks of [start, end) not yet cached; never raises.
 
         Uses the background slots, so it cannot starve read(). Warmed blocks go
-        to memory and disk both: the next read of a prefetched range should
-        not even touch the disk (size memory_limit above the prefetch window).
-        Blocks already on disk are left there, unless `into_memory` (read-ahead
-        of a re-read): then they are loaded from disk in one batch ahead of the
-        reader, which would otherwise wait on the disk block by block.
+        to memory and disk both. Blocks already on disk are left there, unless
+        `into_memory` (read-ahead): then they are loaded from disk in one batch
+        ahead of the reader, which would otherwise wait on the disk block by
+        block. `max_request` allows longer GETs than the cache's default (a
+        track pulled whole streams in one request). If the caller is
+        cancelled, loads that only warmers wanted are stopped.
         """
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
@@ -433,10 +297,19 @@ class BlockCache:
         first, last = start // self.block_size, (end - 1) // self.block_size
         present = self._in_memory if into_memory else self._has
         wanted = [i for i in range(first, last + 1) if not present((obj.sha256, i))]
+        per_request = max(1, max_request // self.block_size) if max_request else None
+        waits = self._claim(obj, wanted, urgent=False, per_request=per_request)
+        for _, pending in waits:
+            pending.warmers += 1
         error = None
-        for _, pending in self._claim(obj, wanted, urgent=False):
-            await pending.done.wait()
-            error = pending.error or error
+        try:
+            for _, pending in waits:
+                await pending.done.wait()
+                error = pending.error or error
+        finally:
+            for _, pending in waits:
+                pending.warmers -= 1
+            self._stop_unwanted({id(p.load): p.load for _, p in waits if p.load is not None}.values())
         if error is not None:
             self.stats.warm_failures += 1
             log.debug("warming %s bytes %d-%d: %s", obj.key, start, end - 1, error)
@@ -450,21 +323,28 @@ class BlockCache:
         present = self._in_memory if in_memory else self._has
         return all(present((obj.sha256, i)) for i in range(first, last + 1))
 
+    def cached_bytes(self, obj: ObjectRef) -> int:
+        """How many of the object's bytes are in the cache (memory or disk); no I/O."""
+        blocks = (obj.size + self.block_size - 1) // self.block_size
+        present = sum(1 for i in range(blocks) if self._has((obj.sha256, i)))
+        if present and self._has((obj.sha256, blocks - 1)):
+            return (present - 1) * self.block_size + (obj.size - (blocks - 1) * self.block_size)
+        return present * self.block_size
+
     def _has(self, key: BlockKey) -> bool:
-        return key in self._memory or key in self._index
+        return key in self._memory or self.disk.has(key)
 
     def _in_memory(self, key: BlockKey) -> bool:
         return key in self._memory
-
-    def _touch_disk(self, key: BlockKey) -> None:
-        if key in self._index:
-            self._index.move_to_end(key)
 
     def _remember(self, key: BlockKey, data: bytes) -> None:
         if len(data) <= self._memory.maxsize:
             self._memory[key] = data
 
-    def _claim(self, obj: ObjectRef, indices: list[int], *, urgent: bool) -> list[tuple[int, _Pending]]:
+    # --- loading ---
+
+    def _claim(self, obj: ObjectRef, indices: list[int], *, urgent: bool,
+               per_request: int | None = None) -> list[tuple[int, _Pending]]:
         """Join the load in flight of each block, and start one load for the others."""
         waits = []
         mine = []
@@ -480,329 +360,145 @@ class BlockCache:
                     pending.hurry()
             waits.append((index, pending))
         if mine:
-            trio.lowlevel.spawn_system_task(self._load, obj, mine, name=f"lockerfs.cache load {obj.key}")
+            trio.lowlevel.spawn_system_task(self._load, obj, mine, per_request or self._blocks_per_request,
+                                            name=f"lockerfs.cache load {obj.key}")
         return waits
 
-    async def _load(self, obj: ObjectRef, indices: list[int]) -> None:
-        """Bring claimed blocks into the cache and hand them to their waiters.
+    async def _load(self, obj: ObjectRef, indices: list[int], per_request: int) -> None:
+        """Bring claimed blocks in from the disk, or start GETs for them.
 
-        A system task: it must not raise, and whatever happens every claimed
-        block is finished and unclaimed when it ends.
+        A system task: it must not raise, and every claimed block ends up
+        finished and unclaimed, here or when its GET ends.
         """
         pendings = {i: self._pending[(obj.sha256, i)] for i in indices}
+        started: set[int] = set()
         try:
-            missing = await self._load_from_disk(obj, pendings)
-            if missing:
-                async with trio.open_nursery() as nursery:
-                    for piece in self._pieces(missing):
-                        nursery.start_soon(self._fetch, obj, piece, pendings)
+            found = await self.disk.read(obj.sha256, [(i, self._block_length(obj, i)) for i in indices])
+            for index, data in found.items():
+                self._remember((obj.sha256, index), data)
+                self._finish(obj, index, pendings[index], data=data)
+            for piece in self._pieces(sorted(i for i in indices if i not in found), per_request):
+                waiting = {i: pendings[i] for i in piece}
+                if all(p.unwanted for p in waiting.values()):  # the warm that wanted them gave up
+                    for index, pending in waiting.items():
+                        self._finish(obj, index, pending, error="no longer wanted")
+                    continue
+                self._start_fetch(obj, waiting)
+                started.update(piece)
         except Exception:
             log.exception("loading blocks of %s failed", obj.key)
         finally:
             for index, pending in pendings.items():
-                pending.finish(error=f"reading {obj.key} was interrupted")
-                if self._pending.get((obj.sha256, index)) is pending:
-                    del self._pending[(obj.sha256, index)]
+                if index not in started:
+                    self._finish(obj, index, pending, error=f"reading {obj.key} was interrupted")
 
-    async def _load_from_disk(self, obj: ObjectRef, pendings: dict[int, _Pending]) -> list[int]:
-        """Serve what the disk has; return the indices still missing, ascending."""
-        on_disk = [i for i in pendings if (obj.sha256, i) in self._index]
-        missing = [i for i in pendings if (obj.sha256, i) not in self._index]
-        if not on_disk:
-            return missing
-        raw_sha = bytes.fromhex(obj.sha256)
-        jobs = [(self._path((obj.sha256, i)), raw_sha, i, self._block_length(obj, i)) for i in on_disk]
-        results = await trio.to_thread.run_sync(_read_blocks, self.block_size, jobs)
-        for index, (found, data) in zip(on_disk, results):
-            key = (obj.sha256, index)
-            if found is _Found.HIT:
-                assert data is not None
-                self.stats.disk_hits += 1
-                self._remember(key, data)
-                self._touch_disk(key)
-                pendings[index].finish(data=data)
-                continue
-            if found is _Found.CORRUPT:
-                self.stats.corrupt_blocks += 1
-            elif found is _Found.FAILED:
-                self.stats.disk_errors += 1
-            size = self._index.pop(key, None)  # None: evicted meanwhile
-            if size is not None:
-                self._disk_bytes -= size
-            missing.append(index)
-        return sorted(missing)
-
-    def _pieces(self, indices: list[int]) -> list[list[int]]:
-        """Ascending block indices -> runs of contiguous blocks, each at most max_request long."""
+    def _pieces(self, indices: list[int], per_request: int) -> list[list[int]]:
+        """Ascending block indices -> runs of contiguous blocks, each at most per_request long."""
         pieces: list[list[int]] = []
         for index in indices:
-            if pieces and pieces[-1][-1] == index - 1 and len(pieces[-1]) < self._blocks_per_request:
+            if pieces and pieces[-1][-1] == index - 1 and len(pieces[-1]) < per_request:
                 pieces[-1].append(index)
             else:
                 pieces.append([index])
         return pieces
 
-    async def _fetch(self, obj: ObjectRef, piece: list[int], pendings: dict[int, _Pending]) -> None:
-        """One ranged GET for a run of contiguous blocks. Never raises but Cancelled."""
-        bs = self.block_size
-        start, end = piece[0] * bs, min((piece[-1] + 1) * bs, obj.size)
-        waiting = [pendings[i] for i in piece]
-        urgent = any(p.urgent for p in waiting)
-        slot = _Slot(self._foreground if urgent else self._background, self._foreground)
-        for pending in waiting:
-            pending.slot = slot
-        self.stats.requests += 1
-        self.stats.misses += len(piece)
-        error = None
+    def _start_fetch(self, obj: ObjectRef, waiting: dict[int, _Pending]) -> None:
+        load = _Load(obj, waiting)
+        for pending in waiting.values():
+            pending.load = load
+        first, last = min(waiting), max(waiting)
+        self._fetching += 1
+        load.fetch = self._fetcher.start(
+            obj, first, last, urgent=any(p.urgent for p in waiting.values()),
+            deliver=lambda index, data: self._delivered(load, index, data),
+            ended=lambda fetch, next_index, error: self._fetch_ended(load, next_index, error))
+
+    def _delivered(self, load: _Load, index: int, data: bytes) -> None:
+        """A block arrived (trio thread, from the fetcher): to its waiters, memory, and soon the disk."""
         try:
-            # Abandoned only when trio itself shuts down; the slot stays taken
-            # until the thread really ends, so the pool is never oversubscribed.
-            data = await trio.to_thread.run_sync(self._store.get_range, obj.key, start, end,
-                                                 limiter=slot, abandon_on_cancel=True)
-        except StoreError as err:
-            error = str(err)
-        except Exception as err:  # a bug in a store; the waiters must still hear of it
-            log.exception("reading %s bytes %d-%d", obj.key, start, end - 1)
-            error = f"reading {obj.key} failed: {err!r}"
-        else:
-            log.debug("GET %s bytes %d-%d (%s)", obj.key, start, end - 1, "reader" if urgent else "prefetch")
-            self.stats.fetched_bytes += len(data)
-            if len(data) != end - start:
-                error = (f"the store returned {len(data)} bytes of {obj.key} at {start} "
-                         f"where {end - start} were asked for")
-        if error is not None:
-            self.stats.failed_requests += 1
-            log.debug("GET %s bytes %d-%d: %s", obj.key, start, end - 1, error)
-            for pending in waiting:
-                pending.finish(error=error)
-            return
-        blocks = []
-        for n, index in enumerate(piece):
-            # bytes() of a slice is a copy: a cached block never pins the whole response
-            block = bytes(data[n * bs:(n + 1) * bs])
-            self._remember((obj.sha256, index), block)
-            pendings[index].finish(data=block)
-            blocks.append((index, block))
-        await self._save(obj.sha256, blocks)
+            key = (load.obj.sha256, index)
+            self._remember(key, data)
+            self._finish(load.obj, index, load.pendings[index], data=data)
+            load.to_disk.append((index, data))
+            if len(load.to_disk) >= DISK_BATCH:
+                self.disk.save_soon(load.obj.sha256, load.to_disk)
+                load.to_disk = []
+        except Exception:  # a callback of the trio loop must never raise
+            log.exception("taking block %d of %s", index, load.obj.key)
 
-    # --- disk ---
+    def _fetch_ended(self, load: _Load, next_index: int, error: str | None) -> None:
+        self._fetching -= 1
+        try:
+            self.disk.save_soon(load.obj.sha256, load.to_disk)
+            load.to_disk = []
+            reason = error or f"reading {load.obj.key} was stopped"
+            for index, pending in load.pendings.items():
+                if index >= next_index:
+                    self._finish(load.obj, index, pending, error=reason)
+            if error is None and load.obj.sha256 not in self._verified and self._complete(load.obj):
+                self._verified[load.obj.sha256] = True
+                trio.lowlevel.spawn_system_task(self._verify, load.obj, name=f"lockerfs.cache verify {load.obj.key}")
+        except Exception:
+            log.exception("ending a GET of %s", load.obj.key)
 
-    def _path(self, key: BlockKey) -> str:
-        sha, index = key
-        return os.path.join(self._blocks_dir, sha[:2], f"{sha}-{index}")
+    def _finish(self, obj: ObjectRef, index: int, pending: _Pending, *, data: bytes | None = None,
+                error: str | None = None) -> None:
+        pending.finish(data, error)
+        key = (obj.sha256, index)
+        if self._pending.get(key) is pending:
+            del self._pending[key]
+
+    def _stop_unwanted(self, loads: object) -> None:
+        """Stop each GET whose undelivered blocks nobody waits for any more."""
+        for load in loads:  # type: ignore[attr-defined]
+            if not load.fetch.stopped and all(p.unwanted or p.done.is_set() for p in load.pendings.values()):
+                load.fetch.stop()
 
     def _block_length(self, obj: ObjectRef, index: int) -> int:
         return min(self.block_size, obj.size - index * self.block_size)
 
-    async def _save(self, sha: str, blocks: list[tuple[int, bytes]]) -> None:
-        """Write blocks to disk, evicting least recently used ones to make room."""
-        if not self._disk_on:
-            return
-        size = sum(len(data) for _, data in blocks)
-        if self._write_backlog + size > self._max_write_backlog:
-            self.stats.disk_skipped += len(blocks)
-            log.debug("disk cache lags behind; not writing %d blocks of %s", len(blocks), sha)
-            return
-        self._write_backlog += size
+    # --- verification of whole objects ---
+
+    def _complete(self, obj: ObjectRef) -> bool:
+        blocks = (obj.size + self.block_size - 1) // self.block_size
+        return all(self._has((obj.sha256, i)) for i in range(blocks))
+
+    async def _verify(self, obj: ObjectRef) -> None:
+        """Hash an object whose blocks are all cached; drop them if they are not its bytes.
+
+        Blocks are taken from memory where they are and from disk otherwise;
+        one that is gone meanwhile ends the check (it is no longer complete).
+        """
         try:
-            async with self._write_lock:
-                if not self._disk_on:  # switched off while we waited
+            blocks = (obj.size + self.block_size - 1) // self.block_size
+            digest = hashlib.sha256()
+            for first in range(0, blocks, DISK_BATCH):
+                indices = range(first, min(blocks, first + DISK_BATCH))
+                batch = {i: self._memory.get((obj.sha256, i)) for i in indices}
+                absent = [(i, self._block_length(obj, i)) for i, data in batch.items() if data is None]
+                if absent:
+                    batch.update(await self.disk.read(obj.sha256, absent))
+                if any(batch.get(i) is None for i in indices):
+                    self._verified.pop(obj.sha256, None)
                     return
-                with trio.CancelScope(shield=True):
-                    await self._save_locked(sha, blocks)
-        finally:
-            self._write_backlog -= size
-
-    async def _save_locked(self, sha: str, blocks: list[tuple[int, bytes]]) -> None:
-        """The write itself, under the lock and shielded from cancellation: once
-        victims leave the index their files must go, and written files must
-        enter it, or `_disk_bytes` would drift from the directory."""
-        victims = []
-        writes = []
-        room = self._disk_limit - self._disk_bytes
-        for index, data in blocks:
-            key = (sha, index)
-            size = _HEADER.size + len(data)
-            if key in self._index:
-                continue
-            while room < size and self._index:
-                victim, victim_size = self._index.popitem(last=False)
-                victims.append(self._path(victim))
-                room += victim_size
-                self._disk_bytes -= victim_size
-            if room < size:
-                break
-            room -= size
-            writes.append((key, size, data))
-        self.stats.evicted_blocks += len(victims)
-        jobs = [(self._path(key), bytes.fromhex(sha), key[1], data) for key, _, data in writes]
-        written, error = await trio.to_thread.run_sync(_write_blocks, self.block_size, victims, jobs)
-        for key, size, _ in writes[:written]:
-            self._index[key] = size
-            self._disk_bytes += size
-        if error is not None:
-            self._disk_failed(error)
-
-    def _disk_failed(self, error: OSError) -> None:
-        """Stop writing to a disk that failed once: it would most likely fail again
-        (full, over quota, read-only, dying), and memory still serves reads."""
-        self.stats.disk_errors += 1
-        if self._disk_on:
-            self._disk_on = False
-            log.warning("disk cache %s: %s; caching in memory only until the next mount "
-                        "(blocks already on disk are still used)", self._dir, error.strerror or error)
+                # hashlib lets go of the GIL: hashing in a worker keeps the loop free
+                await trio.to_thread.run_sync(_hash_into, digest, [batch[i] for i in indices])
+            if digest.hexdigest() == obj.sha256:
+                self.stats.verified_objects += 1
+                return
+            self.stats.corrupt_objects += 1
+            log.error("the store sent bytes for %s that do not hash to its name; dropped them from "
+                      "the cache (the bucket or something between it and us is damaging data)", obj.key)
+            keys = [(obj.sha256, i) for i in range(blocks)]
+            for key in keys:
+                self._memory.pop(key, None)
+            await self.disk.drop(keys)
+            self._verified.pop(obj.sha256, None)
+        except Exception:
+            log.exception("verifying %s failed", obj.key)
 
 
-# --- worker-thread functions: file I/O only, no shared state ---
-
-def _read_blocks(block_size: int, jobs: list[tuple[str, bytes, int, int]]) -> list[tuple[_Found, bytes | None]]:
-    """Read and verify block files; delete the ones that must not be served."""
-    results: list[tuple[_Found, bytes | None]] = []
-    for path, raw_sha, index, length in jobs:
-        try:
-            data = _read_block_file(path, block_size, raw_sha, index, length)
-        except FileNotFoundError:
-            results.append((_Found.MISSING, None))
-        except _Corrupt as err:
-            log.warning("corrupt cache block %s (%s); fetching it again", path, err)
-            _unlink(path)
-            results.append((_Found.CORRUPT, None))
-        except OSError as err:
-            log.warning("cannot read cache block %s (%s); fetching it again", path, err)
-            _unlink(path)
-            results.append((_Found.FAILED, None))
-        else:
-            _touch(path)  # mtime orders the LRU at the next open()
-            results.append((_Found.HIT, data))
-    return results
-
-
-def _read_block_file(path: str, block_size: int, raw_sha: bytes, index: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        header = f.read(_HEADER.size)
-        data = f.read(length + 1)
-    if len(header) < _HEADER.size:
-        raise _Corrupt("truncated header")
-    magic, version, stored_block_size, sha, stored_index, stored_length, crc = _HEADER.unpack(header)
-    if magic != _MAGIC:
-        raise _Corrupt("not a lockerfs block")
-    if version != _FORMAT_VERSION:
-        raise _Corrupt(f"format version {version}, not {_FORMAT_VERSION}")
-    if stored_block_size != block_size or sha != raw_sha or stored_index != index:
-        raise _Corrupt("header names another block")
-    if stored_length != length or len(data) != length:
-        raise _Corrupt(f"{len(data)} bytes of data, header says {stored_length}, expected {length}")
-    if zlib.crc32(data) != crc:
-        raise _Corrupt("checksum mismatch")
-    return data
-
-
-def _write_blocks(block_size: int, victims: list[str],
-                  jobs: list[tuple[str, bytes, int, bytes]]) -> tuple[int, OSError | None]:
-    """Delete victims, then write blocks; stop at the first error.
-
-    Returns how many blocks were written, and the error if any.
-    """
-    written = 0
-    try:
-        for path in victims:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        for path, raw_sha, index, data in jobs:
-            header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, block_size, raw_sha, index, len(data),
-                                  zlib.crc32(data))
-            _write_block_file(path, header, data)
-            written += 1
-    except OSError as err:
-        return written, err
-    return written, None
-
-
-def _write_block_file(path: str, header: bytes, data: bytes) -> None:
-    """Write one block file atomically (temp, then rename).
-
-    No fsync: after a crash a torn file fails verification and is a miss.
-    """
-    tmp = f"{path}.{threading.get_ident()}.tmp"  # one writer per thread, one process per dir
-    try:
-        try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:  # first block of this shard
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            f = open(tmp, "wb")
-        with f:
-            f.write(header)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _touch(path: str) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass
-
-
-# --- the cache directory ---
-
-def make_private_dir(path: Path) -> None:
-    """Create path and its missing parents, 0700: a cache tells what its owner listens to."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-
-
-def _check_safe(path: Path) -> None:
-    """Refuse a cache dir another user could write to: they could feed us blocks."""
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise UnsafeCacheDir(f"the cache directory {path} belongs to user id {st.st_uid}, not to you "
-                             f"({os.getuid()}); choose another cache directory")
-    if st.st_mode & stat.S_IWOTH:
-        raise UnsafeCacheDir(f"the cache directory {path} is writable by every user "
-                             f"(mode {stat.S_IMODE(st.st_mode):o}); run `chmod 700 {path}` or choose another")
-    for parent in path.resolve().parents:
-        mode = os.stat(parent).st_mode
-        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-            raise UnsafeCacheDir(f"{parent}, a parent of the cache directory {path}, is writable by "
-                                 f"every user, who could replace the cache; choose another cache directory")
-
-
-def _take_lock(directory: Path) -> int:
-    """flock <directory>/lock for this process and write our pid in it."""
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise CacheInUse(f"the cache directory {directory} is in use by another lockerfs "
-                             f"process (pid {holder}); unmount that first, or give this mount "
-                             f"its own cache directory") from None
-        os.ftruncate(fd, 0)
-        try:
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:  # a full disk: the lock holds without the pid, which only helps messages
-            pass
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _hash_into(digest: hashlib._Hash, blocks: list[bytes | None]) -> None:
+    for block in blocks:
+        assert block is not None
+        digest.update(block)

@@ -47,11 +47,12 @@ class LockerOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, cache: BlockCache, prefetcher: Prefetcher) -> None:
+    def __init__(self, tree: Tree, cache: BlockCache, prefetcher: Prefetcher, *, direct_io: bool = True) -> None:
         super().__init__()
         self.tree = tree
         self.cache = cache
         self.prefetcher = prefetcher
+        self.direct_io = direct_io
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles: dict[int, OpenFile] = {}
         self._dir_handles: dict[int, DirNode] = {}
@@ -146,9 +147,12 @@ class LockerOperations(pyfuse3.Operations):
             reading = ReadState(node)
         handle = next(self._next_handle)
         self._handles[handle] = OpenFile(node, reading)
-        # A scan's opens bypass the page cache: the kernel's read-ahead would
-        # fetch up to 256 KiB past the tags of every track, a cold GET each.
-        return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=reading.scanning)
+        # direct_io: every read reaches us as the reader made it, so prefetch
+        # can tell a tag scan from playback by what is read (the kernel's own
+        # read-ahead would fetch up to 256 KiB past the tags of every track and
+        # look like playback). Re-reads come from our memory cache instead of
+        # the page cache. See docs/DESIGN-NOTES.md for the trade-offs (mmap).
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=self.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._handles.get(fh)

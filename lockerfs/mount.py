@@ -62,6 +62,7 @@ class MountOptions:
     allow_other: bool
     foreground: bool
     debug: bool
+    page_cache: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MountOptions:
@@ -71,7 +72,7 @@ class MountOptions:
         return cls(args.locker, Path(args.mountpoint).absolute(), args.endpoint_url,
                    args.cache_dir, config.parse_size(args.cache_size),
                    config.parse_size(args.memory_cache), args.layout,
-                   args.refresh, args.allow_other, args.foreground, args.debug)
+                   args.refresh, args.allow_other, args.foreground, args.debug, args.page_cache)
 
 
 def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Callable) -> None:  # type: ignore[type-arg]
@@ -88,6 +89,9 @@ def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Calla
     mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
                        help="how often to look for tracks added elsewhere (default 60)")
     mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    mount.add_argument("--page-cache", action="store_true",
+                       help="read through the kernel's page cache, for software that maps files "
+                            "(scans then cost more bytes; see docs/DESIGN-NOTES.md)")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     mount.add_argument("--debug", action="store_true", help="log every request (implies nothing else)")
     mount.add_argument("locker", metavar="LOCKER")
@@ -227,7 +231,7 @@ class Mounted:
         self.tree = Tree()
         self.tree.rebuild(layout.build_paths(reader.tracks(), self.template))
         self.prefetcher = Prefetcher(cache, lambda: self.tree)
-        self.operations = LockerOperations(self.tree, cache, self.prefetcher)
+        self.operations = LockerOperations(self.tree, cache, self.prefetcher, direct_io=not options.page_cache)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -237,6 +241,8 @@ class Mounted:
             if self.copy_dirty:
                 nursery.start_soon(self._save_copy_later)
             await pyfuse3.main(max_tasks=64)
+            self.prefetcher.stop()  # and with it the GETs only prefetch wanted
+            await self.cache.settle(timeout=5.0)  # what was fetched is kept for the next mount
             nursery.cancel_scope.cancel()
 
     async def _stop_on_signals(self) -> None:

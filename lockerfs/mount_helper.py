@@ -15,7 +15,8 @@ from lockerfs import cli
 
 VALUE_OPTIONS = {"cache_size": "--cache-size", "cache_dir": "--cache-dir", "endpoint_url": "--endpoint-url",
                  "layout": "--layout", "refresh": "--refresh", "memory_cache": "--memory-cache"}
-FLAG_OPTIONS = {"allow_other": "--allow-other", "debug": "--debug", "foreground": "--foreground"}
+FLAG_OPTIONS = {"allow_other": "--allow-other", "debug": "--debug", "foreground": "--foreground",
+                "page_cache": "--page-cache"}
 GENERIC_OPTIONS = {"rw", "ro", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
                    "_netdev", "nofail", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime",
                    "noatime", "relatime", "sync", "async"}

@@ -1,62 +1,78 @@
-"""What to fetch before it is asked for. Policy only: cache.py does the fetching.
+"""What to fetch before it is asked for, decided from what readers read. Policy only: cache.py fetches.
 
-Three patterns matter for music, and each is warmed in the background
-(cache.warm uses its own request slots, so a player's read never waits
-behind prefetch):
+Every open is direct_io (fs.py), so each read that reaches us is the reader's
+own, never the kernel's read-ahead. What a reader reads is then what tells a
+tag scan from playback, whatever the size of the tags, the order of the
+walk, or how many threads the reader uses.
 
-- A tag scan (a player importing a library) opens every track and reads its
-  head and tail. On open we warm both tag regions of the track together. When
-  a second track of the same folder is opened soon after the first, and the
-  first was not played (a scan, not an album playing), the scan is on: the
-  tag regions of all the folder's tracks, and of the next folders in walk
-  order, are warmed at once, and while the scan goes on every folder it
-  enters is warmed on its first open. A scan then waits on the network about
-  once, not twice per track. Its opens are marked for direct_io (fs.py), so
-  the kernel's read-ahead cannot ask for bytes past the tags.
-- Playback reads a track sequentially. Read-ahead starts at the second
-  sequential read past the tags (a tag reader reads its head in order too,
-  then stops), small, and doubles with every sequential read up to a window
-  that keeps the link busy; a seek cancels the old read-ahead and starts
-  over from the new position, so random reads cost no extra bytes.
-- An album plays in order: once a track has played for two seconds, or the
-  rest of it is cached (a fast reader), the start of the next track in its
-  folder is warmed so gapless playback never waits.
+A track has three zones, from the catalog (tags.py computes them at upload):
+the head (tags, and what a tag reader inspects of the first frames), the
+tail (ID3v1, APEv2, a trailing moov, the last Ogg page) and the audio between.
 
-Everything is bounded: per-handle read-ahead is cancelled when the handle is
-released or seeks, sibling warming is capped per folder, and warmed ranges
-are remembered (bounded LRU) so a scan does not warm the same region twice.
+- Open: the track's head and tail zones are warmed once its first read is
+  answered (that read has the link to itself). A file that is not a track
+  (a cover, lyrics) is warmed whole: it is read whole.
+- A tag scan (a player importing a library) opens many tracks and reads each
+  within its zones. Two opens of tracks within SCAN_WINDOW_SECONDS that are
+  not being played, from any threads, in any folders, start a scan. While it
+  lasts, each folder it enters, and the folders after it in walk order up to
+  SCAN_AHEAD_TRACKS tracks, have their tracks' zones warmed at once, so a scan
+  waits on the network about once per folder, not once per read.
+- Scanners read more than tags, each in its own way (one reads 256 KiB
+  pieces, another probes a few frames for the duration). A handle that read
+  near the head, or read on past it and went away soon after, teaches
+  ProbeExtents how far this scanner reads past each track's head zone and how
+  much of its tail. During a scan the zones warmed and the point where reading
+  counts as playback are widened by that much (bounded by PROBE_MAX), so
+  warmed zones cover a scanner's reads and none of them looks like playback.
+- Playback, a decode or a copy reads on in order past the head zone (the
+  widened one during a scan): then the rest of the track is pulled in one
+  streamed GET (a track of at most PULL_WHOLE bytes), or in a window running
+  ahead of the reader; it arrives at link speed block by block. A read
+  elsewhere (a seek) stops the pull and costs one round trip of its own; the
+  next read in order after it starts a new pull from there.
+- An album plays in order: once the rest of the playing track has arrived,
+  the start and tail of the next track in its folder are warmed, so gapless
+  playback never waits and never takes the link from the current track.
+
+Everything is bounded: a pull by its window, warming ahead by tracks and by
+folders (each once per SIBLING_SCOPE_SECONDS), the learned extents by
+PROBE_MAX and by the number of handles remembered.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 from cachetools import TTLCache
 
-from lockerfs.cache import BlockCache, ObjectRef
+from lockerfs.cache import BlockCache
+from lockerfs.objectref import ObjectRef
 from lockerfs.track import Track
 from lockerfs.tree import FileNode, Tree
 
 log = logging.getLogger(__name__)
 
-HEAD_SLACK = 16 * 1024  # a buffered reader's last read runs on past the tags (one st_blksize)
-KERNEL_READ = 128 * 1024  # the kernel's first read of a file (not direct_io) asks this much at once
+KiB = 1024
+MiB = 1024 * KiB
+
+HEAD_SLACK = 16 * KiB  # a buffered reader's last read runs on past the tags (one st_blksize)
 OPEN_WARM_WAIT = 0.05  # seconds an opened track's warming waits for its first read to be answered
-TAIL_MIN = 8 * 1024  # the kernel reads whole pages around ID3v1/APEv2 probes at the very end
-READAHEAD_START = 512 * 1024
-READAHEAD_MAX = 16 * 1024 * 1024
-READAHEAD_PIECE = 4 * 1024 * 1024  # one warm() call; cache splits it into requests
-NEXT_TRACK_AFTER_SECONDS = 2.0  # a track played this long in real time has its successor warmed
-NEXT_TRACK_BYTES = 1024 * 1024
-SIBLINGS_MAX = 64  # tracks per folder whose tags are warmed at once
-SCAN_WINDOW_SECONDS = 10.0  # two opens in one folder this close together look like a scan
-# During a scan, the folders after the current one are warmed until this many
-# tracks are: a scan walks small folders faster than a round trip.
-SCAN_AHEAD_TRACKS = 64
+WHOLE_FILE_MAX = 8 * MiB  # a file that is not a track is warmed whole up to this size
+PROBE_MAX = 1 * MiB  # how far past a head zone (or into a tail) a scanner may be taken to read
+PROBE_MEMORY = 32  # handles whose reads the probe extents remember
+PROBE_MEMORY_SECONDS = 120.0  # and for how long
+PULL_WHOLE = 64 * MiB  # a track this long or shorter is pulled whole, in one GET
+PULL_WINDOW = 32 * MiB  # longer ones are pulled this far ahead of the reader
+NEXT_TRACK_BYTES = 1 * MiB  # of the next track's audio, warmed past its head zone
+SIBLINGS_MAX = 64  # tracks per folder whose zones are warmed at once
+SCAN_WINDOW_SECONDS = 10.0  # two opens of tracks not being played this close together: a scan
+SCAN_AHEAD_TRACKS = 64  # a scan warms folders ahead in walk order until this many tracks are covered
 SIBLING_SCOPE_SECONDS = 300.0  # a folder is warmed at most once per this period
 
 
@@ -65,46 +81,84 @@ def object_of(track: Track) -> ObjectRef:
 
 
 def head_end(track: Track) -> int:
-    """Where a tag reader's reads end at the front: reading that starts here is playback."""
+    """Where a tag reader's reads end at the front (its last buffered read included)."""
     return min(track.size, track.info.head_size + HEAD_SLACK)
 
 
-def tag_regions(track: Track, *, direct: bool) -> list[tuple[int, int]]:
-    """The byte ranges a tag reader needs: the head and the tail, merged if they meet.
+def tail_start(track: Track) -> int:
+    return max(0, track.size - track.info.tail_size)
 
-    `direct`: the reader's reads reach us as they are (a scan's direct_io
-    open); otherwise the kernel's first read of the file is KERNEL_READ long.
+
+@dataclass(frozen=True)
+class Zones:
+    """The byte ranges a scanner reads of one track: [0, head) and [tail, size)."""
+
+    head: int
+    tail: int
+
+    def ranges(self, size: int) -> list[tuple[int, int]]:
+        if self.tail <= self.head:
+            return [(0, size)]
+        return [(0, self.head), (self.tail, size)]
+
+
+class ProbeExtents:
+    """How far past each track's own zones the current scanner reads, learned from its handles.
+
+    Kept per container, since a scanner reads each its own way (MPD reads
+    half a MiB of an MP3's or an Ogg's audio and none of a FLAC's), and
+    relative to the zones, not as absolute offsets: a reader that reads its
+    head in 256 KiB pieces ends at most 256 KiB past any track's tags, however
+    large the tags are, while the absolute end varies with them. The widest of
+    the recent handles is used, so one track that needed more widens the next
+    ones at once. A handle that played its track is no probe and teaches nothing.
     """
-    size = track.size
-    head = head_end(track) if direct else min(size, max(head_end(track), KERNEL_READ))
-    tail_start = max(0, size - max(track.info.tail_size, TAIL_MIN))
-    if tail_start <= head:
-        return [(0, size)]
-    return [(0, head), (tail_start, size)]
+
+    def __init__(self) -> None:
+        self._seen: dict[str, deque[tuple[float, int, int]]] = {}  # format -> (when, head, tail)
+
+    def learn(self, fmt: str, past_head: int, into_tail: int) -> None:
+        seen = self._seen.setdefault(fmt, deque(maxlen=PROBE_MEMORY))
+        seen.append((time.monotonic(), min(max(past_head, 0), PROBE_MAX), min(max(into_tail, 0), PROBE_MAX)))
+
+    def widening(self, fmt: str) -> tuple[int, int]:
+        """(bytes past the head zone, bytes before the tail zone) a scanner reads of this container."""
+        horizon = time.monotonic() - PROBE_MEMORY_SECONDS
+        recent = [(head, tail) for when, head, tail in self._seen.get(fmt, ()) if when >= horizon]
+        if not recent:
+            return 0, 0
+        return max(head for head, _ in recent), max(tail for _, tail in recent)
 
 
 @dataclass
 class ReadState:
-    """Per open file: where sequential reading is and how far ahead we have warmed.
-
-    `scanning`: opened during a library scan, so opened with direct_io: the
-    kernel adds no read-ahead of its own and each read is the reader's own.
-    """
+    """Per open file: what its reader has read, and what we pull for it."""
 
     node: FileNode
-    scanning: bool = False
-    playing_since: float | None = None  # when it was first read in order past its tags
-    next_offset: int = -1
-    window: int = READAHEAD_START
-    warmed_until: int = 0
+    opened_at: float = field(default_factory=time.monotonic)
+    next_offset: int = -1  # where a read in order would start
+    frontier: int = 0  # the head read contiguously from 0 (reads starting at or before it extend it)
+    lowest_tail_read: int | None = None  # the lowest offset read past the frontier, near the end
+    pulling: bool = False  # reading on in order past the head zone: playback, decode or copy
+    pull_start: int = 0  # where the current pull began
+    pulled_until: int = 0  # the end of the range asked for so far
+    played: int = 0  # bytes read in order while a pull ran
+    read_to_end: bool = False  # reading in order while a pull ran reached the end of the file
     next_track_warmed: bool = False
-    readahead: set[trio.CancelScope] = field(default_factory=set)  # one scope per warm task
+    pulls: set[trio.CancelScope] = field(default_factory=set)  # one scope per pull task
     first_read_served: trio.Event = field(default_factory=trio.Event)
 
-    def cancel_readahead(self) -> None:
-        for scope in self.readahead:
+    @property
+    def played_on(self) -> bool:
+        """Read on past the head further than any scanner does, or to the end of the file:
+        played, decoded or copied."""
+        return self.played > PROBE_MAX or self.read_to_end
+
+    def stop_pull(self) -> None:
+        for scope in self.pulls:
             scope.cancel()
-        self.readahead.clear()
+        self.pulls.clear()
+        self.pulling = False
 
 
 class Prefetcher:
@@ -114,9 +168,11 @@ class Prefetcher:
         self.cache = cache
         self._tree_of = tree_of  # returns the current Tree (it is replaced on refresh)
         self._nursery: trio.Nursery | None = None
-        self._first_opened: TTLCache[int, ReadState] = TTLCache(maxsize=4096, ttl=SCAN_WINDOW_SECONDS)
+        self.probes = ProbeExtents()
+        self._recent_opens: deque[tuple[float, ReadState]] = deque(maxlen=256)
         self._warmed_folders: TTLCache[int, bool] = TTLCache(maxsize=4096, ttl=SIBLING_SCOPE_SECONDS)
         self._scan_until = 0.0  # monotonic clock: opens before this belong to a scan in progress
+        self.pull_window = min(PULL_WINDOW, max(cache.memory_limit // 4, cache.block_size))
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery prefetch tasks run in, until cancelled."""
@@ -125,60 +181,96 @@ class Prefetcher:
             task_status.started()
             await trio.sleep_forever()
 
+    def stop(self) -> None:
+        """Cancel every warm and pull (unmounting)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def scanning(self) -> bool:
+        return time.monotonic() < self._scan_until
+
+    # --- zones -------------------------------------------------------------------
+
+    def zones(self, track: Track) -> Zones:
+        """The track's zones, widened by what the current scanner reads while a scan goes on."""
+        head, tail = head_end(track), tail_start(track)
+        if self.scanning:
+            past_head, into_tail = self.probes.widening(track.info.format)
+            head, tail = min(track.size, head + past_head), max(0, tail - into_tail)
+        return Zones(head, tail)
+
+    # --- spawning ------------------------------------------------------------------
+
     def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int,
-               after: trio.Event | None = None) -> None:
-        """Warm [start, end) in the background; started once `after` is set (or OPEN_WARM_WAIT
-        has passed). With an `owner` this is its read-ahead: cancelled with it, and loaded
-        into memory even from the disk cache, since a reader is about to ask for it."""
+               after: trio.Event | None = None, whole: bool = False) -> None:
+        """Warm [start, end) in the background, once `after` is set (or OPEN_WARM_WAIT has
+        passed). With an `owner` it is that reader's pull: loaded into memory even from
+        the disk, streamed in one GET (`whole`), and stopped with the owner's pull."""
         into_memory = owner is not None
         if self._nursery is None or end <= start or self.cache.cached(obj, start, end, in_memory=into_memory):
             return
         scope = trio.CancelScope()
         if owner is not None:
-            owner.readahead.add(scope)
-        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after)
+            owner.pulls.add(scope)
+        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after, whole)
 
     async def _warm(self, owner: ReadState | None, scope: trio.CancelScope, obj: ObjectRef,
-                    start: int, end: int, after: trio.Event | None) -> None:
+                    start: int, end: int, after: trio.Event | None, whole: bool) -> None:
         with scope:
             if after is not None:
                 with trio.move_on_after(OPEN_WARM_WAIT):
                     await after.wait()
-            await self.cache.warm(obj, start, end, into_memory=owner is not None)
+            await self.cache.warm(obj, start, end, into_memory=owner is not None,
+                                  max_request=end - start if whole else None)
         if owner is not None:
-            owner.readahead.discard(scope)
+            owner.pulls.discard(scope)
+
+    def _warm_zones(self, track: Track, after: trio.Event | None = None) -> None:
+        obj = object_of(track)
+        for start, end in self.zones(track).ranges(track.size):
+            self._spawn(None, obj, start, end, after)
 
     # --- events from fs.py ------------------------------------------------------
 
     def opened(self, node: FileNode) -> ReadState:
-        """A track was opened: warm its tag regions, and during a scan its folder's and the next ones'.
-
-        The reader's own first read comes at once and should not share the
-        link with anything: the opened track's tag regions are warmed once that
-        read is answered (what it fetched is skipped then).
-        """
+        """A file was opened: warm its zones (after its first read), and during a scan its folder's
+        and the next folders'."""
         state = ReadState(node)
-        state.scanning = self._scanning(state)
-        obj = object_of(node.track)
-        for start, end in tag_regions(node.track, direct=state.scanning):
-            self._spawn(None, obj, start, end, after=state.first_read_served)
-        if state.scanning:
+        if self._opens_look_like_a_scan(state):
             self._warm_ahead(node)
+        self._warm_zones(node.track, after=state.first_read_served)
         return state
 
+    def _opens_look_like_a_scan(self, state: ReadState) -> bool:
+        """Whether this open and another one within the scan window are of tracks not being
+        played: a scan starts (or goes on). An album played track after track is no scan, nor
+        is a copy: those handles read on past their heads."""
+        now = state.opened_at
+        while self._recent_opens and now - self._recent_opens[0][0] > SCAN_WINDOW_SECONDS:
+            self._recent_opens.popleft()
+        others = {s.node.inode for _, s in self._recent_opens if not s.played_on} - {state.node.inode}
+        self._recent_opens.append((now, state))
+        if others or now < self._scan_until:
+            self._scan_until = now + SCAN_WINDOW_SECONDS
+            return True
+        return False
+
     def _warm_ahead(self, opened: FileNode) -> None:
-        """Warm the tags of the opened track's folder and of the folders after it in
-        walk order, up to SCAN_AHEAD_TRACKS tracks; each folder once."""
+        """Warm the zones of the opened track's folder and of the folders after it in walk
+        order, up to SCAN_AHEAD_TRACKS tracks; each folder once."""
         tree = self._tree_of()
+        if opened.parent not in tree.nodes:
+            return
         tracks = 0
         # every folder in walk order holds a track, so this many folders always suffice
         for folder in [tree.nodes[opened.parent], *tree.folders_after(opened.parent, SCAN_AHEAD_TRACKS)]:
             files = tree.files_in(folder)[:SIBLINGS_MAX]  # type: ignore[arg-type]
             if folder.inode not in self._warmed_folders:
                 self._warmed_folders[folder.inode] = True
-                for track in files:
-                    if track.inode != opened.inode:
-                        self._warm_tags(track)
+                for node in files:
+                    if node.inode != opened.inode:
+                        self._warm_zones(node.track)
             tracks += len(files)
             if tracks >= SCAN_AHEAD_TRACKS:
                 break
@@ -187,77 +279,48 @@ class Prefetcher:
         """A read of the handle was answered (or failed): its open's warming may start."""
         state.first_read_served.set()
 
-    def _warm_tags(self, node: FileNode) -> None:
-        obj = object_of(node.track)
-        for start, end in tag_regions(node.track, direct=True):  # siblings open during a scan
-            self._spawn(None, obj, start, end)
-
-    def _scanning(self, state: ReadState) -> bool:
-        """Whether opens look like a library scan: a second track opened in one folder
-        within the scan window while the first was not played (an album played
-        track after track is no scan), or any open while a recent scan goes on."""
-        node = state.node
-        if node.parent not in self._tree_of().nodes:
-            return False
-        now = time.monotonic()  # the clock the TTL caches use
-        if now < self._scan_until:
-            self._scan_until = now + SCAN_WINDOW_SECONDS
-            return True
-        first = self._first_opened.setdefault(node.parent, state)
-        if first.node.inode != node.inode and first.playing_since is None:
-            self._scan_until = now + SCAN_WINDOW_SECONDS
-            return True
-        return False
-
     def read(self, state: ReadState, offset: int, size: int) -> None:
-        """A read is being served: extend read-ahead if reading is sequential, else drop it.
-
-        Read-ahead starts only at the second sequential read, and only past
-        the tags (a tag reader reads its head sequentially, then stops): a
-        seek, or a tag reader hopping between the two ends of a file, costs
-        no extra bytes. Likewise the next track is warmed only once this one
-        is being played (see _nearly_played), or has been read to its end.
-        """
-        track_size = state.node.track.size
-        audio_start = head_end(state.node.track)
-        end = offset + size
-        sequential = offset == state.next_offset
+        """A read is being served: note what it says about the reader, and pull if it plays."""
+        track = state.node.track
+        end = min(offset + size, track.size)
+        in_order = offset == state.next_offset
+        from_the_start = state.next_offset < 0 and offset == 0  # a copy's first read may run past the tags
         state.next_offset = end
-        if not state.next_track_warmed and not state.scanning and (sequential or offset == 0) and (
-                end >= track_size or self._nearly_played(state, end)):
+        if offset <= state.frontier:
+            state.frontier = max(state.frontier, end)
+        elif track.size - offset <= PROBE_MAX + track.info.tail_size:
+            state.lowest_tail_read = offset if state.lowest_tail_read is None else min(state.lowest_tail_read, offset)
+        if state.pulling and not in_order:  # a seek: what was pulled ahead is not needed now
+            state.stop_pull()
+        if state.pulling:
+            state.played += end - offset
+            state.read_to_end = state.read_to_end or end >= track.size
+            self._extend_pull(state, end)
+        elif (in_order or from_the_start) and end > self.zones(track).head and end < track.size:
+            self._start_pull(state, end)
+        if state.pulling and not state.next_track_warmed and state.pulled_until >= track.size \
+                and self.cache.cached(object_of(track), end, track.size):
             state.next_track_warmed = True
             self._warm_next_track(state.node)
-        if not sequential:
-            state.cancel_readahead()
-            state.window = READAHEAD_START
-            state.warmed_until = end
-            return
-        if offset < audio_start:
-            return
-        if state.playing_since is None:
-            state.playing_since = time.monotonic()
-        # Refill only when less than half a window is left, so read-ahead goes
-        # out in large requests (a 128 KiB GET per kernel read would cap the
-        # rate far below the link's), and grow the window while reading stays
-        # sequential.
-        state.warmed_until = max(state.warmed_until, end)
-        if state.warmed_until - end < state.window // 2:
-            target = min(track_size, end + state.window)
-            obj = object_of(state.node.track)
-            while state.warmed_until < target:
-                piece_end = min(target, state.warmed_until + READAHEAD_PIECE)
-                self._spawn(state, obj, state.warmed_until, piece_end)
-                state.warmed_until = piece_end
-        state.window = min(state.window * 2, READAHEAD_MAX)
 
-    def _nearly_played(self, state: ReadState, position: int) -> bool:
-        """Whether the track has played for a while in real time, or the rest of it
-        is cached (a fast reader): then, and not sooner, the next track's start may
-        share the link with it."""
-        track = state.node.track
-        return state.playing_since is not None and (
-            time.monotonic() - state.playing_since >= NEXT_TRACK_AFTER_SECONDS
-            or self.cache.cached(object_of(track), position, track.size))
+    def _start_pull(self, state: ReadState, position: int) -> None:
+        state.pulling = True
+        state.pull_start = state.pulled_until = position
+        self._extend_pull(state, position)
+
+    def _extend_pull(self, state: ReadState, position: int) -> None:
+        """Keep the pull a window ahead of the reader (the whole track if it is short)."""
+        size = state.node.track.size
+        if state.pulled_until >= size:
+            return
+        if size - state.pull_start <= PULL_WHOLE:
+            target = size
+        elif state.pulled_until - position < self.pull_window // 2:
+            target = min(size, position + self.pull_window)
+        else:
+            return
+        self._spawn(state, object_of(state.node.track), state.pulled_until, target, whole=True)
+        state.pulled_until = target
 
     def _warm_next_track(self, node: FileNode) -> None:
         tree = self._tree_of()
@@ -271,10 +334,17 @@ class Prefetcher:
             return
         if position + 1 < len(siblings):
             following = siblings[position + 1].track
-            end = min(following.size, max(NEXT_TRACK_BYTES, following.info.head_size + HEAD_SLACK))
-            self._spawn(None, object_of(following), 0, end)
-            tail_start, tail_end = tag_regions(following, direct=False)[-1]
-            self._spawn(None, object_of(following), max(tail_start, end), tail_end)
+            obj = object_of(following)
+            zones = self.zones(following)
+            head = min(following.size, zones.head + NEXT_TRACK_BYTES)
+            self._spawn(None, obj, 0, head)
+            self._spawn(None, obj, max(zones.tail, head), following.size)
 
     def released(self, state: ReadState) -> None:
-        state.cancel_readahead()
+        """The handle is closed: stop its pull, and learn from it if it was a probe."""
+        state.stop_pull()
+        track = state.node.track
+        if not state.played_on and state.frontier > 0:
+            past_head = state.frontier - head_end(track)
+            into_tail = tail_start(track) - state.lowest_tail_read if state.lowest_tail_read is not None else 0
+            self.probes.learn(track.info.format, past_head, into_tail)

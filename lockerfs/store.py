@@ -96,11 +96,23 @@ PROBE_RETRIES = RetryPolicy(max_attempts=4, connect_timeout=3, read_timeout=5)
 VERIFY_ATTEMPTS = 3
 
 
+ChunkSink = Callable[[bytes], None]
+STREAM_CHUNK = 64 * 1024  # bytes read from a response body at a time: a stop is seen this soon
+
+
 class Store(Protocol):
     """The operations lockerfs needs from a bucket. Keys are relative to the locker."""
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of an object; shorter only at the object's end."""
+
+    def get_range_stream(self, key: str, start: int, end: int, sink: ChunkSink,
+                         stop: threading.Event | None = None) -> int:
+        """Hand bytes [start, end) to `sink` in order, as they arrive; returns how many.
+
+        Fewer than asked only when `stop` was set (checked between chunks)
+        or the object ends sooner. Raises StoreError if the rest cannot be had.
+        """
 
     def get(self, key: str) -> bytes: ...
 
@@ -184,14 +196,62 @@ class S3Store:
         return full_key[len(self.prefix) + 1:] if self.prefix else full_key
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
-        if end <= start:
-            return b""
-        return self._get_body(key, Range=f"bytes={start}-{end - 1}")
+        pieces: list[bytes] = []
+        self.get_range_stream(key, start, end, pieces.append)
+        return b"".join(pieces)
+
+    def get_range_stream(self, key: str, start: int, end: int, sink: ChunkSink,
+                         stop: threading.Event | None = None) -> int:
+        """Stream a ranged GET into `sink`, resuming a body cut off mid-way from where it broke.
+
+        Streaming lets the cache hand each block to its reader the moment it
+        arrives, so one long request costs a reader no more than a short one.
+        A reply of another length than asked (a server that ignored Range, or
+        answered short) is refused before any of it reaches the sink, unless it
+        is short because the object ends there: bytes from the wrong offset must
+        never be taken for the ones asked for.
+        """
+        position = start
+        for attempt in range(1, self._body_attempts + 1):
+            if position >= end or (stop is not None and stop.is_set()):
+                break
+            with self._errors(key):
+                broken: Exception
+                try:
+                    response = self._client.get_object(Bucket=self.bucket, Key=self._full(key),
+                                                       Range=f"bytes={position}-{end - 1}")
+                except urllib3.exceptions.ProtocolError as exc:
+                    broken = exc
+                else:
+                    body = response["Body"]
+                    length = response.get("ContentLength")
+                    if length is not None and length != end - position and not _ends_object(response, length):
+                        body.close()
+                        raise StoreError(f"the S3 server at {self.endpoint} answered a request for "
+                                         f"{end - position} bytes of {key} with {length}")
+                    try:
+                        while position < end:
+                            if stop is not None and stop.is_set():
+                                body.close()  # the connection is dropped, not drained
+                                return position - start
+                            chunk = body.read(min(STREAM_CHUNK, end - position))
+                            if not chunk:
+                                return position - start  # the object ends here
+                            sink(chunk)
+                            position += len(chunk)
+                        return position - start
+                    except _BODY_ERRORS as exc:
+                        broken = exc
+                if attempt == self._body_attempts:
+                    raise broken
+                log.debug("body of %s broke at %d (%s); resuming", key, position, type(broken).__name__)
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
+        return position - start
 
     def get(self, key: str) -> bytes:
         return self._get_body(key)
 
-    def _get_body(self, key: str, **extra: str) -> bytes:
+    def _get_body(self, key: str) -> bytes:
         """GET and read the body, retrying a body cut off mid-way.
 
         botocore retries failed requests, but not a body that breaks while
@@ -203,7 +263,7 @@ class S3Store:
             with self._errors(key):
                 broken: Exception
                 try:
-                    response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **extra)
+                    response = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
                 except urllib3.exceptions.ProtocolError as exc:
                     broken = exc
                 else:
@@ -418,6 +478,21 @@ class _ErrorMapper:
         return None
 
 
+def _ends_object(response: dict, length: int) -> bool:
+    """Whether a ranged reply of `length` bytes is short only because the object ends there."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", str(response.get("ContentRange", "")))
+    return bool(match) and int(match[2]) + 1 == int(match[3]) and int(match[2]) - int(match[1]) + 1 == length
+
+
+def feed_in_chunks(data: bytes, sink: ChunkSink, stop: threading.Event | None = None) -> int:
+    """get_range_stream for a store that answers whole ranges at once (tests, wrappers)."""
+    done = 0
+    while done < len(data) and not (stop is not None and stop.is_set()):
+        sink(data[done:done + STREAM_CHUNK])
+        done += min(STREAM_CHUNK, len(data) - done)
+    return done
+
+
 class MemoryStore:
     """An in-memory bucket for unit tests; behaves like S3Store, including errors."""
 
@@ -433,6 +508,13 @@ class MemoryStore:
     def get_range(self, key: str, start: int, end: int) -> bytes:
         self._record("GET", key)
         return self._data(key)[start:end]
+
+    def get_range_stream(self, key: str, start: int, end: int, sink: ChunkSink,
+                         stop: threading.Event | None = None) -> int:
+        data = self.get_range(key, start, end)
+        if len(data) != min(end, len(self._data(key))) - start:  # as S3Store refuses a wrong length
+            raise StoreError(f"the store answered a request for {end - start} bytes of {key} with {len(data)}")
+        return feed_in_chunks(data, sink, stop)
 
     def get(self, key: str) -> bytes:
         self._record("GET", key)

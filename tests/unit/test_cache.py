@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from lockerfs import cache as cache_module
+from lockerfs import diskcache as cache_module
 from lockerfs.cache import (BlockCache, CacheInUse, FetchError, ObjectRef, UnsafeCacheDir)
 from lockerfs.store import MemoryStore, NotFound, StoreError, Unreachable
 
@@ -90,16 +91,33 @@ def put(store: MemoryStore, size: int, seed: int = 0) -> tuple[ObjectRef, bytes]
     return ObjectRef(key, sha, size), data
 
 
+_caches: list[BlockCache] = []  # made by this test: run() lets their disk writes land
+
+
+@pytest.fixture(autouse=True)
+def _forget_caches() -> None:
+    _caches.clear()
+
+
 def new_cache(store: MemoryStore, cache_dir: Path | None, **options: Any) -> BlockCache:
     """A small-block cache, not yet open: `with new_cache(...) as cache` opens it."""
     settings: dict[str, Any] = dict(disk_limit=1 << 20, memory_limit=64 * BS, block_size=BS,
                                     max_request=8 * BS)
     settings.update(options)
-    return BlockCache(store, cache_dir, **settings)
+    cache = BlockCache(store, cache_dir, **settings)
+    _caches.append(cache)
+    return cache
 
 
 def run(fn: Callable[[], Awaitable[object]]) -> Any:
-    return trio.run(fn)
+    """trio.run(fn), then wait until the GETs it started have ended and their blocks are on
+    disk (they are written in the background, and trio.run would cancel the writes)."""
+    async def main() -> object:
+        result = await fn()
+        for cache in _caches:
+            await cache.settle()
+        return result
+    return trio.run(main)
 
 
 def block_path(cache_dir: Path, obj: ObjectRef, index: int) -> Path:
@@ -765,3 +783,130 @@ def test_warm_into_memory_loads_disk_blocks_ahead_without_the_store(store: TestS
         assert cache.cached(obj, 0, SIZE, in_memory=True)
         assert run(lambda: cache.read(obj, 0, SIZE)) == data
     assert len(store.gets()) == gets
+
+
+# --- streaming, stopping, verifying ---
+
+class TricklingStore(TestStore):
+    """Streams a GET one block-sized chunk at a time, and holds it after `release` chunks
+    until `more` is set; records whether the cache asked it to stop."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = 1
+        self.more = threading.Event()
+        self.stopped = threading.Event()
+        self.sent = 0
+
+    def get_range_stream(self, key: str, start: int, end: int, sink: Callable[[bytes], None],
+                         stop: threading.Event | None = None) -> int:
+        data = self.get_range(key, start, end)
+        done = 0
+        for n, offset in enumerate(range(0, len(data), BS)):
+            if n >= self.release:
+                self.more.wait(10)
+            if stop is not None and stop.is_set():
+                self.stopped.set()
+                return done
+            sink(data[offset:offset + BS])
+            done += len(data[offset:offset + BS])
+            self.sent += 1
+        return done
+
+
+def test_a_long_get_hands_over_each_block_as_it_arrives(cache_dir: Path) -> None:
+    store = TricklingStore()
+    obj, data = put(store, 8 * BS)
+    with new_cache(store, cache_dir) as cache:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: cache.warm(obj, 0, 8 * BS))
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.fail_after(5):  # block 0 comes while the GET is still held after it
+                    assert await cache.read(obj, 0, BS) == data[:BS]
+                assert cache.pending_blocks == 7 and len(store.gets()) == 1
+                store.more.set()
+        run(main)
+        assert cache.cached(obj, 0, 8 * BS) and len(store.gets()) == 1
+
+
+def test_a_warm_given_up_stops_its_get(cache_dir: Path) -> None:
+    store = TricklingStore()
+    obj, data = put(store, 8 * BS)
+    with new_cache(store, cache_dir) as cache:
+        async def main() -> None:
+            with trio.move_on_after(0.2):
+                await cache.warm(obj, 0, 8 * BS)  # held after its first block
+            store.more.set()
+            await until(lambda: cache.pending_blocks == 0)
+        run(main)
+        assert store.stopped.is_set() and cache.stats.stopped_requests == 1
+        assert cache.cached(obj, 0, BS) and not cache.cached(obj, BS, 8 * BS)
+        assert run(lambda: cache.read(obj, 0, 8 * BS)) == data  # the rest is fetched when asked for
+
+
+def test_a_get_a_reader_waits_for_is_never_stopped(cache_dir: Path) -> None:
+    store = TricklingStore()
+    obj, data = put(store, 8 * BS)
+    with new_cache(store, cache_dir) as cache:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                warming = trio.CancelScope()
+
+                async def warm() -> None:
+                    with warming:
+                        await cache.warm(obj, 0, 8 * BS)
+                nursery.start_soon(warm)
+                await until(lambda: store.sent == 1)
+                result: list[bytes] = []
+
+                async def read() -> None:  # joins the warm's GET for block 5
+                    result.append(await cache.read(obj, 5 * BS, BS))
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                warming.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                store.more.set()
+            assert result == [data[5 * BS:6 * BS]]
+        run(main)
+        assert not store.stopped.is_set() and cache.stats.stopped_requests == 0
+
+
+def test_a_warm_may_stream_a_long_range_in_one_get(store: TestStore, cache_dir: Path) -> None:
+    obj, data = put(store, 40 * BS)
+    with new_cache(store, cache_dir) as cache:  # max_request is 8 blocks
+        run(lambda: cache.warm(obj, 0, 40 * BS, max_request=40 * BS))
+        assert store.ranges == [(obj.key, 0, 40 * BS)]
+        assert run(lambda: cache.read(obj, 0, 40 * BS)) == data
+
+
+def test_a_wholly_cached_object_is_verified_once(store: TestStore, cache_dir: Path) -> None:
+    obj, data = put(store, SIZE)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.read(obj, 0, 2 * BS))
+        assert cache.stats.verified_objects == 0  # not all of it yet
+        run(lambda: cache.read(obj, 0, SIZE))
+        run(lambda: trio.sleep(0.05))
+        assert cache.stats.verified_objects == 1 and cache.stats.corrupt_objects == 0
+        assert run(lambda: cache.read(obj, 0, SIZE)) == data
+
+
+def test_an_object_whose_bytes_do_not_hash_to_its_name_is_dropped(
+        store: TestStore, cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A store that sends other bytes of the right length (a damaged object or middlebox):
+    once the whole object is cached the mismatch is found, logged, and nothing of it is kept."""
+    obj, data = put(store, SIZE)
+    damaged = bytes([data[0] ^ 0xFF]) + data[1:]
+    store.objects[obj.key] = (damaged, store.objects[obj.key][1])
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.read(obj, 0, SIZE))
+
+        async def verified() -> None:
+            await until(lambda: cache.stats.corrupt_objects == 1)
+            await cache.settle()
+        run(verified)
+        assert not any(cache.cached(obj, i * BS, (i + 1) * BS) for i in range(SIZE // BS + 1))
+        assert cache.disk_bytes == 0 and block_files(cache_dir) == []
+    assert "do not hash to its name" in caplog.text

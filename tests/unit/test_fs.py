@@ -18,7 +18,7 @@ import trio.testing
 from lockerfs.cache import BlockCache
 from lockerfs.fs import NAME_MAX, STATFS_BLOCK, LockerOperations
 from lockerfs import prefetch
-from lockerfs.prefetch import Prefetcher, ReadState, object_of, tag_regions
+from lockerfs.prefetch import Prefetcher, ReadState, Zones, head_end, object_of, tail_start
 from lockerfs.store import MemoryStore, StoreError
 from lockerfs.track import Track
 from lockerfs.tree import ROOT_INODE, Tree
@@ -260,13 +260,23 @@ def test_open_for_writing_is_erofs(fs: Fs, flags: int) -> None:
     assert fuse_errno(lambda: fs.ops.open(inode, flags, CTX)) == errno.EROFS
 
 
-def test_opens_during_a_scan_bypass_the_page_cache(fs: Fs) -> None:
+def test_every_open_bypasses_the_page_cache(fs: Fs) -> None:
+    """Prefetch tells a scan from playback by the reads it sees: the kernel must not add its own."""
     async def go() -> list[bool]:
         infos = [await fs.ops.open(fs.inode("Artist", "Album", name), os.O_RDONLY, CTX)
-                 for name in ("01.flac", "02.flac")]  # two tracks of a folder at once: a scan
+                 for name in ("01.flac", "02.flac")]
         return [info.direct_io for info in infos]
 
-    assert run(go) == [False, True]
+    assert run(go) == [True, True]
+
+
+def test_direct_io_can_be_turned_off(fs: Fs) -> None:
+    fs.ops.direct_io = False
+
+    async def go() -> bool:
+        return (await fs.ops.open(fs.inode("Artist", "Album", "01.flac"), os.O_RDONLY, CTX)).direct_io
+
+    assert run(go) is False
 
 
 def test_open_of_a_dir_is_eisdir(fs: Fs) -> None:
@@ -344,32 +354,31 @@ def test_a_prefetch_bug_costs_neither_open_nor_read(fs: Fs, monkeypatch: pytest.
     assert trio.run(go) == content(TRACKS[0])[:4096]
 
 
-def test_release_cancels_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test tracks are ~100 KB: keep their head region small, or it covers them whole,
-    # but have it cover two reads past the tags, where read-ahead starts.
+def test_release_stops_the_pull() -> None:
     track = TRACKS[0]
-    audio = prefetch.head_end(track)
-    monkeypatch.setattr(prefetch, "KERNEL_READ", audio + 2 * BS)
+    audio = head_end(track)
     fs = Fs()
     inode = fs.inode("Artist", "Album", "01.flac")
+    zones = Zones(audio, tail_start(track))
 
     async def go() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.prefetcher.run)
             fh = (await fs.ops.open(inode, os.O_RDONLY, CTX)).fh
-            await trio.testing.wait_all_tasks_blocked()
-            while not all(fs.cache.cached(object_of(track), s, e) for s, e in tag_regions(track, direct=False)):
-                await trio.sleep(0.005)  # the tag regions warmed on open
+            assert await fs.ops.read(fh, 0, BS) == content(track)[:BS]
+            while not all(fs.cache.cached(object_of(track), s, e) for s, e in zones.ranges(track.size)):
+                await trio.sleep(0.005)  # the zones warmed after the first read
+            await fs.cache.warm(object_of(track), audio, audio + 2 * BS)
             fs.store.gate.clear()  # from now on the store does not answer
             state: ReadState = fs.ops._handles[fh].reading
-            for off in (audio, audio + BS):  # two sequential reads start read-ahead; both from memory
+            for off in range(BS, audio + 2 * BS, BS):  # reading on in order past the head, from memory
                 assert await fs.ops.read(fh, off, BS) == content(track)[off:off + BS]
             await trio.testing.wait_all_tasks_blocked()
-            scopes = set(state.readahead)
-            assert scopes, "read-ahead should be outstanding while the store is held"
+            scopes = set(state.pulls)
+            assert scopes, "the pull should be outstanding while the store is held"
             await fs.ops.release(fh)
             assert all(scope.cancel_called for scope in scopes)
-            assert not state.readahead
+            assert not state.pulls
             fs.store.gate.set()
             nursery.cancel_scope.cancel()
 

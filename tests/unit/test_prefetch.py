@@ -1,8 +1,9 @@
-"""Prefetcher policy: tag regions, scans, read-ahead growth and cancellation, the next track.
+"""Prefetcher policy: zones, scans, learned probe extents, pulls, the next track.
 
 Most tests use RecordingCache, which records warm() calls (and can hold them
 open, to see them cancelled), so the policy is checked exactly and without
 threads; the last ones run it over a real BlockCache and MemoryStore.
+tests/unit/test_traces.py replays what real readers did.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import trio.testing
 
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
-from lockerfs.prefetch import (HEAD_SLACK, KERNEL_READ, NEXT_TRACK_BYTES, READAHEAD_MAX,
-                               READAHEAD_PIECE, READAHEAD_START, SIBLINGS_MAX, TAIL_MIN, Prefetcher, ReadState,
-                               head_end, object_of, tag_regions)
+from lockerfs.prefetch import (HEAD_SLACK, NEXT_TRACK_BYTES, PROBE_MAX, PULL_WHOLE, Prefetcher,
+                               ReadState, Zones, head_end, object_of, tail_start)
 from lockerfs.track import Track
 from lockerfs.tree import FileNode, Tree
 from tests.unit.test_catalog import make_track
@@ -33,10 +33,14 @@ def sized(n: int, size: int, head: int = 8192, tail: int = 128) -> Track:
 
 
 class RecordingCache:
-    """The two calls Prefetcher makes of a BlockCache, recorded."""
+    """What Prefetcher uses of a BlockCache, recorded."""
+
+    memory_limit = 128 * MiB
+    block_size = 64 * KiB
 
     def __init__(self) -> None:
         self.warms: list[Warm] = []
+        self.whole: list[Warm] = []  # warms asked to stream in one GET
         self.cancelled: list[Warm] = []
         self.present: list[Warm] = []  # ranges cached() reports as cached
         self.hold = False  # warm() waits until cancelled
@@ -44,8 +48,11 @@ class RecordingCache:
     def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
         return any(key == obj.key and s <= start and end <= e for key, s, e in self.present)
 
-    async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False) -> None:
+    async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False,
+                   max_request: int | None = None) -> None:
         self.warms.append((obj.key, start, end))
+        if max_request is not None and max_request >= end - start:
+            self.whole.append((obj.key, start, end))
         if self.hold:
             try:
                 await trio.sleep_forever()
@@ -88,47 +95,56 @@ async def settle() -> None:
 
 @pytest.fixture(autouse=True)
 def no_open_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An opened track's warming waits for its first read; these tests make no reads."""
+    """An opened track's warming waits for its first read; most tests make none."""
     monkeypatch.setattr(prefetch, "OPEN_WARM_WAIT", 0.0)
 
 
-# --- tag_regions --------------------------------------------------------------------
-
-def test_tag_regions_head_covers_the_kernels_first_read_and_tail_min() -> None:
-    track = sized(1, 10 * MiB, head=8192, tail=128)
-    assert tag_regions(track, direct=False) == [(0, KERNEL_READ), (10 * MiB - TAIL_MIN, 10 * MiB)]
-    big_head = sized(2, 10 * MiB, head=300_000, tail=128)
-    assert tag_regions(big_head, direct=False)[0] == (0, 300_000 + HEAD_SLACK)
+READ = 16 * KiB
 
 
-def test_tag_regions_of_a_direct_open_are_the_tags_and_one_buffer() -> None:
-    track = sized(1, 10 * MiB, head=8192, tail=128)
+def read_in_order(p: Prefetcher, state: ReadState, start: int, end: int, size: int = READ) -> None:
+    """Reads of `size` from start up to end (the last one cut at end)."""
+    for offset in range(start, end, size):
+        p.read(state, offset, min(size, end - offset))
+        p.served(state)
+
+
+def probe(p: Prefetcher, tree: Tree, track: Track, past_head: int = 0, tail: int = 0) -> None:
+    """A scanner's handle: reads its head zone and `past_head` more in order, `tail` bytes at
+    the end, then goes away."""
+    state = p.opened(node_of(tree, track))
+    read_in_order(p, state, 0, head_end(track) + past_head)
+    if tail:
+        p.read(state, track.size - tail, tail)
+    p.released(state)
+
+
+# --- zones ------------------------------------------------------------------------------
+
+def test_zones_are_the_tags_one_buffer_and_the_tail() -> None:
+    track = sized(1, 10 * MiB, head=8192, tail=200)
     assert head_end(track) == 8192 + HEAD_SLACK
-    assert tag_regions(track, direct=True) == [(0, 8192 + HEAD_SLACK), (10 * MiB - TAIL_MIN, 10 * MiB)]
+    assert tail_start(track) == 10 * MiB - 200
+    assert Zones(head_end(track), tail_start(track)).ranges(track.size) == [
+        (0, 8192 + HEAD_SLACK), (10 * MiB - 200, 10 * MiB)]
 
 
-def test_tag_regions_use_a_tail_bigger_than_tail_min() -> None:
-    track = sized(1, 10 * MiB, head=100, tail=200_000)
-    assert tag_regions(track, direct=False) == [(0, KERNEL_READ), (10 * MiB - 200_000, 10 * MiB)]
-
-
-@pytest.mark.parametrize("size, expected", [
-    (KERNEL_READ + TAIL_MIN, [(0, KERNEL_READ + TAIL_MIN)]),  # they meet: one region
-    (KERNEL_READ + TAIL_MIN - 1000, [(0, KERNEL_READ + TAIL_MIN - 1000)]),  # overlap
-    (KERNEL_READ + TAIL_MIN + 1, [(0, KERNEL_READ), (KERNEL_READ + 1, KERNEL_READ + TAIL_MIN + 1)]),
-    (1000, [(0, 1000)]),  # smaller than either end
-    (0, [(0, 0)]),
+@pytest.mark.parametrize("head, tail, expected", [
+    (100, 101, [(0, 100), (101, 200)]),
+    (100, 100, [(0, 200)]),  # they meet: one range, one GET
+    (150, 100, [(0, 200)]),  # overlap: one
+    (0, 0, [(0, 200)]),
 ])
-def test_tag_regions_merge_when_they_meet(size: int, expected: list[tuple[int, int]]) -> None:
-    assert tag_regions(sized(1, size, head=8192, tail=128), direct=False) == expected
+def test_zones_merge_when_they_overlap(head: int, tail: int, expected: list[tuple[int, int]]) -> None:
+    assert Zones(head, tail).ranges(200) == expected
 
 
-def test_tag_regions_never_pass_the_file() -> None:
+def test_zones_never_pass_the_file() -> None:
     track = sized(1, 50_000, head=10**9, tail=10**9)
-    assert tag_regions(track, direct=False) == tag_regions(track, direct=True) == [(0, 50_000)]
+    assert head_end(track) == 50_000 and tail_start(track) == 0
 
 
-# --- open: tag regions and scans ------------------------------------------------------
+# --- open and scans -------------------------------------------------------------------------
 
 ALBUM = [sized(n, 5 * MiB) for n in range(1, 6)]
 OTHER = [sized(n, 5 * MiB) for n in range(11, 14)]
@@ -138,6 +154,10 @@ def warmed_keys(cache: RecordingCache) -> set[str]:
     return {key for key, _, _ in cache.warms}
 
 
+def zone_ranges(track: Track) -> list[tuple[int, int]]:
+    return Zones(head_end(track), tail_start(track)).ranges(track.size)
+
+
 def test_one_open_warms_its_head_and_tail_only() -> None:
     tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
 
@@ -145,10 +165,25 @@ def test_one_open_warms_its_head_and_tail_only() -> None:
         p.opened(node_of(tree, ALBUM[2]))
 
     scenario(tree, cache, body)
-    assert sorted(cache.warms) == [(ALBUM[2].key, s, e) for s, e in tag_regions(ALBUM[2], direct=False)]
+    assert sorted(cache.warms) == [(ALBUM[2].key, s, e) for s, e in zone_ranges(ALBUM[2])]
 
 
-def test_second_open_in_a_folder_warms_every_siblings_tags() -> None:
+def test_an_opened_tracks_zones_wait_for_its_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "OPEN_WARM_WAIT", 5.0)
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, ALBUM[0]))
+        await settle()
+        assert cache.warms == []  # the first read has the link to itself
+        p.served(state)
+        await settle()
+        assert sorted(cache.warms) == [(ALBUM[0].key, s, e) for s, e in zone_ranges(ALBUM[0])]
+
+    scenario(tree, cache, body)
+
+
+def test_a_second_open_starts_a_scan_that_warms_the_folder_and_ahead() -> None:
     tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
@@ -158,8 +193,19 @@ def test_second_open_in_a_folder_warms_every_siblings_tags() -> None:
 
     scenario(tree, cache, body)
     for track in ALBUM + OTHER:
-        assert set(tag_regions(track, direct=True)) <= set(cache.of(track)), track.source
-    # the scan is on: the next folder in walk order (B) is warmed ahead too
+        assert set(zone_ranges(track)) <= set(cache.of(track)), track.source
+
+
+def test_two_opens_in_different_folders_start_a_scan_too() -> None:
+    """A scanner with several threads, or in an order of its own, opens across folders."""
+    tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        p.opened(node_of(tree, OTHER[0]))
+        p.opened(node_of(tree, ALBUM[3]))
+        assert p.scanning
+
+    scenario(tree, cache, body)
     assert warmed_keys(cache) == {t.key for t in ALBUM + OTHER}
 
 
@@ -190,45 +236,7 @@ def test_a_scan_warms_small_folders_ahead_up_to_a_number_of_tracks() -> None:
         p.opened(node_of(tree, folders["F00"][1]))  # a scan of one-track folders
 
     scenario(tree, cache, body)
-    # F00's two tracks and the next folders' single tracks, SCAN_AHEAD_TRACKS in all
     assert len(warmed_keys(cache)) == prefetch.SCAN_AHEAD_TRACKS
-
-
-def test_one_open_per_folder_long_apart_is_no_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prefetch, "SCAN_WINDOW_SECONDS", 0.2)
-    folders = {f"F{n}": [make_track(100 * n + i) for i in range(2)] for n in range(3)}
-    tree, cache = album_tree(folders), RecordingCache()
-
-    async def body(p: Prefetcher) -> None:
-        p.opened(node_of(tree, folders["F0"][0]))
-        await trio.sleep(0.3)
-        p.opened(node_of(tree, folders["F1"][0]))
-        await settle()
-
-    scenario(tree, cache, body)
-    assert warmed_keys(cache) == {folders["F0"][0].key, folders["F1"][0].key}
-
-
-def test_same_track_opened_twice_is_not_a_scan() -> None:
-    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
-
-    async def body(p: Prefetcher) -> None:
-        p.opened(node_of(tree, ALBUM[0]))
-        p.opened(node_of(tree, ALBUM[0]))
-
-    scenario(tree, cache, body)
-    assert warmed_keys(cache) == {ALBUM[0].key}
-
-
-def test_opens_in_two_folders_are_not_a_scan() -> None:
-    tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
-
-    async def body(p: Prefetcher) -> None:
-        p.opened(node_of(tree, ALBUM[0]))
-        p.opened(node_of(tree, OTHER[0]))
-
-    scenario(tree, cache, body)
-    assert warmed_keys(cache) == {ALBUM[0].key, OTHER[0].key}
 
 
 def test_opens_further_apart_than_the_scan_window_are_not_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,32 +245,101 @@ def test_opens_further_apart_than_the_scan_window_are_not_a_scan(monkeypatch: py
 
     async def body(p: Prefetcher) -> None:
         p.opened(node_of(tree, ALBUM[0]))
-        await trio.sleep(0.15)  # TTLCache runs on time.monotonic, as does trio's default clock
+        await trio.sleep(0.1)
         p.opened(node_of(tree, ALBUM[1]))
+        assert not p.scanning
 
     scenario(tree, cache, body)
     assert warmed_keys(cache) == {ALBUM[0].key, ALBUM[1].key}
+
+
+def test_the_same_track_opened_twice_is_not_a_scan() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        p.opened(node_of(tree, ALBUM[0]))
+        p.opened(node_of(tree, ALBUM[0]))
+        assert not p.scanning
+
+    scenario(tree, cache, body)
+    assert warmed_keys(cache) == {ALBUM[0].key}
+
+
+def test_an_album_played_track_after_track_is_no_scan() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        first = p.opened(node_of(tree, ALBUM[0]))
+        read_in_order(p, first, 0, 2 * MiB, size=128 * KiB)  # played on, far past its head
+        p.released(first)
+        p.opened(node_of(tree, ALBUM[1]))  # the next track, a moment later
+        assert not p.scanning
+
+    scenario(tree, cache, body)
+    assert {ALBUM[2].key, ALBUM[3].key, ALBUM[4].key}.isdisjoint(warmed_keys(cache))
+
+
+def test_a_copy_of_an_album_is_no_scan() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        for track in ALBUM[:3]:
+            state = p.opened(node_of(tree, track))
+            read_in_order(p, state, 0, track.size, size=128 * KiB)
+            p.released(state)
+        assert not p.scanning
+
+    scenario(tree, cache, body)
+    assert {ALBUM[3].key, ALBUM[4].key}.isdisjoint(warmed_keys(cache) - {ALBUM[3].key})
+
+
+def test_short_tracks_decoded_whole_one_after_another_are_no_scan() -> None:
+    """ffmpeg decoding small tracks from several albums reads each to its end: no scan."""
+    short = [sized(n, 300 * KiB) for n in (31, 32, 33)]
+    tree, cache = album_tree({"A": short[:1], "B": short[1:2], "C": short[2:], "D": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        for track in short:
+            state = p.opened(node_of(tree, track))
+            read_in_order(p, state, 0, track.size, size=32 * KiB)
+            p.released(state)
+        assert not p.scanning
+
+    scenario(tree, cache, body)
+    assert {t.key for t in ALBUM}.isdisjoint(warmed_keys(cache))
+
+
+def test_a_first_read_in_the_middle_pulls_nothing() -> None:
+    """A seek straight after opening (a player resuming, a random read) is no playback yet."""
+    track = sized(34, 20 * MiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        p.read(state, 10 * MiB, 64 * KiB)
+        await settle()
+        assert cache.whole == []
+        p.read(state, 10 * MiB + 64 * KiB, 64 * KiB)  # reading on from there is
+
+    scenario(tree, cache, body)
+    assert cache.whole == [(track.key, 10 * MiB + 128 * KiB, track.size)]
 
 
 def test_a_folder_is_warmed_once() -> None:
     tree, cache = album_tree({"A": ALBUM}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        p.opened(node_of(tree, ALBUM[0]))
-        p.opened(node_of(tree, ALBUM[1]))
-        await settle()
-        before = len(cache.warms)
-        p.opened(node_of(tree, ALBUM[2]))
-        p.opened(node_of(tree, ALBUM[3]))
-        await settle()
-        # only the two tracks' own tag regions again, not the whole album
-        assert len(cache.warms) - before == 2 * len(tag_regions(ALBUM[2], direct=True))
+        for track in ALBUM:
+            p.opened(node_of(tree, track))
+            await settle()
 
     scenario(tree, cache, body)
+    for track in ALBUM:  # its own open and, at most, the one folder warm
+        assert len(cache.of(track)) <= 2 * len(zone_ranges(track)), track.source
 
 
 def test_sibling_warming_is_capped() -> None:
-    big = [sized(n, 1 * MiB) for n in range(100, 100 + SIBLINGS_MAX + 10)]
+    big = [make_track(200 + n) for n in range(prefetch.SIBLINGS_MAX + 20)]
     tree, cache = album_tree({"A": big}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
@@ -270,261 +347,249 @@ def test_sibling_warming_is_capped() -> None:
         p.opened(node_of(tree, big[1]))
 
     scenario(tree, cache, body)
-    assert len(warmed_keys(cache)) == SIBLINGS_MAX
+    assert len(warmed_keys(cache)) <= prefetch.SIBLINGS_MAX + 1
 
 
-def test_cached_regions_are_not_warmed_again() -> None:
+def test_cached_zones_are_not_warmed_again() -> None:
     tree, cache = album_tree({"A": ALBUM}), RecordingCache()
-    head, tail = tag_regions(ALBUM[0], direct=False)
-    cache.present.append((ALBUM[0].key, *head))
+    cache.present = [(t.key, 0, t.size) for t in ALBUM]
 
     async def body(p: Prefetcher) -> None:
         p.opened(node_of(tree, ALBUM[0]))
+        p.opened(node_of(tree, ALBUM[1]))
 
     scenario(tree, cache, body)
-    assert cache.warms == [(ALBUM[0].key, *tail)]
+    assert cache.warms == []
 
 
 def test_without_run_nothing_is_warmed_and_nothing_fails() -> None:
     tree, cache = album_tree({"A": ALBUM}), RecordingCache()
-    prefetcher = Prefetcher(cache, lambda: tree)  # type: ignore[arg-type]
-    state = prefetcher.opened(node_of(tree, ALBUM[0]))
-    prefetcher.opened(node_of(tree, ALBUM[1]))
-    for off in range(0, 5 * MiB, 128 * KiB):
-        prefetcher.read(state, off, 128 * KiB)
-    prefetcher.released(state)
+    p = Prefetcher(cache, lambda: tree)  # type: ignore[arg-type]
+    state = p.opened(node_of(tree, ALBUM[0]))
+    p.read(state, 0, 1 * MiB)
+    p.released(state)
     assert cache.warms == []
 
 
-def test_opens_during_a_scan_are_marked_for_direct_io() -> None:
-    tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
-    states: list[ReadState] = []
+# --- what scanners read: learned probe extents -------------------------------------------------
 
-    async def body(p: Prefetcher) -> None:
-        states.append(p.opened(node_of(tree, ALBUM[0])))
-        states.append(p.opened(node_of(tree, ALBUM[1])))  # the scan is detected here
-        states.append(p.opened(node_of(tree, OTHER[0])))  # and goes on in the next folder
-
-    scenario(tree, cache, body)
-    assert [state.scanning for state in states] == [False, True, True]
-
-
-def test_an_album_played_track_after_track_is_no_scan() -> None:
+def test_a_scanner_reading_past_the_tags_widens_the_zones_of_the_next_tracks() -> None:
     tree, cache = album_tree({"A": ALBUM, "B": OTHER}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        first = p.opened(node_of(tree, ALBUM[0]))
-        for off in range(0, 2 * MiB, 128 * KiB):  # played, not just tag-read
-            p.read(first, off, 128 * KiB)
-        second = p.opened(node_of(tree, ALBUM[1]))
-        assert not second.scanning
-        assert not p.opened(node_of(tree, ALBUM[2])).scanning
+        probe(p, tree, ALBUM[0], past_head=200 * KiB, tail=256 * KiB)
+        probe(p, tree, ALBUM[1], past_head=200 * KiB, tail=256 * KiB)
+        assert p.scanning
+        zones = p.zones(OTHER[0])
+        assert zones.head == head_end(OTHER[0]) + 200 * KiB
+        assert zones.tail == OTHER[0].size - 256 * KiB
+        p.opened(node_of(tree, OTHER[0]))  # a new folder: warmed with the widened zones
 
     scenario(tree, cache, body)
-    assert not warmed_keys(cache) & {t.key for t in ALBUM[3:] + OTHER}
+    assert (OTHER[1].key, 0, head_end(OTHER[1]) + 200 * KiB) in cache.warms
+    assert (OTHER[1].key, OTHER[1].size - 256 * KiB, OTHER[1].size) in cache.warms
 
 
-# --- reads: read-ahead ------------------------------------------------------------------
-
-LONG = sized(50, 64 * MiB)
-READ = 128 * KiB
-
-
-def test_a_single_read_or_tag_hops_warm_nothing_ahead() -> None:
-    tree, cache = album_tree({"A": [LONG, ALBUM[0]]}), RecordingCache()
+def test_zones_widen_only_while_a_scan_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "SCAN_WINDOW_SECONDS", 0.05)
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, LONG))
-        await settle()
-        cache.warms.clear()
-        p.read(state, 0, 4096)  # a tag reader: head, then the tail, then the head again
-        p.read(state, LONG.size - 128, 128)
-        p.read(state, 4096, 4096)
-
-    scenario(tree, cache, body)
-    assert cache.warms == []  # neither read-ahead nor the next track
-
-
-def test_a_tag_reader_reading_its_head_in_order_warms_nothing_ahead() -> None:
-    cover = sized(51, 64 * MiB, head=300_000)
-    tree, cache = album_tree({"A": [cover, ALBUM[0]]}), RecordingCache()
-    buffer = 16 * KiB
-
-    async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, cover))
-        await settle()
-        cache.warms.clear()
-        for off in range(0, head_end(cover), buffer):  # the last read runs into HEAD_SLACK
-            p.read(state, off, buffer)
-        await settle()
-        assert cache.warms == []
-        p.read(state, off + buffer, buffer)  # reading on past the tags: playback
-        p.read(state, off + 2 * buffer, buffer)
-        await settle()
-        assert {key for key, _, _ in cache.warms} == {cover.key}
+        probe(p, tree, ALBUM[0], past_head=300 * KiB)
+        probe(p, tree, ALBUM[1], past_head=300 * KiB)
+        assert p.zones(ALBUM[2]).head == head_end(ALBUM[2]) + 300 * KiB
+        await trio.sleep(0.1)
+        assert not p.scanning and p.zones(ALBUM[2]).head == head_end(ALBUM[2])
 
     scenario(tree, cache, body)
 
 
-def test_sequential_reads_double_the_window_up_to_the_max() -> None:
-    tree, cache = album_tree({"A": [LONG]}), RecordingCache()
-    frontiers: list[int] = []
+def test_widening_is_bounded() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, LONG))
-        await settle()
-        cache.warms.clear()
-        for i in range(10):
-            p.read(state, i * READ, READ)
-            frontiers.append(state.warmed_until)
-            await settle()
-
-    scenario(tree, cache, body)
-    windows = [READAHEAD_START * 2 ** k for k in range(6)] + [READAHEAD_MAX] * 3
-    assert windows[5] == READAHEAD_MAX  # 512 KiB doubles to 16 MiB in five steps
-    # While the window grows, every read refills it; once it is full, a refill
-    # waits until less than half of it is left (big requests, not one per read).
-    assert frontiers[1:7] == [(i + 2) * READ + w for i, w in enumerate(windows[:6])]
-    assert frontiers[7:] == [frontiers[6]] * 3
-    # the warmed ranges are contiguous from the end of the second read, in pieces
-    ranges = sorted((s, e) for _, s, e in cache.warms)
-    assert ranges[0][0] == 2 * READ
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-    assert ranges[-1][1] == frontiers[-1]
-    assert all(0 < e - s <= READAHEAD_PIECE for s, e in ranges)
-
-
-def test_a_seek_cancels_read_ahead_and_restarts_small() -> None:
-    tree, cache = album_tree({"A": [LONG]}), RecordingCache()
-    seek = 40 * MiB
-
-    async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, LONG))
-        await settle()
-        cache.warms.clear()
-        cache.hold = True
-        for i in range(4):
-            p.read(state, i * READ, READ)
-        await settle()
-        outstanding = list(cache.warms)
-        assert outstanding and state.readahead
-        p.read(state, seek, READ)  # the seek
-        await settle()
-        assert sorted(cache.cancelled) == sorted(outstanding)
-        assert not state.readahead
-        assert state.window == READAHEAD_START
-        assert cache.warms == outstanding  # the seek itself warms nothing
-        p.read(state, seek + READ, READ)
-        await settle()
-        assert cache.warms[len(outstanding):] == [(LONG.key, seek + 2 * READ, seek + 2 * READ + READAHEAD_START)]
+        probe(p, tree, ALBUM[0], past_head=PROBE_MAX - 64 * KiB)
+        p.probes.learn("flac", 10 * PROBE_MAX, 10 * PROBE_MAX)
+        probe(p, tree, ALBUM[1])
+        assert p.zones(ALBUM[2]).head == head_end(ALBUM[2]) + PROBE_MAX
 
     scenario(tree, cache, body)
 
 
-def test_release_cancels_read_ahead() -> None:
-    tree, cache = album_tree({"A": [LONG]}), RecordingCache()
+def test_a_played_track_teaches_nothing() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, LONG))
-        cache.hold = True
-        p.read(state, 0, READ)
-        p.read(state, READ, READ)
+        state = p.opened(node_of(tree, ALBUM[0]))
+        read_in_order(p, state, 0, 3 * MiB, size=128 * KiB)
+        p.released(state)
+        assert p.probes.widening("flac") == (0, 0)
+
+    scenario(tree, cache, body)
+
+
+def test_the_widening_is_forgotten_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "PROBE_MEMORY_SECONDS", 0.05)
+    extents = prefetch.ProbeExtents()
+    extents.learn("mp3", 100 * KiB, 0)
+    assert extents.widening("mp3") == (100 * KiB, 0)
+
+    async def later() -> None:
+        await trio.sleep(0.1)
+    trio.run(later)
+    assert extents.widening("mp3") == (0, 0)
+
+
+def test_widening_is_learned_per_container() -> None:
+    """MPD reads half a MiB of an MP3's audio and none of a FLAC's."""
+    extents = prefetch.ProbeExtents()
+    extents.learn("mp3", 512 * KiB, 32)
+    extents.learn("flac", 0, 0)
+    assert extents.widening("mp3") == (512 * KiB, 32)
+    assert extents.widening("flac") == (0, 0) and extents.widening("ogg") == (0, 0)
+
+
+# --- playback: pulls ---------------------------------------------------------------------------
+
+def test_a_tag_reader_reading_its_head_in_order_pulls_nothing() -> None:
+    track = sized(60, 8 * MiB, head=100 * KiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        read_in_order(p, state, 0, head_end(track))
+        p.read(state, track.size - 128, 128)
+        p.released(state)
+
+    scenario(tree, cache, body)
+    assert cache.whole == []
+
+
+def test_reading_on_past_the_head_pulls_the_rest_in_one_request() -> None:
+    track = sized(61, 8 * MiB, head=40 * KiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        read_in_order(p, state, 0, 128 * KiB, size=32 * KiB)
+
+    scenario(tree, cache, body)
+    (pull,) = cache.whole
+    assert pull[1] <= head_end(track) + 32 * KiB and pull[2] == track.size
+
+
+def test_a_first_read_past_the_head_pulls_at_once() -> None:
+    """A copy's first read (128 KiB) already runs past small tags."""
+    track = sized(62, 8 * MiB, head=8 * KiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        p.read(state, 0, 128 * KiB)
+
+    scenario(tree, cache, body)
+    assert cache.whole == [(track.key, 128 * KiB, track.size)]
+
+
+def test_during_a_scan_reads_within_the_widened_zone_pull_nothing() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        probe(p, tree, ALBUM[0], past_head=256 * KiB)
+        probe(p, tree, ALBUM[1], past_head=256 * KiB)
         await settle()
-        held = [w for w in cache.warms if w[1] == 2 * READ]  # the read-ahead, not the tag warms
-        assert held
+        cache.whole.clear()
+        for track in ALBUM[2:]:
+            probe(p, tree, track, past_head=200 * KiB, tail=256 * KiB)
+
+    scenario(tree, cache, body)
+    assert cache.whole == []
+
+
+def test_a_long_track_is_pulled_in_a_window_ahead_of_the_reader() -> None:
+    track = sized(63, PULL_WHOLE + 100 * MiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+    window = prefetch.PULL_WINDOW
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        read_in_order(p, state, 0, 2 * MiB, size=128 * KiB)
+        await settle()
+        assert max(e for _, _, e in cache.whole) <= 2 * MiB + window
+        read_in_order(p, state, 2 * MiB, 40 * MiB, size=128 * KiB)
+
+    scenario(tree, cache, body)
+    pulled = sorted((s, e) for _, s, e in cache.whole)
+    assert all(a[1] == b[0] for a, b in zip(pulled, pulled[1:]))  # contiguous, never twice
+    assert 40 * MiB + window // 2 <= pulled[-1][1] <= 40 * MiB + window
+
+
+def test_a_seek_stops_the_pull_and_reading_on_from_there_pulls_again() -> None:
+    track = sized(64, 20 * MiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+    cache.hold = True
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        read_in_order(p, state, 0, 256 * KiB, size=128 * KiB)
+        await settle()
+        assert [(s, e) for _, s, e in cache.whole] == [(128 * KiB, track.size)]
+        p.read(state, 10 * MiB, 128 * KiB)  # a seek
+        await settle()
+        assert (track.key, 128 * KiB, track.size) in cache.cancelled
+        p.read(state, 10 * MiB + 128 * KiB, 128 * KiB)  # playing on from there
+        await settle()
+
+    scenario(tree, cache, body)
+    assert cache.whole[-1] == (track.key, 10 * MiB + 256 * KiB, track.size)
+
+
+def test_closing_the_file_stops_its_pull() -> None:
+    track = sized(65, 20 * MiB)
+    tree, cache = album_tree({"A": [track]}), RecordingCache()
+    cache.hold = True
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        read_in_order(p, state, 0, 256 * KiB, size=128 * KiB)
+        await settle()
         p.released(state)
         await settle()
-        assert set(held) <= set(cache.cancelled)
-        assert not state.readahead
 
     scenario(tree, cache, body)
+    assert (track.key, 128 * KiB, track.size) in cache.cancelled
 
 
-# --- reads: the next track, and the end of the file ----------------------------------------
+# --- the next track ------------------------------------------------------------------------------
 
-TRACK_SIZE = 4 * MiB
-SET = [sized(n, TRACK_SIZE, tail=4096) for n in range(60, 63)]
-
-
-def read_sequentially(p: Prefetcher, state: ReadState, until: int, start: int = 0) -> None:
-    for off in range(start, until, READ):
-        p.read(state, off, READ)
-
-
-def test_the_next_track_is_warmed_once_this_one_has_played_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prefetch, "NEXT_TRACK_AFTER_SECONDS", 0.1)
-    tree, cache = album_tree({"A": SET}), RecordingCache()
-    following = SET[1]
+def test_the_next_track_is_warmed_once_the_rest_of_this_one_has_arrived() -> None:
+    tracks = [sized(66, 4 * MiB), sized(67, 4 * MiB)]
+    tree, cache = album_tree({"A": tracks}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, SET[0]))
-        read_sequentially(p, state, 1 * MiB)  # playing, but only just
+        state = p.opened(node_of(tree, tracks[0]))
+        read_in_order(p, state, 0, 512 * KiB, size=128 * KiB)
         await settle()
-        assert cache.of(following) == []
-        await trio.sleep(0.15)
-        read_sequentially(p, state, 1 * MiB + READ, start=1 * MiB)
-        await settle()
+        assert cache.of(tracks[1]) == []  # the pull is still coming: the link is this track's
+        cache.present.append((tracks[0].key, 0, tracks[0].size))
+        p.read(state, 512 * KiB, 128 * KiB)
 
     scenario(tree, cache, body)
-    tail = tag_regions(following, direct=False)[-1]
-    assert sorted(cache.of(following)) == [(0, NEXT_TRACK_BYTES), tail]
-    assert cache.of(SET[2]) == []
-
-
-def test_a_fast_reader_warms_the_next_track_once_its_own_rest_is_cached() -> None:
-    tree, cache = album_tree({"A": SET}), RecordingCache()
-    following = SET[1]
-
-    async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, SET[0]))
-        read_sequentially(p, state, 1 * MiB)  # read-ahead has asked for the rest, not got it
-        await settle()
-        assert cache.of(following) == []
-        cache.present.append((SET[0].key, 0, TRACK_SIZE))  # now it has
-        read_sequentially(p, state, 1 * MiB + READ, start=1 * MiB)
-        await settle()
-
-    scenario(tree, cache, body)
-    assert cache.of(following)
-
-
-def test_a_short_track_read_whole_at_once_warms_the_next_one() -> None:
-    short = [sized(n, 100 * KiB) for n in (64, 65)]
-    tree, cache = album_tree({"A": short}), RecordingCache()
-
-    async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, short[0]))
-        p.read(state, 0, KERNEL_READ)  # the kernel's first read takes it all
-
-    scenario(tree, cache, body)
-    assert cache.of(short[1])
-
-
-def test_a_scan_reading_whole_tracks_warms_no_next_track() -> None:
-    short = [sized(n, 100 * KiB) for n in (66, 67, 68)]
-    tree, cache = album_tree({"A": short, "B": OTHER}), RecordingCache()
-
-    async def body(p: Prefetcher) -> None:
-        p.opened(node_of(tree, short[0]))
-        state = p.opened(node_of(tree, short[1]))  # a scan
-        await settle()
-        cache.warms.clear()
-        p.read(state, 0, 64 * KiB)
-        p.read(state, 64 * KiB, 64 * KiB)
-
-    scenario(tree, cache, body)
-    assert cache.warms == []  # the scan warmed the folder already; nothing more
+    zones = Zones(head_end(tracks[1]), tail_start(tracks[1]))
+    assert sorted(cache.of(tracks[1])) == [(0, zones.head + NEXT_TRACK_BYTES), (zones.tail, tracks[1].size)]
 
 
 def test_the_last_track_warms_no_next_track() -> None:
-    tree, cache = album_tree({"A": SET}), RecordingCache()
+    tracks = [sized(68, 4 * MiB)]
+    tree, cache = album_tree({"A": tracks}), RecordingCache()
 
     async def body(p: Prefetcher) -> None:
-        state = p.opened(node_of(tree, SET[-1]))
-        read_sequentially(p, state, TRACK_SIZE)
+        state = p.opened(node_of(tree, tracks[0]))
+        cache.present.append((tracks[0].key, 0, tracks[0].size))
+        read_in_order(p, state, 0, 512 * KiB, size=128 * KiB)
 
     scenario(tree, cache, body)
-    assert warmed_keys(cache) == {SET[-1].key}
+    assert warmed_keys(cache) <= {tracks[0].key}
 
 
 def test_nothing_is_warmed_beyond_the_file() -> None:
@@ -535,12 +600,13 @@ def test_nothing_is_warmed_beyond_the_file() -> None:
 
     async def body(p: Prefetcher) -> None:
         state = p.opened(node_of(tree, tracks[0]))
-        read_sequentially(p, state, tracks[0].size + 2 * READ)  # a player reading past the end
+        read_in_order(p, state, 0, tracks[0].size // 2, size=128 * KiB)
+        cache.present.append((tracks[0].key, 0, tracks[0].size))
+        read_in_order(p, state, tracks[0].size // 2 // (128 * KiB) * 128 * KiB, tracks[0].size + 256 * KiB,
+                      size=128 * KiB)
 
     scenario(tree, cache, body)
-    assert cache.warms
     assert all(0 <= s < e <= sizes[key] for key, s, e in cache.warms)
-    assert max(e for _, e in cache.of(tracks[0])) == tracks[0].size
     assert cache.of(short_next) == [(0, 300_000)]
 
 
@@ -553,9 +619,9 @@ def real_cache(tracks: list[Track]) -> tuple[GatedStore, BlockCache]:
     return store, BlockCache(store, None, disk_limit=0, block_size=4 * KiB, max_request=256 * KiB)
 
 
-async def until_cached(cache: BlockCache, track: Track, direct: bool) -> None:
+async def until_cached(cache: BlockCache, track: Track) -> None:
     obj = object_of(track)
-    while not all(cache.cached(obj, s, e) for s, e in tag_regions(track, direct=direct)):
+    while not all(cache.cached(obj, s, e) for s, e in zone_ranges(track)):
         await trio.sleep(0.002)
 
 
@@ -566,15 +632,15 @@ def test_open_fetches_head_and_tail_not_the_middle() -> None:
 
     async def body(p: Prefetcher) -> None:
         p.opened(node_of(tree, track))
-        await until_cached(cache, track, direct=False)
+        await until_cached(cache, track)
 
     scenario(tree, cache, body)
-    (head, tail) = tag_regions(track, direct=False)
+    head, tail = zone_ranges(track)
     assert not cache.cached(object_of(track), head[1] + 4 * KiB, tail[0] - 4 * KiB)
     assert sorted((s, e) for _, s, e in store.ranges) == [(0, head[1]), (tail[0] // 4096 * 4096, track.size)]
 
 
-def test_a_scan_fetches_the_tags_of_the_whole_album() -> None:
+def test_a_scan_fetches_the_zones_of_the_whole_album() -> None:
     tracks = [sized(n, 1 * MiB) for n in range(90, 96)]
     tree = album_tree({"A": tracks})
     store, cache = real_cache(tracks)
@@ -583,9 +649,27 @@ def test_a_scan_fetches_the_tags_of_the_whole_album() -> None:
         p.opened(node_of(tree, tracks[0]))
         p.opened(node_of(tree, tracks[1]))
         for track in tracks:
-            await until_cached(cache, track, direct=True)
+            await until_cached(cache, track)
 
     scenario(tree, cache, body)
     for track in tracks:
         assert not cache.cached(object_of(track), 256 * KiB, 512 * KiB)
     assert {key for key, _, _ in store.ranges} == {t.key for t in tracks}
+
+
+def test_a_pull_streams_the_rest_of_a_track_in_one_get() -> None:
+    track = sized(97, 3 * MiB)
+    tree = album_tree({"A": [track]})
+    store, cache = real_cache([track])
+    data = content(track)
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, track))
+        for offset in range(0, track.size, 128 * KiB):
+            p.read(state, offset, 128 * KiB)
+            assert await cache.read(object_of(track), offset, 128 * KiB) == data[offset:offset + 128 * KiB]
+            p.served(state)
+
+    scenario(tree, cache, body)
+    pulls = [(s, e) for _, s, e in store.ranges if e == track.size and e - s > 256 * KiB]
+    assert pulls == [(128 * KiB, track.size)]

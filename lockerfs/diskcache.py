@@ -1,0 +1,472 @@
+"""The persistent half of the block cache: one verified file per block, bounded, least recently used out.
+
+Kept apart from the memory cache and the fetching (as mountpoint-s3 keeps its
+disk cache apart): this module knows files, an index and a byte limit, and
+nothing of the store or of readers.
+
+Layout: <cache_dir>/blocks/<sha[:2]>/<sha>-<index>, each file a versioned,
+checksummed header and the block's bytes; <cache_dir>/lock is flocked by the
+process that has the directory open.
+
+Invariants
+- `_bytes` is the sum of the sizes of the indexed block files. Writes are
+  serialized by `_write_lock` and shielded from cancellation, and a writer
+  deletes its victims before it writes, so the directory never holds more
+  than `limit` bytes of blocks, temp files included.
+- The index is touched only on the trio thread; worker threads do file I/O on
+  the arguments they are given and return results.
+- Only entries already removed from the index are deleted; only the load
+  that fetched a block writes its file.
+- A file whose header or checksum does not match is deleted and reported as
+  missing: a damaged block is a miss, never an error and never served.
+- The first failed write turns writing off until the next mount (a full,
+  read-only or dying disk would most likely fail again); reading what is
+  already there goes on, and memory still serves.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import logging
+import os
+import re
+import stat
+import struct
+import sys
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+import trio
+
+from lockerfs.cachestats import CacheStats
+
+log = logging.getLogger(__name__)
+
+BlockKey = tuple[str, int]  # (sha256, block index)
+
+_BLOCK_NAME_RE = re.compile(r"([0-9a-f]{64})-(\d+)")
+
+# Block file header: magic, format version, block size, sha256 of the object
+# (raw), block index, data length, CRC-32 of the data. The block size is there
+# because a mount with another --block-size numbers blocks differently: its
+# block 1 could have the same index and length but other bytes. CRC-32 because the threat is
+# accidental damage (torn writes after a crash, bit rot, truncation), which it
+# detects at memory speed; a cryptographic hash would not stop a deliberate
+# forger, who can write a matching digest into our own directory just as well.
+_MAGIC = b"LKBC"
+_FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sHI32sQII")
+
+
+class CacheInUse(Exception):
+    """Another live process holds this cache directory."""
+
+
+class UnsafeCacheDir(Exception):
+    """The cache directory could be changed by another user."""
+
+
+class _Found(enum.Enum):
+    HIT = enum.auto()
+    MISSING = enum.auto()
+    CORRUPT = enum.auto()
+    FAILED = enum.auto()
+
+
+class _Corrupt(Exception):
+    """A block file that must not be served."""
+
+
+class DiskCache:
+    """Block files under one directory, bounded by `limit` bytes.
+
+    open() before trio starts and close() after it ends; everything else runs
+    on the trio thread. Without a directory it holds nothing.
+    """
+
+    def __init__(self, directory: Path | None, *, limit: int, block_size: int, stats: CacheStats,
+                 max_backlog: int) -> None:
+        if limit < 0:
+            raise ValueError("cache limits cannot be negative")
+        self.directory = directory
+        self.limit = limit
+        self.block_size = block_size
+        self.stats = stats
+        self._blocks_dir = str(directory / "blocks") if directory is not None else ""
+        self._index: OrderedDict[BlockKey, int] = OrderedDict()  # LRU first; value: file size
+        self._bytes = 0
+        self._on = False  # new blocks are written
+        self._write_lock = trio.Lock()
+        self._backlog = 0  # bytes of blocks handed to save_soon and not yet written
+        self._saves_queued = 0  # save_soon calls so far: a save's number orders it against drops
+        self._dropped: dict[str, int] = {}  # sha -> saves queued when its blocks were dropped
+        self._max_backlog = max_backlog
+        self._lock_fd: int | None = None
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def enabled(self) -> bool:
+        return self._on
+
+    @property
+    def writing(self) -> bool:
+        """Whether blocks handed to save_soon are still waiting to be written."""
+        return self._backlog > 0
+
+    # --- lifecycle (synchronous, outside trio) ---
+
+    def open(self) -> None:
+        """Take the directory for this process and index the blocks already there."""
+        if self._lock_fd is not None:
+            raise RuntimeError(f"the cache at {self.directory} is already open")
+        if self.directory is None:
+            return
+        make_private_dir(self.directory)
+        _check_safe(self.directory)
+        os.makedirs(self._blocks_dir, mode=0o700, exist_ok=True)
+        self._lock_fd = _take_lock(self.directory)
+        try:
+            self._load_index()
+        except BaseException:
+            self.close()
+            raise
+        self._on = True
+        log.debug("disk cache %s: %d blocks, %d of %d bytes",
+                  self.directory, len(self._index), self._bytes, self.limit)
+
+    def close(self) -> None:
+        """Release the directory; its blocks stay for the next open()."""
+        self._on = False
+        self._index.clear()
+        self._bytes = 0
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _load_index(self) -> None:
+        """Rebuild the index, least recently used (oldest mtime) first."""
+        found: list[tuple[int, BlockKey, int]] = []
+        with os.scandir(self._blocks_dir) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(".tmp"):  # a write cut short by a crash
+                            _unlink(entry.path)
+                            continue
+                        match = _BLOCK_NAME_RE.fullmatch(entry.name)
+                        if not match or shard.name != match[1][:2] or not entry.is_file(follow_symlinks=False):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        sha = sys.intern(match[1])  # one string for all blocks of an object
+                        found.append((st.st_mtime_ns, (sha, int(match[2])), st.st_size))
+        found.sort()
+        for _, key, size in found:
+            self._index[key] = size
+            self._bytes += size
+        while self._bytes > self.limit:  # the limit shrank since the last mount
+            key, size = self._index.popitem(last=False)
+            _unlink(self.path(key))
+            self._bytes -= size
+            self.stats.evicted_blocks += 1
+
+    # --- the index (trio thread, no I/O) ---
+
+    def has(self, key: BlockKey) -> bool:
+        return key in self._index
+
+    def touch(self, key: BlockKey) -> None:
+        """Mark a block as just used (its file's mtime catches up when it is next read)."""
+        if key in self._index:
+            self._index.move_to_end(key)
+
+    def path(self, key: BlockKey) -> str:
+        sha, index = key
+        return os.path.join(self._blocks_dir, sha[:2], f"{sha}-{index}")
+
+    # --- reading ---
+
+    async def read(self, sha: str, wanted: list[tuple[int, int]]) -> dict[int, bytes]:
+        """The verified bytes of the indexed blocks among `wanted` (index, expected length).
+
+        A block whose file is missing, damaged or unreadable leaves the index
+        (and its file, if any, the disk) and is simply not in the answer.
+        """
+        on_disk = [(index, length) for index, length in wanted if (sha, index) in self._index]
+        if not on_disk:
+            return {}
+        raw_sha = bytes.fromhex(sha)
+        jobs = [(self.path((sha, index)), raw_sha, index, length) for index, length in on_disk]
+        results = await trio.to_thread.run_sync(_read_blocks, self.block_size, jobs)
+        found = {}
+        for (index, _), (outcome, data) in zip(on_disk, results):
+            key = (sha, index)
+            if outcome is _Found.HIT:
+                assert data is not None
+                self.stats.disk_hits += 1
+                self.touch(key)
+                found[index] = data
+                continue
+            if outcome is _Found.CORRUPT:
+                self.stats.corrupt_blocks += 1
+            elif outcome is _Found.FAILED:
+                self.stats.disk_errors += 1
+            self._forget(key)
+        return found
+
+    def _forget(self, key: BlockKey) -> None:
+        size = self._index.pop(key, None)  # None: evicted meanwhile
+        if size is not None:
+            self._bytes -= size
+
+    async def drop(self, keys: Iterable[BlockKey]) -> None:
+        """Remove blocks that must not be served again (their object failed verification),
+        and any of them still waiting to be written. Shielded: a file left behind would be
+        indexed, and served, at the next open."""
+        paths = []
+        for key in keys:
+            self._dropped[key[0]] = self._saves_queued
+            if key in self._index:
+                self._forget(key)
+                paths.append(self.path(key))
+        if paths:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unlink_all, paths)
+
+    # --- writing ---
+
+    def save_soon(self, sha: str, blocks: list[tuple[int, bytes]]) -> None:
+        """Write blocks in the background, unless the disk already lags too far behind:
+        then they are skipped (memory still has them), so a slow disk never holds
+        fetched bytes in memory without bound."""
+        if not self._on or not blocks:
+            return
+        size = sum(len(data) for _, data in blocks)
+        if self._backlog + size > self._max_backlog:
+            self.stats.disk_skipped += len(blocks)
+            log.debug("disk cache lags behind; not writing %d blocks of %s", len(blocks), sha)
+            return
+        self._backlog += size
+        self._saves_queued += 1
+        trio.lowlevel.spawn_system_task(self._save, sha, blocks, size, self._saves_queued,
+                                        name="lockerfs.diskcache save")
+
+    async def _save(self, sha: str, blocks: list[tuple[int, bytes]], size: int, number: int) -> None:
+        try:
+            async with self._write_lock:
+                # not switched off while we waited, nor dropped after being queued
+                if self._on and self._dropped.get(sha, 0) < number:
+                    with trio.CancelScope(shield=True):
+                        await self._save_locked(sha, blocks, number)
+        except Exception:  # a system task must not raise; a bug costs this write only
+            log.exception("writing %d blocks of %s to the disk cache failed", len(blocks), sha)
+        finally:
+            self._backlog -= size
+
+    async def _save_locked(self, sha: str, blocks: list[tuple[int, bytes]], number: int) -> None:
+        """The write itself, under the lock and shielded from cancellation: once
+        victims leave the index their files must go, and written files must
+        enter it, or `_bytes` would drift from the directory."""
+        victims = []
+        writes = []
+        room = self.limit - self._bytes
+        for index, data in blocks:
+            key = (sha, index)
+            size = HEADER.size + len(data)
+            if key in self._index:
+                continue
+            while room < size and self._index:
+                victim, victim_size = self._index.popitem(last=False)
+                victims.append(self.path(victim))
+                room += victim_size
+                self._bytes -= victim_size
+            if room < size:
+                break
+            room -= size
+            writes.append((key, size, data))
+        self.stats.evicted_blocks += len(victims)
+        jobs = [(self.path(key), bytes.fromhex(sha), key[1], data) for key, _, data in writes]
+        written, error = await trio.to_thread.run_sync(_write_blocks, self.block_size, victims, jobs)
+        if self._dropped.get(sha, 0) >= number:  # dropped while being written
+            await trio.to_thread.run_sync(_unlink_all, [self.path(key) for key, _, _ in writes[:written]])
+            written = 0
+        for key, size, _ in writes[:written]:
+            self._index[key] = size
+            self._bytes += size
+        if error is not None:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        self.stats.disk_errors += 1
+        if self._on:
+            self._on = False
+            log.warning("disk cache %s: %s; caching in memory only until the next mount "
+                        "(blocks already on disk are still used)", self.directory, error.strerror or error)
+
+
+# --- worker-thread functions: file I/O only, no shared state ---
+
+def _read_blocks(block_size: int, jobs: list[tuple[str, bytes, int, int]]) -> list[tuple[_Found, bytes | None]]:
+    """Read and verify block files; delete the ones that must not be served."""
+    results: list[tuple[_Found, bytes | None]] = []
+    for path, raw_sha, index, length in jobs:
+        try:
+            data = _read_block_file(path, block_size, raw_sha, index, length)
+        except FileNotFoundError:
+            results.append((_Found.MISSING, None))
+        except _Corrupt as err:
+            log.warning("corrupt cache block %s (%s); fetching it again", path, err)
+            _unlink(path)
+            results.append((_Found.CORRUPT, None))
+        except OSError as err:
+            log.warning("cannot read cache block %s (%s); fetching it again", path, err)
+            _unlink(path)
+            results.append((_Found.FAILED, None))
+        else:
+            _touch(path)  # mtime orders the LRU at the next open()
+            results.append((_Found.HIT, data))
+    return results
+
+
+def _read_block_file(path: str, block_size: int, raw_sha: bytes, index: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        header = f.read(HEADER.size)
+        data = f.read(length + 1)
+    if len(header) < HEADER.size:
+        raise _Corrupt("truncated header")
+    magic, version, stored_block_size, sha, stored_index, stored_length, crc = HEADER.unpack(header)
+    if magic != _MAGIC:
+        raise _Corrupt("not a lockerfs block")
+    if version != _FORMAT_VERSION:
+        raise _Corrupt(f"format version {version}, not {_FORMAT_VERSION}")
+    if stored_block_size != block_size or sha != raw_sha or stored_index != index:
+        raise _Corrupt("header names another block")
+    if stored_length != length or len(data) != length:
+        raise _Corrupt(f"{len(data)} bytes of data, header says {stored_length}, expected {length}")
+    if zlib.crc32(data) != crc:
+        raise _Corrupt("checksum mismatch")
+    return data
+
+
+def _write_blocks(block_size: int, victims: list[str],
+                  jobs: list[tuple[str, bytes, int, bytes]]) -> tuple[int, OSError | None]:
+    """Delete victims, then write blocks; stop at the first error.
+
+    Returns how many blocks were written, and the error if any.
+    """
+    written = 0
+    try:
+        for path in victims:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        for path, raw_sha, index, data in jobs:
+            header = HEADER.pack(_MAGIC, _FORMAT_VERSION, block_size, raw_sha, index, len(data),
+                                 zlib.crc32(data))
+            _write_block_file(path, header, data)
+            written += 1
+    except OSError as err:
+        return written, err
+    return written, None
+
+
+def _write_block_file(path: str, header: bytes, data: bytes) -> None:
+    """Write one block file atomically (temp, then rename).
+
+    No fsync: after a crash a torn file fails verification and is a miss.
+    """
+    tmp = f"{path}.{threading.get_ident()}.tmp"  # one writer per thread, one process per dir
+    try:
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:  # first block of this shard
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
+            f.write(header)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        _unlink(path)
+
+
+def _touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+# --- the cache directory ---
+
+def make_private_dir(path: Path) -> None:
+    """Create path and its missing parents, 0700: a cache tells what its owner listens to."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+
+
+def _check_safe(path: Path) -> None:
+    """Refuse a cache dir another user could write to: they could feed us blocks."""
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise UnsafeCacheDir(f"the cache directory {path} belongs to user id {st.st_uid}, not to you "
+                             f"({os.getuid()}); choose another cache directory")
+    if st.st_mode & stat.S_IWOTH:
+        raise UnsafeCacheDir(f"the cache directory {path} is writable by every user "
+                             f"(mode {stat.S_IMODE(st.st_mode):o}); run `chmod 700 {path}` or choose another")
+    for parent in path.resolve().parents:
+        mode = os.stat(parent).st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise UnsafeCacheDir(f"{parent}, a parent of the cache directory {path}, is writable by "
+                                 f"every user, who could replace the cache; choose another cache directory")
+
+
+def _take_lock(directory: Path) -> int:
+    """flock <directory>/lock for this process and write our pid in it."""
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CacheInUse(f"the cache directory {directory} is in use by another lockerfs "
+                             f"process (pid {holder}); unmount that first, or give this mount "
+                             f"its own cache directory") from None
+        os.ftruncate(fd, 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds without the pid, which only helps messages
+            pass
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
