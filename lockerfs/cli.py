@@ -295,8 +295,9 @@ def run_playlists(args: argparse.Namespace) -> int:
 
 def run_compact(args: argparse.Namespace) -> int:
     result = catalog.compact(open_store(args), timedelta(seconds=args.grace))
-    print(f"snapshot {result.snapshot_key}: {result.tracks} tracks from {result.files_merged} "
-          f"catalog files; deleted {result.files_deleted} older than {args.grace:.0f} s")
+    print(f"snapshot {result.snapshot_key}: {result.tracks} tracks, {result.assets} covers/images/lyrics/cue "
+          f"sheets, {result.playlists} playlists from {result.files_merged} catalog files; "
+          f"deleted {result.files_deleted} older than {args.grace:.0f} s")
     return 0
 
 

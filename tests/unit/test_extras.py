@@ -294,3 +294,33 @@ def test_windows_names_reach_the_other_files_too() -> None:
     assert set(files) == {
         "Miles Davis/What\uff1f \uff02Live\uff02 \uff1cat\uff1e Home\uff5cAway (1959)/01 Intro\uff1a Part\uff0a1.lrc",
         "Miles Davis/What\uff1f \uff02Live\uff02 \uff1cat\uff1e Home\uff5cAway (1959)/cover.jpg"}
+
+
+def test_hostile_names_in_records_still_make_a_valid_tree() -> None:
+    from lockerfs.tree import Tree
+    from tests.unit.test_untrusted_catalog import HOSTILE_TEXT, assert_valid_tree
+
+    records = []
+    for n, text in enumerate(HOSTILE_TEXT):
+        records.append(catalog.asset_record(dataclasses.replace(side(f"img{n}.jpg"), name=text,
+                                                                id=hashlib.sha256(f"h{n}".encode()).hexdigest())))
+        if text.strip("\x00 "):
+            records.append(catalog.playlist_record(Playlist(text, text, (PlaylistEntry(TRACKS[0].sha256, text),
+                                                                         PlaylistEntry(None, text)))))
+    odd = track(8, album="../..", title="/etc/passwd\u202e", artist="\x00")
+    records.append(catalog.asset_record(lyrics(odd)))
+    for names in ("default", "windows"):
+        state = CatalogState()
+        for index, record in enumerate([*(catalog.add_record(t) for t in [*TRACKS, odd]), *records]):
+            state.apply((catalog.new_id(1_700_000_000 + index), 0), record)
+        assert state.rejected == 0
+        tree = Tree()
+        paths, files = extras.lay_out(state, parse_template(DEFAULT_TEMPLATE, names))
+        tree.rebuild(paths, files)
+        assert_valid_tree(tree)
+        assert len(files) == len(records)  # every playlist, the lyrics, the images (one of them as the cover)
+        for file in files.values():
+            if file.kind == "playlist":
+                assert isinstance(file.content, bytes)
+                lines = file.content.decode().splitlines()
+                assert all(line.startswith("#") or line.startswith("../") for line in lines)
