@@ -29,7 +29,7 @@ from lockerfs.store import MOUNT_RETRIES, S3Store
 from tests.support import catalog_v1
 from tests.support.faultproxy import FaultProxy
 from tests.support.mounting import lockerfs, mounted, wait_until
-from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port
 
 from synth_library import make_png, write_track
 
@@ -292,3 +292,38 @@ def test_a_version_1_locker_mounts_with_the_new_code(s3_server, writer_env, buck
         assert listing(folder) == ["02 Old 1.flac", "03 Old 2.flac"]
         assert (folder / "03 Old 2.flac").read_bytes() == sources[2][1]
         assert not (mnt / "Playlists").exists()
+
+
+def test_mpd_loads_a_playlist_from_the_mount(extras_locker, env, tmp_path) -> None:
+    """MPD resolves the playlist's ../ paths against its music directory: the mount."""
+    locker, _ = extras_locker
+    state = tmp_path / "mpd"
+    state.mkdir()
+    port = str(free_port())
+    with mounted(locker, tmp_path / "mnt", env, *mount_args(tmp_path)) as mnt:
+        config = state / "mpd.conf"
+        config.write_text(f'music_directory "{mnt}"\nplaylist_directory "{state}"\ndb_file "{state}/db"\n'
+                          f'log_file "{state}/log"\nbind_to_address "127.0.0.1"\nport "{port}"\n'
+                          'auto_update "no"\naudio_output {\n  type "null"\n  name "null"\n}\n')
+        daemon = subprocess.Popen(["mpd", "--no-daemon", str(config)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        mpc_env = {**os.environ, "MPD_HOST": "127.0.0.1", "MPD_PORT": port}
+        try:
+            assert wait_until(lambda: subprocess.run(["mpc", "status"], env=mpc_env, capture_output=True).returncode
+                              == 0, timeout=20)
+
+            def mpc(*args: str) -> str:
+                result = subprocess.run(["mpc", *args], env=mpc_env, capture_output=True, text=True, timeout=120)
+                assert result.returncode == 0, result.stderr
+                return result.stdout
+
+            mpc("update", "--wait")
+            mpc("load", "Playlists/Road Trip.m3u8")
+            assert mpc("-f", "%file%", "playlist").splitlines() == [f"{EMBEDDED}/02 Two.mp3", f"{SIDE}/01 One.flac"]
+        finally:
+            daemon.terminate()
+            try:
+                daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
