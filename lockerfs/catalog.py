@@ -52,7 +52,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from lockerfs.asset import OBJECT_PREFIX, SHA_RE, Asset, asset_from_dict, asset_to_dict, object_key
+from lockerfs.asset import SHA_RE, Asset, asset_from_dict, asset_to_dict, object_key
 from lockerfs.playlist import Playlist, playlist_from_dict, playlist_key, playlist_name, playlist_to_dict
 from lockerfs.store import NotFound, Store
 from lockerfs.track import Track
