@@ -43,7 +43,8 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
 _CONTENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}/[a-z0-9][a-z0-9.+-]{0,63}(; ?charset=[a-z0-9_-]{1,32})?$",
                               re.IGNORECASE)
-_CONTROLS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)])
+# Controls, and the separators some programs split lines at: no text of ours spans two lines.
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029])
 
 # What a browser or player is told an object is when it fetches it directly
 # (a presigned URL); upload sets the same value on the object.

@@ -566,7 +566,7 @@ def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
             tracks.append(record)
         elif record["op"] == "remove":
             tracks.append({"op": "remove", "sha256": record["sha256"]})
-            if len(record) > 2:
+            if "replaced_by" in record or "track" in record:
                 extras.append(record)
         else:
             extras.append(record)
@@ -587,7 +587,7 @@ def _id_after(previous: str) -> str:
     """A new id that sorts after `previous` (ids of one millisecond order by their random part)."""
     candidate = new_id()
     if previous and candidate <= previous:
-        candidate = new_id((int(previous[:13]) + 1) / 1000)
+        candidate = f"{int(previous[:13]) + 1:013d}-{secrets.token_hex(8)}"
     return candidate
 
 

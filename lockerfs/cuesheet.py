@@ -9,7 +9,10 @@ that opens the sheet from the mount plays the right file, image+cue rips
 included.
 
 Pure text in, text out; the FILE type (WAVE, MP3, ...) is kept as written,
-as players decode whatever the file holds.
+as players decode whatever the file holds. The cue syntax has no escape for
+'"' inside a quoted name: a mounted name holding one (possible in the
+default names mode, never with `--names windows`) cannot be written so that
+every player reads it back.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class _AlbumFolder:
         embedded = [p for p in assets if p.asset.role == "cover" and p.asset.embedded]
         if embedded:
             return min(_newest_first(embedded), key=lambda p: min(self._track_order(sha) for sha in p.tracks
-                                                                   if self.where[sha][:-1] == self.folder))
+                                                                   if self._here(sha)))
         return None
 
     def _lyrics(self, assets: list[PlacedAsset]) -> list[PlacedAsset]:
@@ -178,7 +178,7 @@ class _AlbumFolder:
         chosen: dict[str, PlacedAsset] = {}
         for placed in _newest_first([p for p in assets if p.asset.role == "lyrics"]):
             sha = placed.tracks[0]
-            if self.where[sha][:-1] == self.folder:
+            if self._here(sha):
                 chosen.setdefault(sha, placed)
         return [chosen[sha] for sha in sorted(chosen, key=self._track_order)]
 
@@ -189,7 +189,7 @@ class _AlbumFolder:
                  for name, sha in placed.files if sha is not None and sha in self.where}
         data = cuesheet.rewrite(cue.text, names).encode()
         targets = {sha for _, sha in placed.files if sha is not None and sha in self.where}
-        if len(targets) == 1 and self.where[next(iter(targets))][:-1] == self.folder:
+        if len(targets) == 1 and self._here(next(iter(targets))):
             stem = self._track_stem(next(iter(targets)), ".cue")  # image+cue: "<image>.cue"
         else:
             stem = file_stem(placed.asset.name.rpartition(".")[0] or placed.asset.name or "album", self.rules, ".cue")
@@ -204,6 +204,11 @@ class _AlbumFolder:
             stem, ext = name or placed.asset.role, placed.asset.object.ext
         suffix = "." + (file_stem(ext, self.rules) if ext else placed.asset.object.ext)
         return file_stem(stem, self.rules, suffix), suffix
+
+    def _here(self, sha: str) -> bool:
+        """Whether the track is in this folder of the mount."""
+        path = self.where.get(sha)
+        return path is not None and path[:-1] == self.folder
 
     def _track_stem(self, sha: str, suffix: str) -> str:
         """The mounted name of a track without its extension, cut so that `suffix` fits."""

@@ -156,9 +156,11 @@ def test_writer_normalizes_what_readers_would_clean() -> None:
     record = catalog.asset_record(Asset(asset_id_for_file("a/b.jpg"), "image", stored_object(sha("i"), 9, "jpg"),
                                         (track.sha256, track.sha256), "../../evil\x1b[2J/back.jpg", "a/b.jpg"))
     assert record["asset"]["name"] == "back.jpg" and record["asset"]["tracks"] == [track.sha256]
-    entries = (PlaylistEntry(None, "line one\nline two"), PlaylistEntry(None, ""))
+    entries = (PlaylistEntry(None, "line one\nline two"), PlaylistEntry(None, ""),
+               PlaylistEntry(None, "a\u2028../b\u2029c\x85d"))
     cleaned = catalog.playlist_record(Playlist("Mix", "m.m3u", entries))
-    assert cleaned["playlist"]["entries"] == [{"line": "line oneline two"}]  # no entry can inject a line
+    # No entry can inject a line, however a player splits lines.
+    assert cleaned["playlist"]["entries"] == [{"line": "line oneline two"}, {"line": "a../bcd"}]
 
 
 # --- hostile records are skipped, never fatal ------------------------------------------------
