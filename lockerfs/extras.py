@@ -82,12 +82,12 @@ def lay_out_extras(library: Library, paths: Mapping[Path, Track], template: Temp
     if not library.assets and not library.playlists:
         return {}  # the common case costs nothing
     where = {track.sha256: path for path, track in paths.items()}
-    taken = _taken_names(paths)
     extras: dict[Path, ExtraFile] = {}
     by_folder: defaultdict[Path, list[PlacedAsset]] = defaultdict(list)
     for placed in library.assets:
         for folder in sorted({where[sha][:-1] for sha in placed.tracks if sha in where}):
             by_folder[folder].append(placed)
+    taken = _taken_names(paths, {*by_folder, *([()] if library.playlists else [])})
     for folder in sorted(by_folder):
         album = _AlbumFolder(folder, paths, where, taken[folder], template)
         album.place(by_folder[folder], extras)
@@ -96,12 +96,25 @@ def lay_out_extras(library: Library, paths: Mapping[Path, Track], template: Temp
     return extras
 
 
-def _taken_names(paths: Iterable[Path]) -> defaultdict[Path, set[str]]:
-    """Per folder, the folded names its tracks and subfolders hold."""
-    taken: defaultdict[Path, set[str]] = defaultdict(set)
+def _taken_names(paths: Iterable[Path], folders: set[Path]) -> dict[Path, set[str]]:
+    """For each of `folders`, the folded names its tracks and subfolders hold.
+
+    Only the folders that get other files are looked at: a library of 100,000
+    tracks has a few thousand album folders, and this runs on every refresh."""
+    depths = sorted({len(folder) for folder in folders})
+    taken: dict[Path, set[str]] = {folder: set() for folder in folders}
+    folded: dict[str, str] = {}  # artist and album names repeat
     for path in paths:
-        for depth in range(len(path)):
-            taken[path[:depth]].add(fold(path[depth]))
+        for depth in depths:
+            if depth >= len(path):
+                break
+            names = taken.get(path[:depth])
+            if names is not None:
+                name = path[depth]
+                key = folded.get(name)
+                if key is None:
+                    key = folded[name] = fold(name)
+                names.add(key)
     return taken
 
 
