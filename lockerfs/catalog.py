@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -95,9 +96,22 @@ class CorruptCatalogFile(FormatError):
     """One catalog file cannot be decoded; readers skip it (with a warning) and go on."""
 
 
+_last_millis = 0
+_id_lock = threading.Lock()
+
+
 def new_id(now: float | None = None) -> str:
-    """A time-sortable id that no other writer will choose."""
-    millis = int((time.time() if now is None else now) * 1000)
+    """A time-sortable id that no other writer will choose.
+
+    Ids this process makes for the current time increase strictly: two ids of
+    one millisecond would otherwise be ordered by their random part, and a
+    record written right after another could lose to it."""
+    global _last_millis
+    if now is not None:
+        return f"{int(now * 1000):013d}-{secrets.token_hex(8)}"
+    with _id_lock:
+        _last_millis = max(int(time.time() * 1000), _last_millis + 1)
+        millis = _last_millis
     return f"{millis:013d}-{secrets.token_hex(8)}"
 
 
@@ -550,8 +564,8 @@ def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
     Records version 1 reads (track adds, plain removes) go to journal/, the
     rest to journal2/, which version 1 never lists. A remove with format 2
     details goes to both: a plain copy to journal/ (so version 1 mounts drop
-    the track), then the whole record to journal2/ under a later id, so it is
-    the newest record of that track. Every record is validated before
+    the track), then the whole record to journal2/ under a later id (new_id
+    increases strictly), so it is the newest record of that track. Every record is validated before
     anything is written: a bad one raises ValueError and nothing is stored.
     """
     for index, record in enumerate(records):
@@ -571,24 +585,15 @@ def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
         else:
             extras.append(record)
     keys = []
-    file_id = ""
     for prefix, version, batch in ((JOURNAL_PREFIX, TRACK_FORMAT_VERSION, tracks),
                                    (JOURNAL2_PREFIX, FORMAT_VERSION, extras)):
         if batch:
-            file_id = _id_after(file_id)
+            file_id = new_id()
             key = f"{prefix}{file_id}.json"
             document = {"kind": "journal", "version": version, "id": file_id, "records": batch}
             store.put_bytes(key, json.dumps(document, separators=(",", ":")).encode())
             keys.append(key)
     return keys
-
-
-def _id_after(previous: str) -> str:
-    """A new id that sorts after `previous` (ids of one millisecond order by their random part)."""
-    candidate = new_id()
-    if previous and candidate <= previous:
-        candidate = f"{int(previous[:13]) + 1:013d}-{secrets.token_hex(8)}"
-    return candidate
 
 
 @dataclass
