@@ -465,3 +465,13 @@ def test_files_of_a_later_format_folder_are_not_read(store: MemoryStore) -> None
 def test_asset_from_dict_rejects_unknown_roles_quietly_in_the_reader() -> None:
     with pytest.raises(ValueError, match="unknown asset role"):
         asset_from_dict({**asset_dict(), "role": "x" * 10_000})
+
+
+def test_ids_of_one_process_increase_strictly_so_the_last_write_wins(store: MemoryStore) -> None:
+    ids = [catalog.new_id() for _ in range(5000)]  # far more than one per millisecond
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    cover = image("cover.jpg", [make_track(1)], role="cover")
+    for _ in range(30):
+        catalog.append_records(store, [catalog.asset_record(cover)])
+        catalog.append_records(store, [catalog.remove_asset_record(cover.id)])
+        assert [v.value for v in load(store).state.assets.values()] == [None]
