@@ -205,10 +205,13 @@ class BlockCache:
 
     # --- reading ---
 
-    async def read(self, obj: ObjectRef, offset: int, length: int) -> bytes:
+    async def read(self, obj: ObjectRef, offset: int, length: int, *, fetch_to: int | None = None) -> bytes:
         """Bytes [offset, offset+length) of obj, shorter only at its end.
 
-        Raises FetchError if the bytes cannot be had within read_deadline.
+        `fetch_to`: on a miss, the same GET goes on to this offset (a file that
+        is read whole comes in one request); the read returns as soon as its
+        own bytes are in. Raises FetchError if they cannot be had within
+        read_deadline.
         """
         if offset < 0 or length < 0:
             raise ValueError(f"bad range: offset {offset}, length {length}")
@@ -224,6 +227,10 @@ class BlockCache:
                 self.disk.touch((obj.sha256, index))
         self.stats.memory_hits += len(blocks)
         missing = [i for i in range(first, last + 1) if i not in blocks]
+        if missing and fetch_to is not None:
+            beyond = range(last + 1, (min(fetch_to, obj.size) - 1) // self.block_size + 1)
+            more = [i for i in beyond if not self._has((obj.sha256, i)) and (obj.sha256, i) not in self._pending]
+            self._claim(obj, missing + more, urgent=True, per_request=len(missing) + len(more))
         if missing:
             try:
                 with trio.fail_after(self.read_deadline):

@@ -1,26 +1,36 @@
-"""The locker's catalog: an append-only log of track records in the bucket.
+"""The locker's catalog: an append-only log of records in the bucket.
 
 Layout under the locker prefix (docs/FORMAT.md has every field):
 
     locker.json                          {"format": "lockerfs", "version": 1}
-    catalog/journal/<id>.json            a batch of add/remove records
-    catalog/snapshot/<id>.json.gz        every track's latest record, compacted
+    catalog/journal/<id>.json            track records (add/remove), format version 1
+    catalog/snapshot/<id>.json.gz        every track's latest record, compacted, version 1
+    catalog/journal2/<id>.json           format 2 records: assets, playlists, removal details
+    catalog/snapshot2/<id>.json.gz       their compacted form, version 2
+
+Format 2 puts its new record kinds in files of their own (journal2/,
+snapshot2/) that version 1 never lists: a version 1 mount keeps running and
+showing tracks, a version 1 compactor never drops records it cannot read,
+and nobody is forced to upgrade (docs/FORMAT.md, "Versions").
 
 An <id> is `<13-digit milliseconds>-<16 random hex digits>`: sortable by time,
 and no two writers pick the same one, so concurrent writers never overwrite
 each other and need neither locks nor conditional writes.
 
-Each record carries a stamp (file id, index in the file). The catalog is a
-map sha256 -> newest-stamped record (add or tombstone). Merging that map is
-commutative, associative and idempotent, so a reader may apply snapshots and
-journal files in any order, any number of times, and always gets the same
-catalog. That is what makes compaction safe without coordination: a compactor
-writes a snapshot of everything it read, and only then deletes what it read
-(and only what is older than a grace period, for readers still listing).
+Each record carries a stamp (file id, index in the file). The catalog is,
+per record kind, a map id -> newest-stamped record (add or tombstone):
+tracks by sha256, assets by their id, playlists by their folded name.
+Merging those maps is commutative, associative and idempotent, so a reader
+may apply snapshots and journal files in any order, any number of times,
+and always gets the same catalog. That is what makes compaction safe without
+coordination: a compactor writes snapshots of everything it read, and only
+then deletes what it read (and only what is older than a grace period, for
+readers still listing).
 
 Everything read from the bucket is untrusted: records are validated field by
 field and a bad one is skipped with a warning, never allowed to crash or
-mislead the mount.
+mislead the mount. The record builders below (the writer API) validate with
+the same code, so a writer cannot write what a reader would refuse.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -40,28 +51,41 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from lockerfs.asset import SHA_RE, Asset, asset_from_dict, asset_to_dict, object_key
+from lockerfs.playlist import Playlist, playlist_from_dict, playlist_key, playlist_name, playlist_to_dict
 from lockerfs.store import NotFound, Store
 from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest catalog format this code reads and writes
+TRACK_FORMAT_VERSION = 1  # files of track records only: what version 1 reads
+LOCKER_VERSION = 1  # locker.json: the oldest lockerfs that may read and write this locker
 LOCKER_KEY = "locker.json"
+CATALOG_PREFIX = "catalog/"
 JOURNAL_PREFIX = "catalog/journal/"
 SNAPSHOT_PREFIX = "catalog/snapshot/"
-OBJECT_PREFIX = "objects/sha256/"
+JOURNAL2_PREFIX = "catalog/journal2/"
+SNAPSHOT2_PREFIX = "catalog/snapshot2/"
+# Listing these prefixes (no trailing slash) finds journal/ and journal2/ in one
+# request, and snapshot/ and snapshot2/ in another: all journals are listed
+# before all snapshots, as the compaction rule needs.
+_LISTED = ("catalog/journal", "catalog/snapshot")
+_FOLDERS = frozenset({"journal", "journal2", "snapshot", "snapshot2"})
+MAX_CHAIN = 64  # replacements followed from a removed track to its successor
 
 MAX_CATALOG_FILE_BYTES = 512 * 1024 * 1024  # refuse to inflate a snapshot past this
 MAX_OBJECT_SIZE = 1 << 40
 MAX_TEXT = 1024
 _ID_RE = re.compile(r"^\d{13}-[0-9a-f]{16}$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA_RE = SHA_RE
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
 
 Stamp = tuple[str, int]
+T = TypeVar("T")
 
 
 class FormatError(Exception):
@@ -72,14 +96,23 @@ class CorruptCatalogFile(FormatError):
     """One catalog file cannot be decoded; readers skip it (with a warning) and go on."""
 
 
+_last_millis = 0
+_id_lock = threading.Lock()
+
+
 def new_id(now: float | None = None) -> str:
-    """A time-sortable id that no other writer will choose."""
-    millis = int((time.time() if now is None else now) * 1000)
+    """A time-sortable id that no other writer will choose.
+
+    Ids this process makes for the current time increase strictly: two ids of
+    one millisecond would otherwise be ordered by their random part, and a
+    record written right after another could lose to it."""
+    global _last_millis
+    if now is not None:
+        return f"{int(now * 1000):013d}-{secrets.token_hex(8)}"
+    with _id_lock:
+        _last_millis = max(int(time.time() * 1000), _last_millis + 1)
+        millis = _last_millis
     return f"{millis:013d}-{secrets.token_hex(8)}"
-
-
-def object_key(sha256: str, ext: str) -> str:
-    return f"{OBJECT_PREFIX}{sha256[:2]}/{sha256}.{ext}"
 
 
 # --- the locker marker --------------------------------------------------------
@@ -93,7 +126,7 @@ def ensure_locker(store: Store) -> None:
     try:
         check_locker(store)
     except NotFound:
-        marker = {"format": "lockerfs", "version": FORMAT_VERSION,
+        marker = {"format": "lockerfs", "version": LOCKER_VERSION,
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         store.put_bytes(LOCKER_KEY, json.dumps(marker).encode())
 
@@ -201,12 +234,57 @@ def track_from_dict(record: Any) -> Track:
                  mtime=float(mtime), info=info)
 
 
+# --- the writer API: records, validated as a reader will validate them ------------------
+
 def add_record(track: Track) -> dict[str, Any]:
-    return {"op": "add", "track": track_to_dict(track)}
+    """Add (or replace) a track. Raises ValueError for a track no reader would accept."""
+    record = {"op": "add", "track": track_to_dict(track)}
+    track_from_dict(record["track"])
+    return record
 
 
-def remove_record(sha256: str) -> dict[str, Any]:
-    return {"op": "remove", "sha256": sha256}
+def remove_record(sha256: str, *, replaced_by: str | None = None, track: Track | None = None) -> dict[str, Any]:
+    """Remove a track. Format 2 details, for `lockerfs tag` and `restore`: `replaced_by` names
+    the track that takes its place (its assets and playlist entries follow it there),
+    and `track` keeps the removed record so it can be added back. A remove carrying
+    details is written to both namespaces (see append_records)."""
+    record: dict[str, Any] = {"op": "remove", "sha256": _checked_sha(sha256, "sha256")}
+    if replaced_by is not None:
+        if _checked_sha(replaced_by, "replaced_by") == sha256:
+            raise ValueError("a track cannot be replaced by itself")
+        record["replaced_by"] = replaced_by
+    if track is not None:
+        if track.sha256 != sha256:
+            raise ValueError("the removed track's record must have the removed sha256")
+        record["track"] = add_record(track)["track"]
+    return record
+
+
+def asset_record(asset: Asset) -> dict[str, Any]:
+    """Add (or replace, by asset.id) an asset. Its object must be stored first."""
+    return {"op": "asset", "asset": asset_to_dict(asset_from_dict(asset_to_dict(asset)))}
+
+
+def remove_asset_record(asset_id: str) -> dict[str, Any]:
+    return {"op": "remove_asset", "id": _checked_sha(asset_id, "asset id")}
+
+
+def playlist_record(playlist: Playlist) -> dict[str, Any]:
+    """Add a playlist, replacing any of the same name (compared case-insensitively, after NFC).
+
+    Normalized on the way: entries a reader would drop are dropped here, so
+    the record says exactly what every reader will see."""
+    return {"op": "playlist", "playlist": playlist_to_dict(playlist_from_dict(playlist_to_dict(playlist)))}
+
+
+def remove_playlist_record(name: str) -> dict[str, Any]:
+    return {"op": "remove_playlist", "name": playlist_name(name)}
+
+
+def _checked_sha(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _SHA_RE.match(value):
+        raise ValueError(f"bad {what}: not 64 lower-case hex digits")
+    return value
 
 
 # --- the merged catalog ---------------------------------------------------------
@@ -217,21 +295,92 @@ class Entry:
     track: Track | None  # None: removed
 
 
+@dataclass(slots=True)
+class Versioned(Generic[T]):
+    """The newest record of one asset or playlist; value None: removed (a tombstone)."""
+
+    stamp: Stamp
+    value: T | None
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What a format 2 remove record says beyond "gone". It describes the track's current
+    state only while its stamp is the track entry's stamp (a later add or remove wins)."""
+
+    stamp: Stamp
+    replaced_by: str | None  # the track that took this one's place (`lockerfs tag`)
+    track: Track | None  # the removed record, for `lockerfs restore`
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedAsset:
+    asset: Asset
+    stamp: Stamp
+    tracks: tuple[str, ...]  # the live tracks it belongs to now, replacements followed; never empty
+    files: tuple[tuple[str, str | None], ...] = ()  # a cue sheet's FILE names -> live track now (or None)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedPlaylist:
+    playlist: Playlist
+    stamp: Stamp
+    tracks: tuple[str | None, ...]  # per entry, the live track it leads to now; None: not in the locker
+
+
+@dataclass
+class Library:
+    """What the catalog says now, resolved: live tracks, and the assets and playlists
+    that lead to them. The mount lays this out; nothing in it needs the bucket."""
+
+    tracks: list[Track]
+    assets: list[PlacedAsset]
+    playlists: list[PlacedPlaylist]
+
+
 @dataclass
 class CatalogState:
-    """sha256 -> newest-stamped entry. Merging is order-independent (last writer wins)."""
+    """Per record kind, id -> newest-stamped record. Merging is order-independent (last writer wins)."""
 
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)  # tracks, by sha256
+    removals: dict[str, Removal] = field(default_factory=dict)  # remove details, by sha256
+    assets: dict[str, Versioned[Asset]] = field(default_factory=dict)  # by asset id
+    playlists: dict[str, Versioned[Playlist]] = field(default_factory=dict)  # by playlist_key(name)
     rejected: int = 0  # records skipped as invalid
 
     def apply(self, stamp: Stamp, record: Any) -> None:
         try:
-            sha, track = _parse_record(record)
+            self._apply(stamp, record)
         except ValueError as exc:
             self.rejected += 1
             log.warning("skipping an invalid catalog record (%s)", exc)
-            return
-        self._put(sha, Entry(stamp, track))
+
+    def _apply(self, stamp: Stamp, record: Any) -> None:
+        if not isinstance(record, dict):
+            raise ValueError("record is not an object")
+        op = record.get("op")
+        if op == "add":
+            track = track_from_dict(record.get("track"))
+            self._put(track.sha256, Entry(stamp, track))
+        elif op == "remove":
+            sha, removal = _parse_remove(stamp, record)
+            self._put(sha, Entry(stamp, None))
+            if removal is not None:
+                current = self.removals.get(sha)
+                if current is None or current.stamp < stamp:
+                    self.removals[sha] = removal
+        elif op == "asset":
+            asset = asset_from_dict(record.get("asset"))
+            _put_versioned(self.assets, asset.id, stamp, asset)
+        elif op == "remove_asset":
+            _put_versioned(self.assets, _checked_sha(record.get("id"), "asset id"), stamp, None)
+        elif op == "playlist":
+            playlist = playlist_from_dict(record.get("playlist"))
+            _put_versioned(self.playlists, playlist_key(playlist.name), stamp, playlist)
+        elif op == "remove_playlist":
+            _put_versioned(self.playlists, playlist_key(playlist_name(record.get("name"))), stamp, None)
+        else:
+            raise ValueError(f"unknown op {str(op)[:40]!r}")
 
     def _put(self, sha: str, entry: Entry) -> None:
         current = self.entries.get(sha)
@@ -264,27 +413,120 @@ class CatalogState:
     def tracks(self) -> list[Track]:
         return [entry.track for entry in self.entries.values() if entry.track is not None]
 
+    # --- following removals ---------------------------------------------------------
+
+    def current(self, sha256: str) -> str | None:
+        """The live track that stands for sha256 now: itself, or the end of its chain of
+        replacements; None if it (or where its chain leads) is not in the locker."""
+        seen: set[str] = set()
+        sha = sha256
+        while len(seen) < MAX_CHAIN:
+            entry = self.entries.get(sha)
+            if entry is None:
+                return None
+            if entry.track is not None:
+                return sha
+            successor = self._current_removal(sha)
+            if successor is None or successor.replaced_by is None:
+                return None
+            seen.add(sha)
+            sha = successor.replaced_by
+            if sha in seen:
+                return None  # a cycle of removed tracks: nothing live at its end
+        return None
+
+    def removed_track(self, sha256: str) -> Track | None:
+        """The record of a removed track as its removal kept it (for `lockerfs restore`)."""
+        removal = self._current_removal(sha256)
+        return removal.track if removal is not None else None
+
+    def _current_removal(self, sha: str) -> Removal | None:
+        entry = self.entries.get(sha)
+        removal = self.removals.get(sha)
+        if entry is None or entry.track is not None or removal is None or removal.stamp != entry.stamp:
+            return None
+        return removal
+
+    def library(self) -> Library:
+        """Live tracks, and the live assets and playlists resolved to live tracks."""
+        assets = []
+        for versioned in self.assets.values():
+            asset = versioned.value
+            if asset is None:
+                continue
+            live = {sha for sha in map(self.current, asset.tracks) if sha is not None}
+            if live:  # an asset vanishes with the last of its tracks
+                files = tuple((name, self.current(sha)) for name, sha in asset.cue.files) if asset.cue else ()
+                assets.append(PlacedAsset(asset, versioned.stamp, tuple(sorted(live)), files))
+        playlists = [PlacedPlaylist(versioned.value, versioned.stamp,
+                                    tuple(self.current(entry.sha256) if entry.sha256 else None
+                                          for entry in versioned.value.entries))
+                     for versioned in self.playlists.values() if versioned.value is not None]
+        return Library(self.tracks(), assets, playlists)
+
+    # --- snapshots ------------------------------------------------------------------
+
     def to_snapshot(self, snapshot_id: str) -> dict[str, Any]:
-        entries = []
+        """Everything in one document (the local catalog copy; never written to the bucket)."""
+        tracks, extras = self.snapshots(snapshot_id)
+        tracks["version"] = FORMAT_VERSION
+        tracks["entries"] += extras["entries"]
+        return tracks
+
+    def snapshots(self, snapshot_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The compacted catalog as two documents: the tracks (format 1, for snapshot/) and
+        everything format 2 added (for snapshot2/). Together they hold every current record."""
+        track_entries = []
+        extra_entries = []
         for sha, entry in sorted(self.entries.items()):
-            record = add_record(entry.track) if entry.track else remove_record(sha)
-            entries.append({"stamp": list(entry.stamp), "record": record})
-        return {"kind": "snapshot", "version": FORMAT_VERSION, "id": snapshot_id, "entries": entries}
+            record = ({"op": "add", "track": track_to_dict(entry.track)} if entry.track  # valid: it was read
+                      else {"op": "remove", "sha256": sha})
+            track_entries.append({"stamp": list(entry.stamp), "record": record})
+            removal = self._current_removal(sha)
+            if removal is not None:  # the details; stale ones (a later add or remove) are dropped
+                detailed = dict(record)
+                if removal.replaced_by is not None:
+                    detailed["replaced_by"] = removal.replaced_by
+                if removal.track is not None:
+                    detailed["track"] = track_to_dict(removal.track)
+                extra_entries.append({"stamp": list(removal.stamp), "record": detailed})
+        for ident, versioned in sorted(self.assets.items()):
+            record = ({"op": "asset", "asset": asset_to_dict(versioned.value)} if versioned.value is not None
+                      else {"op": "remove_asset", "id": ident})
+            extra_entries.append({"stamp": list(versioned.stamp), "record": record})
+        for key, playlist in sorted(self.playlists.items()):
+            record = ({"op": "playlist", "playlist": playlist_to_dict(playlist.value)} if playlist.value is not None
+                      else {"op": "remove_playlist", "name": key})
+            extra_entries.append({"stamp": list(playlist.stamp), "record": record})
+        return ({"kind": "snapshot", "version": TRACK_FORMAT_VERSION, "id": snapshot_id, "entries": track_entries},
+                {"kind": "snapshot", "version": FORMAT_VERSION, "id": snapshot_id, "entries": extra_entries})
 
 
-def _parse_record(record: Any) -> tuple[str, Track | None]:
-    if not isinstance(record, dict):
-        raise ValueError("record is not an object")
-    op = record.get("op")
-    if op == "add":
-        track = track_from_dict(record.get("track"))
-        return track.sha256, track
-    if op == "remove":
-        sha = record.get("sha256")
-        if not isinstance(sha, str) or not _SHA_RE.match(sha):
-            raise ValueError("bad sha256 in remove record")
+def _put_versioned(table: dict[str, Versioned[T]], key: str, stamp: Stamp, value: T | None) -> None:
+    current = table.get(key)
+    if current is None or current.stamp < stamp:
+        table[key] = Versioned(stamp, value)
+
+
+def _parse_remove(stamp: Stamp, record: dict[str, Any]) -> tuple[str, Removal | None]:
+    """A remove record's sha256 and its format 2 details; a bad detail is dropped, not the removal."""
+    sha = record.get("sha256")
+    if not isinstance(sha, str) or not _SHA_RE.match(sha):
+        raise ValueError("bad sha256 in remove record")
+    replaced_by = record.get("replaced_by")
+    if not (isinstance(replaced_by, str) and _SHA_RE.match(replaced_by) and replaced_by != sha):
+        replaced_by = None
+    track = None
+    if record.get("track") is not None:
+        try:
+            track = track_from_dict(record["track"])
+        except ValueError:
+            track = None
+        if track is not None and track.sha256 != sha:
+            track = None
+    if replaced_by is None and track is None:
         return sha, None
-    raise ValueError(f"unknown op {op!r}")
+    return sha, Removal(stamp, replaced_by, track)
 
 
 # --- reading and writing catalog files ---------------------------------------------
@@ -315,16 +557,43 @@ def decode_catalog_file(key: str, raw: bytes) -> dict[str, Any]:
     return document
 
 
-def append_records(store: Store, records: list[dict[str, Any]]) -> str:
-    """Write one journal file holding `records`; returns its key.
+def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
+    """Write `records` as journal files; returns their keys. Callers must have stored
+    every object the records point at first.
 
-    Callers must have stored every object the records point at first.
+    Records version 1 reads (track adds, plain removes) go to journal/, the
+    rest to journal2/, which version 1 never lists. A remove with format 2
+    details goes to both: a plain copy to journal/ (so version 1 mounts drop
+    the track), then the whole record to journal2/ under a later id (new_id
+    increases strictly), so it is the newest record of that track. Every record is validated before
+    anything is written: a bad one raises ValueError and nothing is stored.
     """
-    file_id = new_id()
-    key = f"{JOURNAL_PREFIX}{file_id}.json"
-    document = {"kind": "journal", "version": FORMAT_VERSION, "id": file_id, "records": records}
-    store.put_bytes(key, json.dumps(document, separators=(",", ":")).encode())
-    return key
+    for index, record in enumerate(records):
+        try:
+            CatalogState()._apply(("", 0), record)
+        except ValueError as exc:
+            raise ValueError(f"catalog record {index} is invalid: {exc}") from None
+    tracks: list[dict[str, Any]] = []
+    extras: list[dict[str, Any]] = []
+    for record in records:
+        if record["op"] == "add":
+            tracks.append(record)
+        elif record["op"] == "remove":
+            tracks.append({"op": "remove", "sha256": record["sha256"]})
+            if "replaced_by" in record or "track" in record:
+                extras.append(record)
+        else:
+            extras.append(record)
+    keys = []
+    for prefix, version, batch in ((JOURNAL_PREFIX, TRACK_FORMAT_VERSION, tracks),
+                                   (JOURNAL2_PREFIX, FORMAT_VERSION, extras)):
+        if batch:
+            file_id = new_id()
+            key = f"{prefix}{file_id}.json"
+            document = {"kind": "journal", "version": version, "id": file_id, "records": batch}
+            store.put_bytes(key, json.dumps(document, separators=(",", ":")).encode())
+            keys.append(key)
+    return keys
 
 
 @dataclass
@@ -352,7 +621,7 @@ class CatalogReader:
         """Fetch and apply catalog files not applied yet; True if the catalog changed."""
         changed = False
         for _attempt in range(3):
-            listed = list(self._list(JOURNAL_PREFIX)) + list(self._list(SNAPSHOT_PREFIX))
+            listed = [item for prefix in _LISTED for item in self._list(prefix)]
             new = [item for item in listed if item.key not in self.seen]
             vanished = self._apply_all(new)
             changed = changed or len(new) > len(vanished)
@@ -363,7 +632,8 @@ class CatalogReader:
 
     def _list(self, prefix: str) -> Iterator[CatalogFile]:
         for item in self.store.list(prefix):
-            if _file_id(item.key) is not None:
+            folder = item.key[len(CATALOG_PREFIX):].partition("/")[0]
+            if folder in _FOLDERS and _file_id(item.key) is not None:  # journal3/ is not ours to read
                 yield CatalogFile(item.key, item.last_modified)
 
     def _apply_all(self, files: list[CatalogFile]) -> list[CatalogFile]:
@@ -436,25 +706,36 @@ class CompactResult:
     tracks: int
     files_merged: int
     files_deleted: int
+    extras_key: str | None = None  # the snapshot2/ file, when there is anything format 2 to keep
+    assets: int = 0
+    playlists: int = 0
 
 
 def compact(store: Store, grace: timedelta = timedelta(hours=1)) -> CompactResult:
-    """Write a snapshot of the whole catalog, then delete merged files older than `grace`.
+    """Write snapshots of the whole catalog, then delete merged files older than `grace`.
 
-    Only files this compaction read are deleted, and only after its snapshot
-    is stored, so no record is ever lost, whatever runs concurrently. The
-    grace period lets readers that listed before the snapshot existed finish.
+    Only files this compaction read are deleted, and only after its snapshots
+    are stored, so no record is ever lost, whatever runs concurrently. The
+    grace period lets readers that listed before the snapshots existed finish.
+    Tracks go to snapshot/ (format 1, so version 1 readers keep reading them),
+    everything else to snapshot2/.
     """
     reader = load_catalog(store)
     snapshot_id = new_id()
+    tracks, extras = reader.state.snapshots(snapshot_id)
     key = f"{SNAPSHOT_PREFIX}{snapshot_id}.json.gz"
-    document = reader.state.to_snapshot(snapshot_id)
-    store.put_bytes(key, gzip.compress(json.dumps(document, separators=(",", ":")).encode()))
+    store.put_bytes(key, gzip.compress(json.dumps(tracks, separators=(",", ":")).encode()))
+    extras_key = None
+    if extras["entries"]:
+        extras_key = f"{SNAPSHOT2_PREFIX}{snapshot_id}.json.gz"
+        store.put_bytes(extras_key, gzip.compress(json.dumps(extras, separators=(",", ":")).encode()))
     cutoff = datetime.now(timezone.utc) - grace
     deleted = 0
     for item in reader.seen.values():
         if item.last_modified < cutoff and item.key not in reader.corrupt:
             store.delete(item.key)
             deleted += 1
-    return CompactResult(key, len(reader.tracks()), len(reader.seen), deleted)
-
+    state = reader.state
+    return CompactResult(key, len(reader.tracks()), len(reader.seen), deleted, extras_key,
+                         sum(v.value is not None for v in state.assets.values()),
+                         sum(v.value is not None for v in state.playlists.values()))

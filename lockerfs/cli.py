@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("locker", metavar="LOCKER")
     stats.set_defaults(run=run_stats)
 
+    playlists = commands.add_parser("playlists", help="list the playlists in a locker")
+    add_endpoint(playlists)
+    playlists.add_argument("--json", action="store_true", help="one JSON object per playlist, with its entries")
+    playlists.add_argument("locker", metavar="LOCKER")
+    playlists.set_defaults(run=run_playlists)
+
     compact = commands.add_parser("compact", help="merge the catalog journal into a snapshot")
     add_endpoint(compact)
     compact.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
@@ -272,10 +278,26 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_playlists(args: argparse.Namespace) -> int:
+    """Name, entries and unresolved entries (never resolved at upload, or whose track is gone)."""
+    library = catalog.load_catalog(open_store(args)).state.library()
+    for placed in sorted(library.playlists, key=lambda p: (p.playlist.name.casefold(), p.playlist.name)):
+        playlist = placed.playlist
+        unresolved = [entry for entry, sha in zip(playlist.entries, placed.tracks, strict=True) if sha is None]
+        if args.json:
+            print(json.dumps({"name": playlist.name, "source": playlist.source, "entries": len(playlist.entries),
+                              "unresolved": [entry.line or entry.sha256 for entry in unresolved]},
+                             ensure_ascii=False))
+        else:
+            print(f"{printable(playlist.name)}\t{len(playlist.entries)} entries\t{len(unresolved)} unresolved")
+    return 0
+
+
 def run_compact(args: argparse.Namespace) -> int:
     result = catalog.compact(open_store(args), timedelta(seconds=args.grace))
-    print(f"snapshot {result.snapshot_key}: {result.tracks} tracks from {result.files_merged} "
-          f"catalog files; deleted {result.files_deleted} older than {args.grace:.0f} s")
+    print(f"snapshot {result.snapshot_key}: {result.tracks} tracks, {result.assets} covers/images/lyrics/cue "
+          f"sheets, {result.playlists} playlists from {result.files_merged} catalog files; "
+          f"deleted {result.files_deleted} older than {args.grace:.0f} s")
     return 0
 
 

@@ -19,7 +19,7 @@ import pyfuse3
 
 from lockerfs.cache import BlockCache, FetchError
 from lockerfs.prefetch import Prefetcher, ReadState, object_of
-from lockerfs.tree import DirNode, FileNode, Node, Tree
+from lockerfs.tree import DirNode, ExtraNode, FileNode, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,14 @@ STATFS_BLOCK = 64 * 1024
 # st_blksize: stdio and Python buffer this much per read. Small, so that a tag
 # reader's last buffered read runs little past its tags (see prefetch.HEAD_SLACK).
 IO_BLOCK = 16 * 1024
+WHOLE_FILE_MAX = 8 * 1024 * 1024  # a cover or lyrics file up to this size is fetched whole at its first miss
 NAME_MAX = 255
 
 
 @dataclass
 class OpenFile:
-    node: FileNode
-    reading: ReadState
+    node: FileNode | ExtraNode
+    reading: ReadState | None  # None: not a track, nothing for prefetch to follow
 
 
 class LockerOperations(pyfuse3.Operations):
@@ -77,6 +78,11 @@ class LockerOperations(pyfuse3.Operations):
             attrs.st_mode = stat.S_IFDIR | 0o555
             attrs.st_nlink = 2 + node.subdirs
             attrs.st_size = 4096
+            mtime = node.mtime
+        elif isinstance(node, ExtraNode):
+            attrs.st_mode = stat.S_IFREG | 0o444
+            attrs.st_nlink = 1
+            attrs.st_size = node.size
             mtime = node.mtime
         else:
             attrs.st_mode = stat.S_IFREG | 0o444
@@ -140,6 +146,10 @@ class LockerOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        if isinstance(node, ExtraNode):
+            handle = next(self._next_handle)
+            self._handles[handle] = OpenFile(node, None)
+            return pyfuse3.FileInfo(fh=handle, keep_cache=True)  # its content never changes under one inode
         try:
             reading = self.prefetcher.opened(node)
         except Exception:  # prefetch is an optimisation: a bug there must not cost the open
@@ -158,6 +168,8 @@ class LockerOperations(pyfuse3.Operations):
         opened = self._handles.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if not isinstance(opened.node, FileNode) or opened.reading is None:
+            return await self._read_extra(opened.node, off, size)
         try:
             self.prefetcher.read(opened.reading, off, size)
         except Exception:  # prefetch is an optimisation: a bug there must not cost the read
@@ -176,9 +188,25 @@ class LockerOperations(pyfuse3.Operations):
             log.debug("read %s at %d, %d bytes: %.1f ms", opened.node.name, off, size,
                       (time.monotonic() - began) * 1000)
 
+    async def _read_extra(self, node: FileNode | ExtraNode, off: int, size: int) -> bytes:
+        """A cover, image or lyrics file comes through the block cache as a track does, the
+        whole of it in the GET of its first miss (it is read whole: one round trip); a cue
+        sheet or playlist is bytes made at layout time."""
+        if isinstance(node.content, bytes):
+            return node.content[off:off + size]
+        whole = node.content.size if node.content.size <= WHOLE_FILE_MAX else None
+        try:
+            return await self.cache.read(node.content, off, size, fetch_to=whole)
+        except FetchError as exc:
+            log.warning("read of %s at %d failed: %s", node.name, off, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:  # a bug must cost one read, not the whole mount (pyfuse3 would end it)
+            log.exception("unexpected error reading %s at %d", node.name, off)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
     async def release(self, fh: int) -> None:
         opened = self._handles.pop(fh, None)
-        if opened is not None:
+        if opened is not None and opened.reading is not None:
             self.prefetcher.released(opened.reading)
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

@@ -33,12 +33,22 @@ Field values:
 Sanitizing (every component is a valid name on Linux and through Samba):
 '/' in a value becomes U+2215 DIVISION SLASH and '\\' U+29F5 REVERSE SOLIDUS
 OPERATOR, lookalikes that keep "AC/DC" readable; control characters (C0, DEL,
-C1) are removed, except line breaks and tabs, which become a space; then NFC;
+C1) and the explicit bidirectional embedding, override and isolate
+characters (U+202A-U+202E, U+2066-U+2069, which can make "evil\u202egalf.exe"
+look like "evilexe.flag") are removed, except line breaks and tabs, which
+become a space; then NFC;
 surrounding whitespace and trailing dots are stripped; a leading '.' becomes
 U+2024 ONE DOT LEADER so "...And Justice for All" is not a hidden file; an
 empty name becomes "_"; a name is cut to 255 bytes of UTF-8 at a grapheme
 boundary (combining marks, ZWJ emoji sequences, skin tones, flags), keeping
 the extension.
+
+Names mode "windows" (`--names windows`, for re-sharing the mount over
+Samba or NFS to Windows machines and TVs) also maps : * ? " < > | to their
+fullwidth look-alikes (U+FF1A U+FF0A U+FF1F U+FF02 U+FF1C U+FF1E U+FF5C),
+and puts "_" after a name that Windows reserves for a device (CON, PRN, AUX,
+NUL, COM1-COM9, LPT1-LPT9, alone or before a dot: "aux.flac" -> "aux_.flac").
+Trailing dots and spaces are stripped in every mode already.
 
 Collisions, compared after NFC + casefold as case-insensitive clients see
 them: folders whose names match are one folder, spelled as most of their
@@ -61,6 +71,7 @@ from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
 
 DEFAULT_TEMPLATE = "{albumartist}/{album}[ ({year})]/[[{disc}-]{track:02} ]{title}"
+NAME_MODES = ("default", "windows")
 
 NUMBER_FIELDS = frozenset({"track", "tracktotal", "disc", "disctotal", "year"})
 TEXT_FIELDS = frozenset({"albumartist", "artist", "album", "title", "genre", "format", "ext"})
@@ -77,16 +88,42 @@ EMPTY_NAME = "_"
 _ZWJ = "\u200d"
 _LINE_BREAKS = "\t\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 _CONTROLS = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+_BIDI_CONTROLS = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # embeddings, overrides, isolates
 _TRANSLATION = {
     **{c: None for c in _CONTROLS},
+    **{c: None for c in _BIDI_CONTROLS},
     **{ord(c): " " for c in _LINE_BREAKS},
     ord("\r"): None,  # "\r\n" is one line break, one space
     ord("/"): "\u2215",
     ord("\\"): "\u29f5",
 }
+_WINDOWS_TRANSLATION = {
+    **_TRANSLATION,
+    **{ord(c): chr(ord(c) - 0x21 + 0xFF01) for c in ':*?"<>|'},  # the fullwidth forms: ：＊？＂＜＞｜
+}
+_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{n}" for n in range(1, 10)),
+                              *(f"lpt{n}" for n in range(1, 10))})
 _WIDTH = re.compile(r"0([1-9])")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_UNSAFE = re.compile("[" + re.escape("".join(map(chr, _TRANSLATION))) + "]")
+
+
+@dataclass(frozen=True, slots=True)
+class NameRules:
+    """What a names mode changes: which characters become what, and Windows' device names."""
+
+    mode: str
+    translation: dict[int, str | None]
+    unsafe: re.Pattern[str]  # any character the translation changes
+    windows: bool
+
+
+def _rules(mode: str, translation: dict[int, str | None]) -> NameRules:
+    unsafe = re.compile("[" + re.escape("".join(map(chr, translation))) + "]")
+    return NameRules(mode, translation, unsafe, mode == "windows")
+
+
+NAME_RULES = {"default": _rules("default", _TRANSLATION), "windows": _rules("windows", _WINDOWS_TRANSLATION)}
+DEFAULT_RULES = NAME_RULES["default"]
 
 
 class TemplateError(ValueError):
@@ -106,14 +143,21 @@ class Template:
     numbers: tuple[tuple[str, str, str], ...]  # (key, field name, format spec)
     groups: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, format, keys of its own fields)
     format: str
+    names: NameRules = DEFAULT_RULES
 
 
-def parse_template(template: str) -> Template:
-    """Validate template once, so a typo fails the mount instead of every listing."""
+def parse_template(template: str, names: str = "default") -> Template:
+    """Validate template once, so a typo fails the mount instead of every listing.
+
+    `names` is the names mode (NAME_MODES): it shapes every name the mount
+    shows, so it travels with the template."""
 
     def fail(message: str, at: int) -> TemplateError:
         return TemplateError(f"layout template {template!r}, position {at}: {message}")
 
+    rules = NAME_RULES.get(names)
+    if rules is None:
+        raise TemplateError(f"unknown names mode {names!r}; modes are {', '.join(NAME_MODES)}")
     if not template:
         raise TemplateError("layout template is empty")
     try:
@@ -178,11 +222,11 @@ def parse_template(template: str) -> Template:
             stack[-1][1].append(f"{{{key}}}")
         else:
             # Cleaned here, so each track's rendered name needs no translating.
-            pieces.append(char if char == "/" else char.translate(_TRANSLATION))
+            pieces.append(char if char == "/" else char.translate(rules.translation))
         i += 1
     if len(stack) > 1:
         raise fail("'[' is never closed", stack[-1][0])
-    return Template(template, tuple(numbers.values()), tuple(groups), "".join(stack[0][1]))
+    return Template(template, tuple(numbers.values()), tuple(groups), "".join(stack[0][1]), rules)
 
 
 def build_paths(tracks: Iterable[Track], template: Template) -> dict[tuple[str, ...], Track]:
@@ -192,9 +236,10 @@ def build_paths(tracks: Iterable[Track], template: Template) -> dict[tuple[str, 
     names by sha256, then the suffixed ones by sha256.
     """
     ordered = _distinct(tracks)
-    clean = _Memo(_clean)
+    rules = template.names
+    clean = _Memo(lambda text: _clean(text, rules))
     fold = _Memo(_fold)
-    extension = _Memo(lambda ext: _strip_end(_cut(_clean(ext).lstrip("."), EXT_MAX)))
+    extension = _Memo(lambda ext: _strip_end(_cut(_clean(ext, rules).lstrip("."), EXT_MAX)))
     dotted = _Memo(lambda ext: f".{extension[ext]}" if extension[ext] else "")
     albums = _albums(ordered, clean, fold)
 
@@ -206,8 +251,8 @@ def build_paths(tracks: Iterable[Track], template: Template) -> dict[tuple[str, 
         head = rendered[: len(rendered) - len(last)]
         heads[head] += 1
         suffix = dotted[track.ext]
-        placed.append((head, _sanitize(last, NAME_MAX - len(suffix.encode())), suffix))
-    folders = _name_folders(heads, fold)
+        placed.append((head, _sanitize(last, NAME_MAX - len(suffix.encode()), rules), suffix))
+    folders = _name_folders(heads, fold, rules)
 
     paths: dict[tuple[str, ...], Track] = {}
     lost: list[tuple[tuple[str, ...], set[str], str, str, Track]] = []
@@ -226,6 +271,27 @@ def build_paths(tracks: Iterable[Track], template: Template) -> dict[tuple[str, 
     return paths
 
 
+def file_stem(text: str, rules: NameRules, suffix: str = "") -> str:
+    """A file name's stem from free text (a playlist's name, an image's own name), made
+    as track names are made: cleaned, sanitized, cut so that `suffix` (".m3u8") fits."""
+    return _sanitize(_clean(text, rules), NAME_MAX - len(suffix.encode()), rules)
+
+
+def fold(name: str) -> str:
+    """How a case-insensitive client compares names: two names that fold alike collide."""
+    return _fold(name)
+
+
+def unique_name(stem: str, suffix: str, sha256: str, taken: set[str]) -> str:
+    """The first of "stem.ext", "stem [<8 hex>].ext", ... not in `taken` (folded names);
+    claims it in `taken`. The mount's other files follow the tracks' collision rule."""
+    name = stem + suffix
+    if _fold(name) not in taken:
+        taken.add(_fold(name))
+        return name
+    return _suffixed(stem, suffix, sha256, taken)
+
+
 def _distinct(tracks: Iterable[Track]) -> list[Track]:
     """One record per sha256, in sha256 order: nothing may depend on the input order."""
     chosen: dict[str, Track] = {}
@@ -238,7 +304,7 @@ def _distinct(tracks: Iterable[Track]) -> list[Track]:
     return [chosen[sha] for sha in sorted(chosen)]
 
 
-def _name_folders(heads: Counter[str], fold: _Memo) -> dict[str, tuple[tuple[str, ...], set[str]]]:
+def _name_folders(heads: Counter[str], fold: _Memo, rules: NameRules) -> dict[str, tuple[tuple[str, ...], set[str]]]:
     """Name the folders: sanitize each distinct rendered folder path once, and
     merge folders that a case-insensitive client cannot tell apart.
 
@@ -246,7 +312,7 @@ def _name_folders(heads: Counter[str], fold: _Memo) -> dict[str, tuple[tuple[str
     taken in that folder so far (its subfolders'), a set shared by every
     rendered path that lands there.
     """
-    sanitize = _Memo(lambda text: _sanitize(text, NAME_MAX))
+    sanitize = _Memo(lambda text: _sanitize(text, NAME_MAX, rules))
     folded: dict[str, tuple[str, ...]] = {}
     spellings: defaultdict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
     for head, tracks_in_head in heads.items():
@@ -311,10 +377,10 @@ def _track_values(track: Track, album: _Album, clean: _Memo, extension: _Memo) -
     """A track's field values as the template sees them: cleaned, with fallbacks."""
     info = track.info
     albumartist, album_name = _album_names(info, clean)
-    title = _clean(info.title) if info.title else ""  # mostly unique: not worth caching
+    title = clean.function(info.title) if info.title else ""  # mostly unique: not worth caching
     if not title:
         name = track.source.rpartition("/")[2]
-        title = _clean(name.rpartition(".")[0] or name)
+        title = clean.function(name.rpartition(".")[0] or name)
     return {
         "albumartist": albumartist,
         "artist": clean[info.artist or ""] or clean[info.albumartist or ""] or UNKNOWN_ARTIST,
@@ -383,10 +449,10 @@ class _Memo(dict[str, str]):
         return result
 
 
-def _clean(text: str) -> str:
+def _clean(text: str, rules: NameRules = DEFAULT_RULES) -> str:
     """A tag value fit to sit inside a name: no separators, no controls, NFC, stripped."""
-    if _UNSAFE.search(text):  # rare, and translate is ten times slower than the search
-        text = text.translate(_TRANSLATION)
+    if rules.unsafe.search(text):  # rare, and translate is ten times slower than the search
+        text = text.translate(rules.translation)
     if text.isascii():
         return text.strip()
     try:
@@ -404,7 +470,7 @@ def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", name.casefold())
 
 
-def _sanitize(text: str, limit: int) -> str:
+def _sanitize(text: str, limit: int, rules: NameRules = DEFAULT_RULES) -> str:
     """One path component of at most limit bytes that every client accepts and shows."""
     # Values and template text are cleaned already; joining them can still
     # leave a mark after its base, undoing NFC.
@@ -413,9 +479,19 @@ def _sanitize(text: str, limit: int) -> str:
         name = _strip_end(name)
     if name.startswith("."):
         name = "\u2024" + name[1:]
+    if rules.windows:
+        name = _not_a_device(name)
     if len(name) * 4 > limit and len(name.encode()) > limit:
         name = _strip_end(_cut(name, limit))
     return name or EMPTY_NAME
+
+
+def _not_a_device(name: str) -> str:
+    """"aux.flac" -> "aux_.flac": Windows opens a device for a name whose stem is a device's."""
+    stem, dot, rest = name.partition(".")
+    if stem.rstrip(" ").lower() in _WINDOWS_DEVICES:
+        return f"{stem.rstrip(' ')}_{dot}{rest}"
+    return name
 
 
 def _strip_end(name: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lockerfs import catalog, config, layout
+from lockerfs import catalog, config, extras, layout
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader
 from lockerfs.fs import LockerOperations
@@ -63,16 +63,18 @@ class MountOptions:
     foreground: bool
     debug: bool
     page_cache: bool
+    names: str = "default"  # layout.NAME_MODES
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MountOptions:
         if args.refresh <= 0:
             raise MountError("--refresh must be a positive number of seconds")
-        layout.parse_template(args.layout)  # fail before mounting, with the template's error
+        layout.parse_template(args.layout, args.names)  # fail before mounting, with the template's error
         return cls(args.locker, Path(args.mountpoint).absolute(), args.endpoint_url,
                    args.cache_dir, config.parse_size(args.cache_size),
                    config.parse_size(args.memory_cache), args.layout,
-                   args.refresh, args.allow_other, args.foreground, args.debug, args.page_cache)
+                   args.refresh, args.allow_other, args.foreground, args.debug, args.page_cache,
+                   args.names)
 
 
 def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Callable) -> None:  # type: ignore[type-arg]
@@ -86,6 +88,10 @@ def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Calla
                        help="memory cache bound, e.g. 32M on a small machine (default 128M)")
     mount.add_argument("--layout", default=layout.DEFAULT_TEMPLATE, metavar="TEMPLATE",
                        help=f"folder and file names (default {layout.DEFAULT_TEMPLATE!r})")
+    mount.add_argument("--names", choices=layout.NAME_MODES, default="default",
+                       help="names mode: 'windows' also turns : * ? \" < > | into look-alikes and puts '_' "
+                            "after device names (CON, AUX, ...), for re-sharing the mount to Windows machines "
+                            "and TVs over Samba or NFS (default: 'default')")
     mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
                        help="how often to look for tracks added elsewhere (default 60)")
     mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
@@ -227,9 +233,9 @@ class Mounted:
         self.cache = cache
         self.reader = reader
         self.catalog_copy = catalog_copy
-        self.template = layout.parse_template(options.template)
+        self.template = layout.parse_template(options.template, options.names)
         self.tree = Tree()
-        self.tree.rebuild(layout.build_paths(reader.tracks(), self.template))
+        self.tree.rebuild(*extras.lay_out(reader.state, self.template))
         self.prefetcher = Prefetcher(cache, lambda: self.tree)
         self.operations = LockerOperations(self.tree, cache, self.prefetcher, direct_io=not options.page_cache)
 
@@ -295,9 +301,8 @@ class Mounted:
         return False
 
     async def _apply_catalog(self) -> None:
-        tracks = self.reader.tracks()
-        paths = await trio.to_thread.run_sync(layout.build_paths, tracks, self.template)
-        changes = await trio.to_thread.run_sync(self.tree.rebuild, paths)
+        paths, extra_files = await trio.to_thread.run_sync(extras.lay_out, self.reader.state, self.template)
+        changes = await trio.to_thread.run_sync(self.tree.rebuild, paths, extra_files)
         log.info("catalog refreshed: %d tracks, %d entries changed", len(paths), len(changes.entries))
         for parent, name in changes.entries:
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)

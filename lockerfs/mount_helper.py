@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from lockerfs import cli
 
 VALUE_OPTIONS = {"cache_size": "--cache-size", "cache_dir": "--cache-dir", "endpoint_url": "--endpoint-url",
-                 "layout": "--layout", "refresh": "--refresh", "memory_cache": "--memory-cache"}
+                 "layout": "--layout", "refresh": "--refresh", "memory_cache": "--memory-cache", "names": "--names"}
 FLAG_OPTIONS = {"allow_other": "--allow-other", "debug": "--debug", "foreground": "--foreground",
                 "page_cache": "--page-cache"}
 GENERIC_OPTIONS = {"rw", "ro", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",

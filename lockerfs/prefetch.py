@@ -10,8 +10,9 @@ the head (tags, and what a tag reader inspects of the first frames), the
 tail (ID3v1, APEv2, a trailing moov, the last Ogg page) and the audio between.
 
 - Open: the track's head and tail zones are warmed once its first read is
-  answered (that read has the link to itself). A file that is not a track
-  (a cover, lyrics) is warmed whole: it is read whole.
+  answered (that read has the link to itself). (A file that is not a track,
+  a cover or lyrics, never comes here: fs.py fetches it whole at its first
+  read, since it is read whole.)
 - A tag scan (a player importing a library) opens many tracks and reads each
   within its zones. Two opens of tracks within SCAN_WINDOW_SECONDS that are
   not being played, from any threads, in any folders, start a scan. While it
@@ -63,7 +64,6 @@ MiB = 1024 * KiB
 
 HEAD_SLACK = 16 * KiB  # a buffered reader's last read runs on past the tags (one st_blksize)
 OPEN_WARM_WAIT = 0.05  # seconds an opened track's warming waits for its first read to be answered
-WHOLE_FILE_MAX = 8 * MiB  # a file that is not a track is warmed whole up to this size
 PROBE_MAX = 1 * MiB  # how far past a head zone (or into a tail) a scanner may be taken to read
 PROBE_MEMORY = 32  # handles whose reads the probe extents remember
 PROBE_MEMORY_SECONDS = 120.0  # and for how long

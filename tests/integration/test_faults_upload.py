@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from lockerfs.catalog import FORMAT_VERSION
 from tests.integration.test_upload import assert_consistent, catalog_records, sha256_file
 from tests.support.faultproxy import ALL_KINDS, FaultProxy
 from tests.support.mounting import LOCKERFS, lockerfs, wait_until
@@ -345,22 +346,25 @@ def test_two_uploads_and_a_compact_at_once_lose_nothing(tmp_path, locker, env, s
 # --- 5. a locker from the future ------------------------------------------------------------------
 
 
+NEWER = FORMAT_VERSION + 1  # a format this lockerfs does not know
+
+
 def _assert_refused(locker: str, env: dict[str, str], proxy: FaultProxy, library_root: Path) -> None:
     listing = lockerfs("ls", locker, env=env, check=False)
     assert listing.returncode == 1
-    assert "version 2" in listing.stderr and "upgrade" in listing.stderr, listing.stderr
+    assert f"version {NEWER}" in listing.stderr and "upgrade" in listing.stderr, listing.stderr
     assert "Traceback" not in listing.stderr
     proxy.reset_counts()
     upload = lockerfs("upload", str(library_root), locker, env=env, check=False)
     assert upload.returncode == 1
-    assert "version 2" in upload.stderr and "upgrade" in upload.stderr, upload.stderr
+    assert f"version {NEWER}" in upload.stderr and "upgrade" in upload.stderr, upload.stderr
     writes = [r for r in proxy.records() if r.method not in ("GET", "HEAD")]
     assert writes == [], f"an upload wrote into a newer locker: {writes}"
 
 
 def test_newer_locker_marker_is_refused(library, locker, env, proxy: FaultProxy, s3_server, bucket) -> None:
     client = s3_server.client()
-    marker = {"format": "lockerfs", "version": 2}
+    marker = {"format": "lockerfs", "version": NEWER}
     client.put_object(Bucket=bucket, Key=f"{prefix_of(locker)}/locker.json", Body=json.dumps(marker).encode())
     _assert_refused(locker, env, proxy, library[0])
     report("newer locker.json", writes=0)
@@ -372,7 +376,7 @@ def test_newer_journal_file_is_refused(library, locker, env, proxy: FaultProxy, 
     client.put_object(Bucket=bucket, Key=f"{prefix}/locker.json",
                       Body=json.dumps({"format": "lockerfs", "version": 1}).encode())
     file_id = f"{int(time.time() * 1000):013d}-0123456789abcdef"
-    journal = {"kind": "journal", "version": 2, "id": file_id, "records": [{"op": "add2", "track": {}}]}
+    journal = {"kind": "journal", "version": NEWER, "id": file_id, "records": [{"op": "add2", "track": {}}]}
     client.put_object(Bucket=bucket, Key=f"{prefix}/catalog/journal/{file_id}.json",
                       Body=json.dumps(journal).encode())
     _assert_refused(locker, env, proxy, library[0])

@@ -28,6 +28,16 @@ def make_track(n: int, **info: object) -> Track:
                  source=f"Artist/Album/{n:02d}.flac", mtime=1_700_000_000.5, info=TrackInfo(**fields))
 
 
+def put_raw_journal(store: MemoryStore, records: list[object], version: int = 1,
+                    prefix: str = catalog.JOURNAL_PREFIX) -> str:
+    """A journal file written as a hostile or older writer would: nothing validated."""
+    file_id = catalog.new_id()
+    key = f"{prefix}{file_id}.json"
+    store.put_bytes(key, json.dumps({"kind": "journal", "version": version, "id": file_id,
+                                     "records": records}).encode())
+    return key
+
+
 @pytest.fixture
 def store() -> MemoryStore:
     store = MemoryStore()
@@ -120,8 +130,9 @@ def test_grace_period_keeps_young_files(store: MemoryStore) -> None:
 
 
 def test_newer_format_is_refused_with_a_clear_message(store: MemoryStore) -> None:
-    store.put_bytes(catalog.LOCKER_KEY, json.dumps({"format": "lockerfs", "version": 2}).encode())
-    with pytest.raises(FormatError, match="version 2.*upgrade lockerfs"):
+    newer = catalog.FORMAT_VERSION + 1
+    store.put_bytes(catalog.LOCKER_KEY, json.dumps({"format": "lockerfs", "version": newer}).encode())
+    with pytest.raises(FormatError, match=f"version {newer}.*upgrade lockerfs"):
         catalog.load_catalog(store)
 
 
@@ -152,7 +163,9 @@ def test_not_a_locker() -> None:
 def test_invalid_records_are_skipped_not_fatal(store: MemoryStore, mutate) -> None:  # type: ignore[no-untyped-def]
     bad = catalog.add_record(make_track(1))
     mutate(bad["track"])
-    catalog.append_records(store, [bad, catalog.add_record(make_track(2)), "junk", {"op": "explode"}])
+    with pytest.raises(ValueError, match="record 0 is invalid"):
+        catalog.append_records(store, [bad, catalog.add_record(make_track(2))])  # the writer refuses it
+    put_raw_journal(store, [bad, catalog.add_record(make_track(2)), "junk", {"op": "explode"}])
     reader = catalog.load_catalog(store)
     assert [t.sha256 for t in reader.tracks()] == [make_track(2).sha256]
     assert reader.state.rejected == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 import stat
 import threading
@@ -15,7 +16,9 @@ import pytest
 import trio
 import trio.testing
 
+from lockerfs.asset import stored_object
 from lockerfs.cache import BlockCache
+from lockerfs.extras import ExtraFile
 from lockerfs.fs import NAME_MAX, STATFS_BLOCK, LockerOperations
 from lockerfs import prefetch
 from lockerfs.prefetch import Prefetcher, ReadState, Zones, head_end, object_of, tail_start
@@ -406,3 +409,60 @@ def test_xattrs_are_empty(fs: Fs) -> None:
     inode = fs.inode("Artist")
     assert run(lambda: fs.ops.listxattr(inode, CTX)) == []
     assert fuse_errno(lambda: fs.ops.getxattr(inode, b"user.x", CTX)) == errno.ENODATA
+
+
+# --- files that are not tracks -------------------------------------------------------
+
+COVER_BYTES = bytes(range(256)) * 40  # 10 KiB: three cache blocks
+
+
+def fs_with_extras(store: GatedStore | None = None) -> Fs:
+    fs = Fs(store)
+    cover_sha = hashlib.sha256(COVER_BYTES).hexdigest()
+    cover = stored_object(cover_sha, len(COVER_BYTES), "jpg")
+    fs.store.put_bytes(cover.key, COVER_BYTES)
+    fs.tree.rebuild(PATHS, {("Artist", "Album", "cover.jpg"): ExtraFile.of_object(cover, 1_700_000_009.0, "cover"),
+                            ("Playlists", "Mix.m3u8"): ExtraFile.of_bytes(PLAYLIST, 1_700_000_010.0, "playlist")})
+    return fs
+
+
+PLAYLIST = b"#EXTM3U\n#EXTINF:60,A - B\n../Artist/Album/01.flac\n"
+
+
+def test_other_files_have_exact_attributes() -> None:
+    fs = fs_with_extras()
+    cover = run(lambda: fs.ops.getattr(fs.inode("Artist", "Album", "cover.jpg"), CTX))
+    assert cover.st_mode == stat.S_IFREG | 0o444 and cover.st_size == len(COVER_BYTES)
+    assert cover.st_mtime_ns == int(1_700_000_009.0 * 1e9)
+    playlist = run(lambda: fs.ops.lookup(fs.inode("Playlists"), b"Mix.m3u8", CTX))
+    assert playlist.st_size == len(PLAYLIST) and playlist.st_nlink == 1
+
+
+def test_generated_and_stored_files_read_byte_exact() -> None:
+    fs = fs_with_extras()
+    opened: list[object] = []
+    fs.prefetcher.opened = lambda node: opened.append(node)  # type: ignore[method-assign]
+
+    async def go() -> None:
+        for path, data in ((("Playlists", "Mix.m3u8"), PLAYLIST), (("Artist", "Album", "cover.jpg"), COVER_BYTES)):
+            info = await fs.ops.open(fs.inode(*path), os.O_RDONLY, CTX)
+            assert info.keep_cache and not info.direct_io
+            for off, size in [(0, 5), (3, 4096), (BS - 1, BS + 2), (len(data) - 1, 10), (len(data), 10), (0, 1 << 20)]:
+                assert await fs.ops.read(info.fh, off, size) == data[off:off + size], (path, off, size)
+            await fs.ops.release(info.fh)
+
+    run(go)
+    assert opened == []  # prefetch follows tracks only
+    assert any(key.endswith(".jpg") for key, _, _ in fs.store.ranges)
+
+
+def test_other_files_are_read_only_and_a_failed_object_read_is_eio() -> None:
+    fs = fs_with_extras(FailingStore())
+    cover = fs.inode("Artist", "Album", "cover.jpg")
+    assert fuse_errno(lambda: fs.ops.open(cover, os.O_WRONLY, CTX)) == errno.EROFS
+
+    async def go() -> None:
+        fh = (await fs.ops.open(cover, os.O_RDONLY, CTX)).fh
+        await fs.ops.read(fh, 0, 4096)
+
+    assert fuse_errno(go) == errno.EIO

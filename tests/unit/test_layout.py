@@ -452,3 +452,52 @@ def test_100k_tracks_build_quickly() -> None:
     elapsed = time.perf_counter() - start
     assert len(result) == 100_000
     assert elapsed < 10, f"{elapsed:.2f} s"
+
+
+# --- names modes -------------------------------------------------------------------------
+
+WINDOWS = parse_template("{title}", "windows")
+
+
+def windows_name(title: str, ext: str = "flac") -> str:
+    (path,) = build_paths([make_track(title=title, ext=ext)], WINDOWS)
+    return path[0]
+
+
+@pytest.mark.parametrize(("title", "default", "windows"), [
+    ("What? Why: <Now>", "What? Why: <Now>.flac", "What\uff1f Why\uff1a \uff1cNow\uff1e.flac"),
+    ('Say "Hi" | *Star*', 'Say "Hi" | *Star*.flac', "Say \uff02Hi\uff02 \uff5c \uff0aStar\uff0a.flac"),
+    ("AC/DC \\ B", "AC\u2215DC \u29f5 B.flac", "AC\u2215DC \u29f5 B.flac"),  # the same in every mode
+    ("trailing dots...", "trailing dots.flac", "trailing dots.flac"),
+    ("CON", "CON.flac", "CON_.flac"),
+    ("aux", "aux.flac", "aux_.flac"),
+    ("Com1", "Com1.flac", "Com1_.flac"),
+    ("LPT9 ", "LPT9.flac", "LPT9_.flac"),
+    ("nul.live", "nul.live.flac", "nul_.live.flac"),
+    ("CONCERT", "CONCERT.flac", "CONCERT.flac"),  # only the device name itself
+    ("com10", "com10.flac", "com10.flac"),
+    # Explicit bidi embeddings, overrides and isolates go in every mode; marks (LRM, RLM) stay.
+    ("evil\u202egalf.exe", "evilgalf.exe.flac", "evilgalf.exe.flac"),
+    ("\u2066isolated\u2069 \u202aembedded\u202c", "isolated embedded.flac", "isolated embedded.flac"),
+    ("\u202b\u202d\u2067\u2068", "untitled.flac", "untitled.flac"),  # nothing left: named from its path
+    ("שלום\u200f!", "שלום\u200f!.flac", "שלום\u200f!.flac"),
+    ("bell\x07 \x1b[31mred", "bell [31mred.flac", "bell [31mred.flac"),
+], ids=repr)
+def test_names_modes_table(title: str, default: str, windows: str) -> None:
+    assert file_name(title) == default
+    assert windows_name(title) == windows
+    assert_valid_component(windows)
+    assert not set(windows) & set('\\/:*?"<>|')
+
+
+def test_windows_mode_reaches_folders_and_template_text() -> None:
+    tracks = [make_track(albumartist="Sigur Rós: Live", album="Takk?", title="Glósóli", track=1)]
+    (path,) = build_paths(tracks, parse_template("{albumartist}/{album} <{year}>/{track:02}: {title}", "windows"))
+    assert path == ("Sigur Rós\uff1a Live", "Takk\uff1f \uff1c\uff1e", "01\uff1a Glósóli.flac")
+    (path,) = build_paths([make_track(albumartist="PRN", album="x", title="t")], parse_template(DEFAULT_TEMPLATE, "windows"))
+    assert path[0] == "PRN_"
+
+
+def test_unknown_names_mode_is_refused_with_the_modes() -> None:
+    with pytest.raises(TemplateError, match="unknown names mode 'mac'.*default, windows"):
+        parse_template(DEFAULT_TEMPLATE, "mac")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from lockerfs.asset import stored_object
+from lockerfs.cache import ObjectRef
+from lockerfs.extras import ExtraFile
 from lockerfs.layout import DEFAULT_TEMPLATE, build_paths, parse_template
 from lockerfs.track import Track
-from lockerfs.tree import ROOT_INODE, DirNode, FileNode, Tree
+from lockerfs.tree import ROOT_INODE, DirNode, ExtraNode, FileNode, Tree
 from tests.unit.test_catalog import make_track
 
 TEMPLATE = parse_template(DEFAULT_TEMPLATE)
@@ -258,3 +261,54 @@ def test_walk_order_is_depth_first_in_name_order() -> None:
     w = resolve(tree, "A", "w")
     assert [folder.name for folder in tree.folders_after(w.inode, 2)] == ["x", "y"]
     assert tree.folders_after(resolve(tree, "B", "y").inode, 2) == []
+
+
+# --- files that are not tracks ------------------------------------------------------------
+
+def extra(data: bytes, mtime: float = 1_700_000_500.0) -> ExtraFile:
+    return ExtraFile.of_bytes(data, mtime, "playlist")
+
+
+def test_extras_are_files_that_prefetch_never_sees() -> None:
+    cover = ExtraFile.of_object(stored_object("ab" * 32, 5000, "jpg"), 1.0, "cover")
+    tree = Tree()
+    tree.rebuild({("A", "01.flac"): make_track(1), ("A", "02.flac"): make_track(2)},
+                 {("A", "cover.jpg"): cover, ("A", "01.lrc"): extra(b"[00:01]x"), ("Playlists", "Mix.m3u8"): extra(b"#")})
+    node = resolve(tree, "A", "cover.jpg")
+    assert isinstance(node, ExtraNode) and node.size == 5000
+    assert node.content == ObjectRef("objects/sha256/ab/" + "ab" * 32 + ".jpg", "ab" * 32, 5000)
+    track = resolve(tree, "A", "01.flac")
+    assert isinstance(track, FileNode) and track.content == ObjectRef(track.track.key, track.track.sha256,
+                                                                      track.track.size)
+    folder = resolve(tree, "A")
+    assert isinstance(folder, DirNode) and folder.names == ["01.flac", "01.lrc", "02.flac", "cover.jpg"]
+    assert [n.name for n in tree.files_in(folder)] == ["01.flac", "02.flac"]
+    assert [n.name for n in tree.siblings(track)] == ["01.flac", "02.flac"]
+    assert tree.walk_order == [folder.inode]  # a folder of playlists alone holds no tracks
+    assert tree.track_count == 2 and tree.total_size == make_track(1).size + make_track(2).size + 5000 + 8 + 1
+    assert resolve(tree, "Playlists").mtime == 1_700_000_500.0
+
+
+def test_a_changed_playlist_is_exactly_one_entry_change() -> None:
+    tracks = {("A", "01.flac"): make_track(1)}
+    tree = Tree()
+    tree.rebuild(tracks, {("Playlists", "Mix.m3u8"): extra(b"one"), ("Playlists", "Other.m3u8"): extra(b"x")})
+    folder = resolve(tree, "Playlists").inode
+    old = resolve(tree, "Playlists", "Mix.m3u8").inode
+    other = resolve(tree, "Playlists", "Other.m3u8").inode
+    assert not tree.rebuild(tracks, {("Playlists", "Mix.m3u8"): extra(b"one"), ("Playlists", "Other.m3u8"): extra(b"x")})
+    changes = tree.rebuild(tracks, {("Playlists", "Mix.m3u8"): extra(b"two"), ("Playlists", "Other.m3u8"): extra(b"x")})
+    assert set(changes.entries) == {(folder, "Mix.m3u8")}
+    assert changes.dirs == {folder}
+    assert resolve(tree, "Playlists", "Mix.m3u8").inode != old  # no cached page of the old bytes is reused
+    assert resolve(tree, "Playlists", "Other.m3u8").inode == other
+
+
+def test_a_removed_playlist_takes_its_folder_away() -> None:
+    tracks = {("A", "01.flac"): make_track(1)}
+    tree = Tree()
+    tree.rebuild(tracks, {("Playlists", "Mix.m3u8"): extra(b"one")})
+    folder = resolve(tree, "Playlists").inode
+    changes = tree.rebuild(tracks, {})
+    assert set(changes.entries) == {(ROOT_INODE, "Playlists"), (folder, "Mix.m3u8")}
+    assert changes.dirs == {ROOT_INODE}
