@@ -203,33 +203,34 @@ class Prefetcher:
     # --- spawning ------------------------------------------------------------------
 
     def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int,
-               after: trio.Event | None = None, whole: bool = False) -> None:
+               after: trio.Event | None = None, whole: bool = False, exact: bool = False) -> None:
         """Warm [start, end) in the background, once `after` is set (or OPEN_WARM_WAIT has
         passed). With an `owner` it is that reader's pull: loaded into memory even from
-        the disk, streamed in one GET (`whole`), and stopped with the owner's pull."""
+        the disk, streamed in one GET (`whole`), and stopped with the owner's pull.
+        `exact`: these bytes and no more (a zone), not the whole blocks around them."""
         into_memory = owner is not None
         if self._nursery is None or end <= start or self.cache.cached(obj, start, end, in_memory=into_memory):
             return
         scope = trio.CancelScope()
         if owner is not None:
             owner.pulls.add(scope)
-        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after, whole)
+        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after, whole, exact)
 
     async def _warm(self, owner: ReadState | None, scope: trio.CancelScope, obj: ObjectRef,
-                    start: int, end: int, after: trio.Event | None, whole: bool) -> None:
+                    start: int, end: int, after: trio.Event | None, whole: bool, exact: bool) -> None:
         with scope:
             if after is not None:
                 with trio.move_on_after(OPEN_WARM_WAIT):
                     await after.wait()
             await self.cache.warm(obj, start, end, into_memory=owner is not None,
-                                  max_request=end - start if whole else None)
+                                  max_request=end - start if whole else None, exact=exact)
         if owner is not None:
             owner.pulls.discard(scope)
 
     def _warm_zones(self, track: Track, after: trio.Event | None = None) -> None:
         obj = object_of(track)
         for start, end in self.zones(track).ranges(track.size):
-            self._spawn(None, obj, start, end, after)
+            self._spawn(None, obj, start, end, after, exact=True)
 
     # --- events from fs.py ------------------------------------------------------
 
@@ -338,7 +339,7 @@ class Prefetcher:
             zones = self.zones(following)
             head = min(following.size, zones.head + NEXT_TRACK_BYTES)
             self._spawn(None, obj, 0, head)
-            self._spawn(None, obj, max(zones.tail, head), following.size)
+            self._spawn(None, obj, max(zones.tail, head), following.size, exact=True)
 
     def released(self, state: ReadState) -> None:
         """The handle is closed: stop its pull, and learn from it if it was a probe."""
