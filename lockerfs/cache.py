@@ -12,6 +12,13 @@ A block is looked for in three places, in this order:
    blocks (at most max_request long unless a warm asks for longer), each
    block handed over the moment it has arrived.
 
+What is cached of a block is a piece (diskcache.Piece): the whole block, or
+a part of it. Readers fetch whole blocks; a warm may ask for exactly the
+bytes it names (`exact`: a scan's tag zones, so that the head of a file
+costs its tags and not the rest of a 64 KiB block, and its tail the few
+bytes a tag reader peeks at rather than the last block). A read is a hit
+when the pieces in memory or on disk hold the bytes it asks for.
+
 Invariants
 - What read() returns is the object's bytes or an error, never other bytes
   from the cache's side: a block file that fails its checksum is a miss; a
@@ -29,8 +36,10 @@ Invariants
   for FAILED_TTL, and a reader whose joined load (started by a warmer) failed
   tries once more within its own deadline.
 - One load per block: `_pending` maps (sha, index) to the one load in flight,
-  and every reader and warmer of that block waits on it, from its claim until
-  the block is in memory (or has failed).
+  and every reader and warmer of that block whose bytes it brings waits on
+  it, from its claim until the piece is in memory (or has failed); one
+  that needs bytes of the block the load does not bring waits for it to end,
+  then claims again.
 - A load wanted only by warmers that all gave up (prefetch cancelled: a
   seek, a close) is stopped; a load a reader ever waited for is never
   stopped, so a reader that gives up at its deadline still leaves the block
@@ -59,7 +68,8 @@ import cachetools
 import trio
 
 from lockerfs.cachestats import CacheStats
-from lockerfs.diskcache import BlockKey, CacheInUse, DiskCache, UnsafeCacheDir, make_private_dir
+from lockerfs.diskcache import (BlockKey, CacheInUse, DiskCache, Part, Piece, UnsafeCacheDir, make_private_dir,
+                                piece_range, piece_slice)
 from lockerfs.fetcher import Fetch, Fetcher
 from lockerfs.objectref import ObjectRef
 from lockerfs.store import Store
@@ -81,15 +91,20 @@ class FetchError(Exception):
     """A read that could not be served; the filesystem answers it with EIO."""
 
 
+Need = tuple[int, int, int]  # (block index, start, end): bytes of one block wanted, within it
+
+
 class _Pending:
-    """One block being loaded; everyone who needs it waits on `done`."""
+    """One block (or the part [start, end) of it) being loaded; everyone who needs those
+    bytes waits on `done`."""
 
     __slots__ = ("done", "data", "error", "urgent", "started_by_reader", "started", "load", "overdue",
-                 "warmers")
+                 "warmers", "start", "end")
 
-    def __init__(self, urgent: bool) -> None:
+    def __init__(self, urgent: bool, start: int, end: int) -> None:
         self.done = trio.Event()
-        self.data: bytes | None = None
+        self.start, self.end = start, end
+        self.data: Piece | None = None
         self.error: str | None = None
         self.urgent = urgent  # a reader (not only a warmer) waits or waited for it: never stopped
         self.started_by_reader = urgent
@@ -111,7 +126,10 @@ class _Pending:
     def unwanted(self) -> bool:
         return not self.urgent and self.warmers == 0 and not self.done.is_set()
 
-    def finish(self, data: bytes | None = None, error: str | None = None) -> None:
+    def brings(self, start: int, end: int) -> bool:
+        return self.start <= start and end <= self.end
+
+    def finish(self, data: Piece | None = None, error: str | None = None) -> None:
         if not self.done.is_set():
             self.data, self.error = data, error
             self.done.set()
@@ -126,7 +144,7 @@ class _Load:
         self.obj = obj
         self.fetch: Fetch  # set as soon as the GET starts
         self.pendings = pendings
-        self.to_disk: list[tuple[int, bytes]] = []
+        self.to_disk: list[tuple[int, Piece]] = []
 
 
 class BlockCache:
@@ -154,8 +172,8 @@ class BlockCache:
         self._fetcher = Fetcher(store, block_size, foreground_slots=foreground_slots,
                                 background_slots=background_slots, stats=self.stats)
         self._blocks_per_request = max_request // block_size
-        self._memory: cachetools.LRUCache[BlockKey, bytes] = cachetools.LRUCache(
-            maxsize=memory_limit, getsizeof=len)
+        self._memory: cachetools.LRUCache[BlockKey, Piece] = cachetools.LRUCache(
+            maxsize=memory_limit, getsizeof=_piece_size)
         self._pending: dict[BlockKey, _Pending] = {}
         # Blocks whose load just failed a reader -> why; a read of them fails at once meanwhile.
         self._failed: cachetools.TTLCache[BlockKey, str] = cachetools.TTLCache(maxsize=4096, ttl=FAILED_TTL)
@@ -205,6 +223,12 @@ class BlockCache:
 
     # --- reading ---
 
+    def _needs(self, obj: ObjectRef, start: int, end: int) -> list[Need]:
+        """The bytes of each block [start, end) covers, within the block."""
+        bs = self.block_size
+        return [(index, max(start, index * bs) - index * bs, min(end, (index + 1) * bs) - index * bs)
+                for index in range(start // bs, (end - 1) // bs + 1)]
+
     async def read(self, obj: ObjectRef, offset: int, length: int, *, fetch_to: int | None = None) -> bytes:
         """Bytes [offset, offset+length) of obj, shorter only at its end.
 
@@ -218,57 +242,63 @@ class BlockCache:
         end = min(offset + length, obj.size)
         if offset >= end:
             return b""
-        first, last = offset // self.block_size, (end - 1) // self.block_size
-        blocks: dict[int, bytes] = {}
-        for index in range(first, last + 1):
-            data = self._memory.get((obj.sha256, index))
-            if data is not None:
-                blocks[index] = data
+        needs = self._needs(obj, offset, end)
+        got: dict[int, bytes] = {}
+        missing = []
+        for index, a, b in needs:
+            piece = self._memory.get((obj.sha256, index))
+            if piece is not None and _holds(piece, a, b):
+                got[index] = piece_slice(piece, a, b)
                 self.disk.touch((obj.sha256, index))
-        self.stats.memory_hits += len(blocks)
-        missing = [i for i in range(first, last + 1) if i not in blocks]
+            else:
+                missing.append((index, a, b))
+        self.stats.memory_hits += len(got)
         if missing and fetch_to is not None:
-            beyond = range(last + 1, (min(fetch_to, obj.size) - 1) // self.block_size + 1)
-            more = [i for i in beyond if not self._has((obj.sha256, i)) and (obj.sha256, i) not in self._pending]
+            last = needs[-1][0]
+            beyond = [(i, 0, self._block_length(obj, i))
+                      for i in range(last + 1, (min(fetch_to, obj.size) - 1) // self.block_size + 1)]
+            more = [need for need in beyond if not self._cached(obj, need) and (obj.sha256, need[0]) not in self._pending]
             self._claim(obj, missing + more, urgent=True, per_request=len(missing) + len(more))
         if missing:
             try:
                 with trio.fail_after(self.read_deadline):
-                    await self._wait_for(obj, missing, blocks, f"bytes {offset}-{end - 1}")
+                    await self._wait_for(obj, missing, got, f"bytes {offset}-{end - 1}")
             except trio.TooSlowError:
                 self.stats.timeouts += 1
                 raise FetchError(f"reading {obj.key} (bytes {offset}-{end - 1}) took longer "
                                  f"than {self.read_deadline:g} s") from None
-        base = first * self.block_size
-        if first == last:
-            return blocks[first][offset - base:end - base]
-        return b"".join(blocks[i] for i in range(first, last + 1))[offset - base:end - base]
+        if len(needs) == 1:
+            return got[needs[0][0]]
+        return b"".join(got[index] for index, _, _ in needs)
 
-    async def _wait_for(self, obj: ObjectRef, missing: list[int], blocks: dict[int, bytes], what: str) -> None:
-        """Claim the missing blocks and wait for them into `blocks`; the caller sets the deadline.
+    async def _wait_for(self, obj: ObjectRef, missing: list[Need], got: dict[int, bytes], what: str) -> None:
+        """Claim what is missing and wait for it into `got`; the caller sets the deadline.
 
         A load that a warmer started earlier and that failed is tried once
         more: this reader's deadline has time left, and the warm may have been
         stuck (or stopped) long before the reader came. A load a reader
         started that failed is final, so a server that refuses connections
-        gives EIO at once.
+        gives EIO at once. A load that brings other bytes of a block is
+        waited for, then the block is claimed again.
         """
-        for attempt in (1, 2):
-            failed = next((self._failed[(obj.sha256, i)] for i in missing if (obj.sha256, i) in self._failed), None)
+        attempt = 1
+        while missing:
+            failed = next((self._failed[(obj.sha256, i)] for i, _, _ in missing
+                           if (obj.sha256, i) in self._failed), None)
             if failed is not None:
                 raise FetchError(f"{failed} (failed moments ago; not asking again yet)")
-            waits = self._claim(obj, missing, urgent=True)
+            waits, elsewhere = self._claim(obj, missing, urgent=True)
             if any(pending.overdue and not pending.done.is_set() for _, pending in waits):
                 self.stats.timeouts += 1
                 raise FetchError(f"reading {obj.key} ({what}): the store has not "
                                  f"answered for longer than {self.read_deadline:g} s")
             retry = []
             try:
-                for index, pending in waits:
+                for (index, a, b), pending in waits:
                     await pending.done.wait()
                     if pending.error is None:
                         assert pending.data is not None
-                        blocks[index] = pending.data
+                        got[index] = piece_slice(pending.data, a, b)
                     elif pending.started_by_reader or attempt == 2:
                         if trio.current_time() - pending.started >= self.read_deadline / 2:
                             # A slow failure (a stalling server): the kernel retries a
@@ -277,99 +307,141 @@ class BlockCache:
                             self._failed[(obj.sha256, index)] = pending.error
                         raise FetchError(pending.error)
                     else:
-                        retry.append(index)
+                        retry.append((index, a, b))
+                for need, pending in elsewhere:
+                    await pending.done.wait()
+                    piece = self._memory.get((obj.sha256, need[0]))
+                    if piece is not None and _holds(piece, need[1], need[2]):
+                        got[need[0]] = piece_slice(piece, need[1], need[2])
+                    else:
+                        retry.append(need)
             except trio.Cancelled:
                 for _, pending in waits:
                     pending.overdue = not pending.done.is_set()
                 raise
-            if not retry:
-                return
+            if any(need not in [n for n, _ in elsewhere] for need in retry):
+                attempt = 2  # a failed warm's blocks are asked for once more, and no more
             missing = retry
 
     async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False,
-                   max_request: int | None = None) -> None:
-        """Fetch the blocks of [start, end) not yet cached; never raises.
+                   max_request: int | None = None, exact: bool = False) -> None:
+        """Fetch what is not yet cached of [start, end); never raises.
 
         Uses the background slots, so it cannot starve read(). Warmed blocks go
         to memory and disk both. Blocks already on disk are left there, unless
         `into_memory` (read-ahead): then they are loaded from disk in one batch
         ahead of the reader, which would otherwise wait on the disk block by
         block. `max_request` allows longer GETs than the cache's default (a
-        track pulled whole streams in one request). If the caller is
-        cancelled, loads that only warmers wanted are stopped.
+        track pulled whole streams in one request). `exact`: fetch these bytes
+        and no more, though they end or start inside a block (a scan's tag
+        zones). If the caller is cancelled, loads that only warmers wanted are
+        stopped.
         """
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
             return
-        first, last = start // self.block_size, (end - 1) // self.block_size
-        present = self._in_memory if into_memory else self._has
-        wanted = [i for i in range(first, last + 1) if not present((obj.sha256, i))]
+        needs = self._needs(obj, start, end)
+        if not exact:
+            needs = [(index, 0, self._block_length(obj, index)) for index, _, _ in needs]
+        wanted = [need for need in needs if not self._cached(obj, need, in_memory=into_memory)]
         per_request = max(1, max_request // self.block_size) if max_request else None
-        waits = self._claim(obj, wanted, urgent=False, per_request=per_request)
-        for _, pending in waits:
-            pending.warmers += 1
         error = None
-        try:
+        for _ in range(3):  # a load bringing other bytes of a block: wait for it, claim again
+            waits, elsewhere = self._claim(obj, wanted, urgent=False, per_request=per_request, exact=exact)
             for _, pending in waits:
-                await pending.done.wait()
-                error = pending.error or error
-        finally:
-            for _, pending in waits:
-                pending.warmers -= 1
-            self._stop_unwanted({id(p.load): p.load for _, p in waits if p.load is not None}.values())
+                pending.warmers += 1
+            try:
+                for _, pending in waits:
+                    await pending.done.wait()
+                    error = pending.error or error
+                for _, pending in elsewhere:
+                    await pending.done.wait()
+            finally:
+                for _, pending in waits:
+                    pending.warmers -= 1
+                self._stop_unwanted({id(p.load): p.load for _, p in waits if p.load is not None}.values())
+            wanted = [need for need, _ in elsewhere if not self._cached(obj, need, in_memory=into_memory)]
+            if not wanted:
+                break
         if error is not None:
             self.stats.warm_failures += 1
             log.debug("warming %s bytes %d-%d: %s", obj.key, start, end - 1, error)
 
     def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
-        """Whether every block of [start, end) is in memory (or, unless `in_memory`, on disk); no I/O."""
+        """Whether every byte of [start, end) is in memory (or, unless `in_memory`, on disk); no I/O."""
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
             return True
-        first, last = start // self.block_size, (end - 1) // self.block_size
-        present = self._in_memory if in_memory else self._has
-        return all(present((obj.sha256, i)) for i in range(first, last + 1))
+        return all(self._cached(obj, need, in_memory=in_memory) for need in self._needs(obj, start, end))
 
     def cached_bytes(self, obj: ObjectRef) -> int:
         """How many of the object's bytes are in the cache (memory or disk); no I/O."""
-        blocks = (obj.size + self.block_size - 1) // self.block_size
-        present = sum(1 for i in range(blocks) if self._has((obj.sha256, i)))
-        if present and self._has((obj.sha256, blocks - 1)):
-            return (present - 1) * self.block_size + (obj.size - (blocks - 1) * self.block_size)
-        return present * self.block_size
+        total = 0
+        for index in range((obj.size + self.block_size - 1) // self.block_size):
+            key = (obj.sha256, index)
+            piece = self._memory.get(key)
+            if piece is not None:
+                a, b = piece_range(piece)
+                total += b - a
+            elif self.disk.has(key, 0, self._block_length(obj, index)):
+                total += self._block_length(obj, index)
+        return total
 
-    def _has(self, key: BlockKey) -> bool:
-        return key in self._memory or self.disk.has(key)
+    def _cached(self, obj: ObjectRef, need: Need, *, in_memory: bool = False) -> bool:
+        index, a, b = need
+        key = (obj.sha256, index)
+        piece = self._memory.get(key)
+        if piece is not None and _holds(piece, a, b):
+            return True
+        return not in_memory and self.disk.has(key, a, b)
 
-    def _in_memory(self, key: BlockKey) -> bool:
-        return key in self._memory
+    def _whole(self, obj: ObjectRef, index: int) -> bool:
+        return self._cached(obj, (index, 0, self._block_length(obj, index)))
 
-    def _remember(self, key: BlockKey, data: bytes) -> None:
-        if len(data) <= self._memory.maxsize:
-            self._memory[key] = data
+    def _remember(self, obj: ObjectRef, index: int, piece: Piece) -> Piece:
+        """Put a piece in memory, joined to what memory holds of its block; returns the result."""
+        key = (obj.sha256, index)
+        merged = _join(self._memory.get(key), piece, self._block_length(obj, index))
+        if _piece_size(merged) <= self._memory.maxsize:
+            self._memory[key] = merged
+        return merged
 
     # --- loading ---
 
-    def _claim(self, obj: ObjectRef, indices: list[int], *, urgent: bool,
-               per_request: int | None = None) -> list[tuple[int, _Pending]]:
-        """Join the load in flight of each block, and start one load for the others."""
+    def _claim(self, obj: ObjectRef, needs: list[Need], *, urgent: bool, per_request: int | None = None,
+               exact: bool = False) -> tuple[list[tuple[Need, _Pending]], list[tuple[Need, _Pending]]]:
+        """Join the load in flight that brings each need, and start one load for the others.
+
+        Returns (needs and the loads bringing them, needs whose block a load
+        is bringing other bytes of: wait for it, then claim again). A new load
+        brings the whole block, or with `exact` (or from the disk) just the
+        bytes needed.
+        """
         waits = []
+        elsewhere = []
         mine = []
-        for index in indices:
+        for need in needs:
+            index, a, b = need
             key = (obj.sha256, index)
             pending = self._pending.get(key)
             if pending is None:
-                pending = self._pending[key] = _Pending(urgent)
+                # the bytes needed, when asked for exactly or when the disk has them (a part of
+                # the block there serves them); otherwise the whole block
+                start, end = (a, b) if exact or self.disk.has(key, a, b) else (0, self._block_length(obj, index))
+                pending = self._pending[key] = _Pending(urgent, start, end)
                 mine.append(index)
+            elif not pending.brings(a, b):
+                elsewhere.append((need, pending))
+                continue
             else:
                 self.stats.joins += 1
                 if urgent:
                     pending.hurry()
-            waits.append((index, pending))
+            waits.append((need, pending))
         if mine:
             trio.lowlevel.spawn_system_task(self._load, obj, mine, per_request or self._blocks_per_request,
                                             name=f"lockerfs.cache load {obj.key}")
-        return waits
+        return waits, elsewhere
 
     async def _load(self, obj: ObjectRef, indices: list[int], per_request: int) -> None:
         """Bring claimed blocks in from the disk, or start GETs for them.
@@ -381,10 +453,13 @@ class BlockCache:
         started: set[int] = set()
         try:
             found = await self.disk.read(obj.sha256, [(i, self._block_length(obj, i)) for i in indices])
-            for index, data in found.items():
-                self._remember((obj.sha256, index), data)
-                self._finish(obj, index, pendings[index], data=data)
-            for piece in self._pieces(sorted(i for i in indices if i not in found), per_request):
+            for index, piece in found.items():
+                merged = self._remember(obj, index, piece)
+                pending = pendings[index]
+                if _holds(merged, pending.start, pending.end):
+                    self._finish(obj, index, pending, data=merged)
+            todo = sorted(i for i in indices if not pendings[i].done.is_set())
+            for piece in self._runs(obj, todo, pendings, per_request):
                 waiting = {i: pendings[i] for i in piece}
                 if all(p.unwanted for p in waiting.values()):  # the warm that wanted them gave up
                     for index, pending in waiting.items():
@@ -399,48 +474,54 @@ class BlockCache:
                 if index not in started:
                     self._finish(obj, index, pending, error=f"reading {obj.key} was interrupted")
 
-    def _pieces(self, indices: list[int], per_request: int) -> list[list[int]]:
-        """Ascending block indices -> runs of contiguous blocks, each at most per_request long."""
-        pieces: list[list[int]] = []
+    def _runs(self, obj: ObjectRef, indices: list[int], pendings: dict[int, _Pending],
+              per_request: int) -> list[list[int]]:
+        """Ascending block indices -> runs that one GET can bring: contiguous bytes (a part of
+        a block ends a run unless it reaches the block's end, or starts one unless it starts at
+        the block's start), at most per_request blocks long."""
+        runs: list[list[int]] = []
         for index in indices:
-            if pieces and pieces[-1][-1] == index - 1 and len(pieces[-1]) < per_request:
-                pieces[-1].append(index)
+            if runs and runs[-1][-1] == index - 1 and len(runs[-1]) < per_request \
+                    and pendings[index - 1].end == self._block_length(obj, index - 1) and pendings[index].start == 0:
+                runs[-1].append(index)
             else:
-                pieces.append([index])
-        return pieces
+                runs.append([index])
+        return runs
 
     def _start_fetch(self, obj: ObjectRef, waiting: dict[int, _Pending]) -> None:
         load = _Load(obj, waiting)
         for pending in waiting.values():
             pending.load = load
         first, last = min(waiting), max(waiting)
+        start = first * self.block_size + waiting[first].start
+        end = last * self.block_size + waiting[last].end
         self._fetching += 1
         load.fetch = self._fetcher.start(
-            obj, first, last, urgent=any(p.urgent for p in waiting.values()),
-            deliver=lambda index, data: self._delivered(load, index, data),
-            ended=lambda fetch, next_index, error: self._fetch_ended(load, next_index, error))
+            obj, start, end, urgent=any(p.urgent for p in waiting.values()),
+            deliver=lambda index, offset, data: self._delivered(load, index, offset, data),
+            ended=lambda fetch, position, error: self._fetch_ended(load, error))
 
-    def _delivered(self, load: _Load, index: int, data: bytes) -> None:
-        """A block arrived (trio thread, from the fetcher): to its waiters, memory, and soon the disk."""
+    def _delivered(self, load: _Load, index: int, offset: int, data: bytes) -> None:
+        """A piece arrived (trio thread, from the fetcher): to memory, its waiters, soon the disk."""
         try:
-            key = (load.obj.sha256, index)
-            self._remember(key, data)
-            self._finish(load.obj, index, load.pendings[index], data=data)
-            load.to_disk.append((index, data))
+            whole = offset == 0 and len(data) == self._block_length(load.obj, index)
+            piece = self._remember(load.obj, index, data if whole else Part(offset, data))
+            self._finish(load.obj, index, load.pendings[index], data=piece)
+            load.to_disk.append((index, piece))
             if len(load.to_disk) >= DISK_BATCH:
                 self.disk.save_soon(load.obj.sha256, load.to_disk)
                 load.to_disk = []
         except Exception:  # a callback of the trio loop must never raise
             log.exception("taking block %d of %s", index, load.obj.key)
 
-    def _fetch_ended(self, load: _Load, next_index: int, error: str | None) -> None:
+    def _fetch_ended(self, load: _Load, error: str | None) -> None:
         self._fetching -= 1
         try:
             self.disk.save_soon(load.obj.sha256, load.to_disk)
             load.to_disk = []
             reason = error or f"reading {load.obj.key} was stopped"
             for index, pending in load.pendings.items():
-                if index >= next_index:
+                if not pending.done.is_set():
                     self._finish(load.obj, index, pending, error=reason)
             if error is None and load.obj.sha256 not in self._verified and self._complete(load.obj):
                 self._verified[load.obj.sha256] = True
@@ -448,7 +529,7 @@ class BlockCache:
         except Exception:
             log.exception("ending a GET of %s", load.obj.key)
 
-    def _finish(self, obj: ObjectRef, index: int, pending: _Pending, *, data: bytes | None = None,
+    def _finish(self, obj: ObjectRef, index: int, pending: _Pending, *, data: Piece | None = None,
                 error: str | None = None) -> None:
         pending.finish(data, error)
         key = (obj.sha256, index)
@@ -468,7 +549,7 @@ class BlockCache:
 
     def _complete(self, obj: ObjectRef) -> bool:
         blocks = (obj.size + self.block_size - 1) // self.block_size
-        return all(self._has((obj.sha256, i)) for i in range(blocks))
+        return all(self._whole(obj, i) for i in range(blocks))
 
     async def _verify(self, obj: ObjectRef) -> None:
         """Hash an object whose blocks are all cached; drop them if they are not its bytes.
@@ -481,11 +562,12 @@ class BlockCache:
             digest = hashlib.sha256()
             for first in range(0, blocks, DISK_BATCH):
                 indices = range(first, min(blocks, first + DISK_BATCH))
-                batch = {i: self._memory.get((obj.sha256, i)) for i in indices}
-                absent = [(i, self._block_length(obj, i)) for i, data in batch.items() if data is None]
+                batch: dict[int, Piece | None] = {i: self._memory.get((obj.sha256, i)) for i in indices}
+                absent = [(i, self._block_length(obj, i)) for i, piece in batch.items()
+                          if not isinstance(piece, bytes)]
                 if absent:
                     batch.update(await self.disk.read(obj.sha256, absent))
-                if any(batch.get(i) is None for i in indices):
+                if any(not isinstance(batch.get(i), bytes) for i in indices):
                     self._verified.pop(obj.sha256, None)
                     return
                 # hashlib lets go of the GIL: hashing in a worker keeps the loop free
@@ -505,7 +587,35 @@ class BlockCache:
             log.exception("verifying %s failed", obj.key)
 
 
-def _hash_into(digest: hashlib._Hash, blocks: list[bytes | None]) -> None:
+def _piece_size(piece: Piece) -> int:
+    return len(piece) if isinstance(piece, bytes) else len(piece.data)
+
+
+def _holds(piece: Piece, start: int, end: int) -> bool:
+    held = piece_range(piece)
+    return held[0] <= start and end <= held[1]
+
+
+def _join(old: Piece | None, new: Piece, block_length: int | None) -> Piece:
+    """What to keep of a block given what was held and what arrived: a whole block wins; two
+    parts that meet become one (whole if it covers the block); else the newer part."""
+    if old is None or isinstance(new, bytes):
+        return new
+    if isinstance(old, bytes):
+        return old
+    (a0, b0), (a1, b1) = piece_range(old), piece_range(new)
+    if a1 > b0 or a0 > b1:
+        return new
+    start, end = min(a0, a1), max(b0, b1)
+    joined = bytearray(end - start)
+    joined[a0 - start:b0 - start] = old.data
+    joined[a1 - start:b1 - start] = new.data
+    if start == 0 and end == block_length:
+        return bytes(joined)
+    return Part(start, bytes(joined))
+
+
+def _hash_into(digest: hashlib._Hash, blocks: list[Piece | None]) -> None:
     for block in blocks:
-        assert block is not None
+        assert isinstance(block, bytes)
         digest.update(block)

@@ -4,9 +4,11 @@ Kept apart from the memory cache and the fetching (as mountpoint-s3 keeps its
 disk cache apart): this module knows files, an index and a byte limit, and
 nothing of the store or of readers.
 
-Layout: <cache_dir>/blocks/<sha[:2]>/<sha>-<index>, each file a versioned,
-checksummed header and the block's bytes; <cache_dir>/lock is flocked by the
-process that has the directory open.
+Layout: <cache_dir>/blocks/<sha[:2]>/<sha>-<index> for a whole block, and
+<sha>-<index>@<offset> for part of one (a scan fetches the tags and no more:
+the part of the block from `offset` to the end of the file); each file a
+versioned, checksummed header and the bytes; <cache_dir>/lock is flocked by
+the process that has the directory open. A block has one file at a time.
 
 Invariants
 - `_bytes` is the sum of the sizes of the indexed block files. Writes are
@@ -39,6 +41,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -48,7 +51,30 @@ log = logging.getLogger(__name__)
 
 BlockKey = tuple[str, int]  # (sha256, block index)
 
-_BLOCK_NAME_RE = re.compile(r"([0-9a-f]{64})-(\d+)")
+
+class Part(NamedTuple):
+    """Part of a block: its bytes [start, start + len(data)). A whole block is plain bytes."""
+
+    start: int
+    data: bytes
+
+
+Piece = bytes | Part  # what is cached of one block
+
+
+def piece_range(piece: Piece) -> tuple[int, int]:
+    """The bytes of its block a piece holds, as [start, end) within the block."""
+    return (0, len(piece)) if isinstance(piece, bytes) else (piece.start, piece.start + len(piece.data))
+
+
+def piece_slice(piece: Piece, start: int, end: int) -> bytes:
+    """Bytes [start, end) of the block, which the piece must hold."""
+    if isinstance(piece, bytes):
+        return piece[start:end]
+    return piece.data[start - piece.start:end - piece.start]
+
+
+_BLOCK_NAME_RE = re.compile(r"([0-9a-f]{64})-(\d+)(?:@(\d+))?")
 
 # Block file header: magic, format version, block size, sha256 of the object
 # (raw), block index, data length, CRC-32 of the data. The block size is there
@@ -58,8 +84,9 @@ _BLOCK_NAME_RE = re.compile(r"([0-9a-f]{64})-(\d+)")
 # detects at memory speed; a cryptographic hash would not stop a deliberate
 # forger, who can write a matching digest into our own directory just as well.
 _MAGIC = b"LKBC"
-_FORMAT_VERSION = 1
-HEADER = struct.Struct("<4sHI32sQII")
+_FORMAT_VERSION = 2  # 2 added the piece's offset in its block; version 1 files (whole blocks) are still read
+HEADER = struct.Struct("<4sHI32sQIII")  # magic, version, block size, sha, index, offset, length, crc
+_HEADER_V1 = struct.Struct("<4sHI32sQII")
 
 
 class CacheInUse(Exception):
@@ -98,6 +125,7 @@ class DiskCache:
         self.stats = stats
         self._blocks_dir = str(directory / "blocks") if directory is not None else ""
         self._index: OrderedDict[BlockKey, int] = OrderedDict()  # LRU first; value: file size
+        self._parts: dict[BlockKey, tuple[int, int]] = {}  # a block held in part -> [start, end) of it
         self._bytes = 0
         self._on = False  # new blocks are written
         self._write_lock = trio.Lock()
@@ -145,6 +173,7 @@ class DiskCache:
         """Release the directory; its blocks stay for the next open()."""
         self._on = False
         self._index.clear()
+        self._parts.clear()
         self._bytes = 0
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -167,21 +196,38 @@ class DiskCache:
                             continue
                         st = entry.stat(follow_symlinks=False)
                         sha = sys.intern(match[1])  # one string for all blocks of an object
-                        found.append((st.st_mtime_ns, (sha, int(match[2])), st.st_size))
+                        start = None if match[3] is None else int(match[3])
+                        found.append((st.st_mtime_ns, (sha, int(match[2])), st.st_size, start, entry.path))
         found.sort()
-        for _, key, size in found:
+        kept: dict[BlockKey, tuple[int, int | None]] = {}
+        for _, key, size, start, path in reversed(found):  # newest first
+            if key in kept:  # two files of one block (a crash between writing one and
+                _unlink(path)  # deleting the other): keep the newer
+            else:
+                kept[key] = (size, start)
+        for key, (size, start) in reversed(kept.items()):  # oldest first: the LRU order
             self._index[key] = size
             self._bytes += size
+            if start is not None:
+                self._parts[key] = (start, start + size - HEADER.size)
         while self._bytes > self.limit:  # the limit shrank since the last mount
             key, size = self._index.popitem(last=False)
             _unlink(self.path(key))
+            self._parts.pop(key, None)
             self._bytes -= size
             self.stats.evicted_blocks += 1
 
     # --- the index (trio thread, no I/O) ---
 
-    def has(self, key: BlockKey) -> bool:
-        return key in self._index
+    def has(self, key: BlockKey, start: int = 0, end: int | None = None) -> bool:
+        """Whether the disk holds bytes [start, end) of the block (end None: all of it)."""
+        if key not in self._index:
+            return False
+        part = self._parts.get(key)
+        return part is None or (end is not None and part[0] <= start and end <= part[1])
+
+    def holds_whole(self, key: BlockKey) -> bool:
+        return key in self._index and key not in self._parts
 
     def touch(self, key: BlockKey) -> None:
         """Mark a block as just used (its file's mtime catches up when it is next read)."""
@@ -189,31 +235,44 @@ class DiskCache:
             self._index.move_to_end(key)
 
     def path(self, key: BlockKey) -> str:
+        """The file the index holds for a block."""
+        part = self._parts.get(key)
+        return self._file(key, None if part is None else part[0])
+
+    def _file(self, key: BlockKey, start: int | None) -> str:
+        """The file of a whole block (start None), or of the part of it from `start`."""
         sha, index = key
-        return os.path.join(self._blocks_dir, sha[:2], f"{sha}-{index}")
+        suffix = "" if start is None else f"@{start}"
+        return os.path.join(self._blocks_dir, sha[:2], f"{sha}-{index}{suffix}")
 
     # --- reading ---
 
-    async def read(self, sha: str, wanted: list[tuple[int, int]]) -> dict[int, bytes]:
-        """The verified bytes of the indexed blocks among `wanted` (index, expected length).
+    async def read(self, sha: str, wanted: list[tuple[int, int]]) -> dict[int, Piece]:
+        """What the disk holds of the blocks among `wanted` (index, length of the whole block),
+        verified: whole blocks as bytes, parts as Part.
 
         A block whose file is missing, damaged or unreadable leaves the index
         (and its file, if any, the disk) and is simply not in the answer.
         """
-        on_disk = [(index, length) for index, length in wanted if (sha, index) in self._index]
-        if not on_disk:
+        jobs = []
+        for index, length in wanted:
+            key = (sha, index)
+            if key in self._index:
+                start, end = self._parts.get(key, (None, length))
+                jobs.append((index, self.path(key), start, (end - (start or 0))))
+        if not jobs:
             return {}
         raw_sha = bytes.fromhex(sha)
-        jobs = [(self.path((sha, index)), raw_sha, index, length) for index, length in on_disk]
-        results = await trio.to_thread.run_sync(_read_blocks, self.block_size, jobs)
-        found = {}
-        for (index, _), (outcome, data) in zip(on_disk, results):
+        results = await trio.to_thread.run_sync(
+            _read_blocks, self.block_size, [(path, raw_sha, index, start, length) for index, path, start, length in jobs])
+        found: dict[int, Piece] = {}
+        for (index, _, start, _), (outcome, data) in zip(jobs, results):
             key = (sha, index)
             if outcome is _Found.HIT:
                 assert data is not None
                 self.stats.disk_hits += 1
                 self.touch(key)
-                found[index] = data
+                found[index] = data if start is None else Part(start, data)
                 continue
             if outcome is _Found.CORRUPT:
                 self.stats.corrupt_blocks += 1
@@ -224,6 +283,7 @@ class DiskCache:
 
     def _forget(self, key: BlockKey) -> None:
         size = self._index.pop(key, None)  # None: evicted meanwhile
+        self._parts.pop(key, None)
         if size is not None:
             self._bytes -= size
 
@@ -235,21 +295,21 @@ class DiskCache:
         for key in keys:
             self._dropped[key[0]] = self._saves_queued
             if key in self._index:
-                self._forget(key)
                 paths.append(self.path(key))
+                self._forget(key)
         if paths:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_unlink_all, paths)
 
     # --- writing ---
 
-    def save_soon(self, sha: str, blocks: list[tuple[int, bytes]]) -> None:
-        """Write blocks in the background, unless the disk already lags too far behind:
-        then they are skipped (memory still has them), so a slow disk never holds
+    def save_soon(self, sha: str, blocks: list[tuple[int, Piece]]) -> None:
+        """Write blocks (or parts of them) in the background, unless the disk already lags too
+        far behind: then they are skipped (memory still has them), so a slow disk never holds
         fetched bytes in memory without bound."""
         if not self._on or not blocks:
             return
-        size = sum(len(data) for _, data in blocks)
+        size = sum(piece_range(piece)[1] - piece_range(piece)[0] for _, piece in blocks)
         if self._backlog + size > self._max_backlog:
             self.stats.disk_skipped += len(blocks)
             log.debug("disk cache lags behind; not writing %d blocks of %s", len(blocks), sha)
@@ -259,7 +319,7 @@ class DiskCache:
         trio.lowlevel.spawn_system_task(self._save, sha, blocks, size, self._saves_queued,
                                         name="lockerfs.diskcache save")
 
-    async def _save(self, sha: str, blocks: list[tuple[int, bytes]], size: int, number: int) -> None:
+    async def _save(self, sha: str, blocks: list[tuple[int, Piece]], size: int, number: int) -> None:
         try:
             async with self._write_lock:
                 # not switched off while we waited, nor dropped after being queued
@@ -271,36 +331,51 @@ class DiskCache:
         finally:
             self._backlog -= size
 
-    async def _save_locked(self, sha: str, blocks: list[tuple[int, bytes]], number: int) -> None:
+    async def _save_locked(self, sha: str, blocks: list[tuple[int, Piece]], number: int) -> None:
         """The write itself, under the lock and shielded from cancellation: once
         victims leave the index their files must go, and written files must
-        enter it, or `_bytes` would drift from the directory."""
+        enter it, or `_bytes` would drift from the directory.
+
+        A part replaces what the disk holds of its block only if it holds more
+        (a whole block is never replaced by a part of it)."""
         victims = []
         writes = []
         room = self.limit - self._bytes
-        for index, data in blocks:
+        for index, piece in blocks:
             key = (sha, index)
-            size = HEADER.size + len(data)
+            start, end = piece_range(piece)
             if key in self._index:
-                continue
+                held = self._parts.get(key)
+                if held is None or (held[0] <= start and end <= held[1]) or held[1] - held[0] >= end - start:
+                    continue
+                victims.append(self.path(key))  # a smaller part of it: replaced
+                room += self._index[key]
+                self._forget(key)
+            size = HEADER.size + end - start
             while room < size and self._index:
                 victim, victim_size = self._index.popitem(last=False)
                 victims.append(self.path(victim))
+                self._parts.pop(victim, None)
                 room += victim_size
                 self._bytes -= victim_size
+                self.stats.evicted_blocks += 1
             if room < size:
                 break
             room -= size
-            writes.append((key, size, data))
-        self.stats.evicted_blocks += len(victims)
-        jobs = [(self.path(key), bytes.fromhex(sha), key[1], data) for key, _, data in writes]
+            whole = isinstance(piece, bytes)
+            data = piece if whole else piece.data
+            writes.append((key, size, None if whole else start, data))
+        jobs = [(self._file(key, start), bytes.fromhex(sha), key[1], start or 0, data)
+                for key, _, start, data in writes]
         written, error = await trio.to_thread.run_sync(_write_blocks, self.block_size, victims, jobs)
         if self._dropped.get(sha, 0) >= number:  # dropped while being written
-            await trio.to_thread.run_sync(_unlink_all, [self.path(key) for key, _, _ in writes[:written]])
+            await trio.to_thread.run_sync(_unlink_all, [self._file(key, start) for key, _, start, _ in writes[:written]])
             written = 0
-        for key, size, _ in writes[:written]:
+        for key, size, start, data in writes[:written]:
             self._index[key] = size
             self._bytes += size
+            if start is not None:
+                self._parts[key] = (start, start + len(data))
         if error is not None:
             self._failed(error)
 
@@ -314,12 +389,14 @@ class DiskCache:
 
 # --- worker-thread functions: file I/O only, no shared state ---
 
-def _read_blocks(block_size: int, jobs: list[tuple[str, bytes, int, int]]) -> list[tuple[_Found, bytes | None]]:
-    """Read and verify block files; delete the ones that must not be served."""
+def _read_blocks(block_size: int, jobs: list[tuple[str, bytes, int, int | None, int]],
+                 ) -> list[tuple[_Found, bytes | None]]:
+    """Read and verify block files (path, sha, index, offset or None for a whole block,
+    length); delete the ones that must not be served."""
     results: list[tuple[_Found, bytes | None]] = []
-    for path, raw_sha, index, length in jobs:
+    for path, raw_sha, index, start, length in jobs:
         try:
-            data = _read_block_file(path, block_size, raw_sha, index, length)
+            data = _read_block_file(path, block_size, raw_sha, index, start, length)
         except FileNotFoundError:
             results.append((_Found.MISSING, None))
         except _Corrupt as err:
@@ -336,18 +413,26 @@ def _read_blocks(block_size: int, jobs: list[tuple[str, bytes, int, int]]) -> li
     return results
 
 
-def _read_block_file(path: str, block_size: int, raw_sha: bytes, index: int, length: int) -> bytes:
+def _read_block_file(path: str, block_size: int, raw_sha: bytes, index: int, start: int | None,
+                     length: int) -> bytes:
     with open(path, "rb") as f:
         header = f.read(HEADER.size)
+        if header[4:6] == struct.pack("<H", 1) and start is None:  # a whole block written by version 1
+            f.seek(_HEADER_V1.size)
+            header = header[:_HEADER_V1.size]
         data = f.read(length + 1)
-    if len(header) < HEADER.size:
-        raise _Corrupt("truncated header")
-    magic, version, stored_block_size, sha, stored_index, stored_length, crc = HEADER.unpack(header)
-    if magic != _MAGIC:
+    if len(header) < 6 or header[:4] != _MAGIC:
         raise _Corrupt("not a lockerfs block")
-    if version != _FORMAT_VERSION:
-        raise _Corrupt(f"format version {version}, not {_FORMAT_VERSION}")
-    if stored_block_size != block_size or sha != raw_sha or stored_index != index:
+    if len(header) == _HEADER_V1.size:
+        _, _, stored_block_size, sha, stored_index, stored_length, crc = _HEADER_V1.unpack(header)
+        stored_start = 0
+    elif len(header) == HEADER.size:
+        magic, version, stored_block_size, sha, stored_index, stored_start, stored_length, crc = HEADER.unpack(header)
+        if version != _FORMAT_VERSION:
+            raise _Corrupt(f"format version {version}, not {_FORMAT_VERSION}")
+    else:
+        raise _Corrupt("truncated header")
+    if stored_block_size != block_size or sha != raw_sha or stored_index != index or stored_start != (start or 0):
         raise _Corrupt("header names another block")
     if stored_length != length or len(data) != length:
         raise _Corrupt(f"{len(data)} bytes of data, header says {stored_length}, expected {length}")
@@ -357,8 +442,8 @@ def _read_block_file(path: str, block_size: int, raw_sha: bytes, index: int, len
 
 
 def _write_blocks(block_size: int, victims: list[str],
-                  jobs: list[tuple[str, bytes, int, bytes]]) -> tuple[int, OSError | None]:
-    """Delete victims, then write blocks; stop at the first error.
+                  jobs: list[tuple[str, bytes, int, int, bytes]]) -> tuple[int, OSError | None]:
+    """Delete victims, then write blocks (path, sha, index, offset, bytes); stop at the first error.
 
     Returns how many blocks were written, and the error if any.
     """
@@ -369,8 +454,8 @@ def _write_blocks(block_size: int, victims: list[str],
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        for path, raw_sha, index, data in jobs:
-            header = HEADER.pack(_MAGIC, _FORMAT_VERSION, block_size, raw_sha, index, len(data),
+        for path, raw_sha, index, start, data in jobs:
+            header = HEADER.pack(_MAGIC, _FORMAT_VERSION, block_size, raw_sha, index, start, len(data),
                                  zlib.crc32(data))
             _write_block_file(path, header, data)
             written += 1

@@ -36,7 +36,7 @@ from lockerfs.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[int, bytes], None]  # (block index, its bytes), on the trio thread
+Deliver = Callable[[int, int, bytes], None]  # (block index, offset in the block, bytes), on the trio thread
 
 
 class _Slot:
@@ -74,12 +74,12 @@ class _Slot:
 
 
 class Fetch:
-    """One streamed ranged GET of the contiguous blocks first..last of an object."""
+    """One streamed ranged GET of bytes [start, end) of an object."""
 
-    def __init__(self, obj: ObjectRef, first: int, last: int, slot: _Slot) -> None:
+    def __init__(self, obj: ObjectRef, start: int, end: int, slot: _Slot) -> None:
         self.obj = obj
-        self.first = first
-        self.last = last
+        self.start = start
+        self.end = end
         self._slot = slot
         self._stop = threading.Event()
 
@@ -97,33 +97,33 @@ class Fetch:
 
 
 class _Assembler:
-    """Worker-thread side: cuts the incoming byte stream into blocks and hands each over."""
+    """Worker-thread side: cuts the incoming byte stream at block boundaries and hands over
+    each piece (a whole block, or the part of an edge block the GET covers)."""
 
-    def __init__(self, block_size: int, first: int, hand_over: Deliver) -> None:
+    def __init__(self, block_size: int, start: int, end: int, hand_over: Deliver) -> None:
         self._block_size = block_size
         self._buffer = bytearray()
         self._hand_over = hand_over
-        self.next_index = first  # the first block not yet handed over
+        self._end = end
+        self.position = start  # where the next piece handed over starts
+
+    def _piece_end(self) -> int:
+        return min(self._end, (self.position // self._block_size + 1) * self._block_size)
 
     def feed(self, chunk: bytes) -> None:
-        size = self._block_size
-        if not self._buffer and len(chunk) == size:  # the common case: no copy
+        want = self._piece_end() - self.position
+        if not self._buffer and len(chunk) == want:  # the common case: no copy
             self._hand(chunk)
             return
         self._buffer += chunk
-        while len(self._buffer) >= size:
-            self._hand(bytes(self._buffer[:size]))
-            del self._buffer[:size]
+        while self._buffer and len(self._buffer) >= (want := self._piece_end() - self.position):
+            self._hand(bytes(self._buffer[:want]))
+            del self._buffer[:want]
 
-    def flush(self) -> None:
-        """The stream reached the object's end: its last block may be short."""
-        if self._buffer:
-            self._hand(bytes(self._buffer))
-            self._buffer.clear()
-
-    def _hand(self, block: bytes) -> None:
-        self._hand_over(self.next_index, block)
-        self.next_index += 1
+    def _hand(self, piece: bytes) -> None:
+        index, offset = divmod(self.position, self._block_size)
+        self._hand_over(index, offset, piece)
+        self.position += len(piece)
 
 
 class Fetcher:
@@ -137,32 +137,33 @@ class Fetcher:
         self._background = trio.CapacityLimiter(background_slots)
         self._stats = stats
 
-    def start(self, obj: ObjectRef, first: int, last: int, *, urgent: bool, deliver: Deliver,
+    def start(self, obj: ObjectRef, start: int, end: int, *, urgent: bool, deliver: Deliver,
               ended: Callable[[Fetch, int, str | None], None]) -> Fetch:
-        """GET blocks first..last in the background.
+        """GET bytes [start, end) in the background.
 
-        `deliver(index, data)` gets each block as it arrives; then `ended(fetch,
-        next_index, error)` says where delivery stopped (blocks next_index..last
-        will not come) and why (None: all came, or the fetch was stopped).
-        Both run on the trio thread and must not raise.
+        `deliver(index, offset, data)` gets each piece as it arrives: a whole
+        block, or the part of an edge block that [start, end) covers. Then
+        `ended(fetch, position, error)` says where delivery stopped (bytes from
+        `position` on will not come) and why (None: all came, or the fetch was
+        stopped). Both run on the trio thread and must not raise.
         """
-        fetch = Fetch(obj, first, last,
-                      _Slot(self._foreground if urgent else self._background, self._foreground))
+        fetch = Fetch(obj, start, end, _Slot(self._foreground if urgent else self._background, self._foreground))
         trio.lowlevel.spawn_system_task(self._run, fetch, deliver, ended, name=f"lockerfs GET {obj.key}")
         return fetch
 
     async def _run(self, fetch: Fetch, deliver: Deliver, ended: Callable[[Fetch, int, str | None], None]) -> None:
-        obj, size = fetch.obj, self._block_size
-        start, end = fetch.first * size, min((fetch.last + 1) * size, obj.size)
+        obj, start, end = fetch.obj, fetch.start, fetch.end
         token = trio.lowlevel.current_trio_token()
-        assembler = _Assembler(size, fetch.first, lambda index, data: token.run_sync_soon(deliver, index, data))
+        assembler = _Assembler(self._block_size, start, end,
+                               lambda index, offset, data: token.run_sync_soon(deliver, index, offset, data))
         self._stats.requests += 1
-        self._stats.misses += fetch.last - fetch.first + 1
+        self._stats.misses += (end - 1) // self._block_size - start // self._block_size + 1
         error = None
         try:
             # Abandoned only when trio itself shuts down; the slot stays taken
             # until the thread really ends, so the pool is never oversubscribed.
-            got = await trio.to_thread.run_sync(self._stream, fetch, start, end, assembler,
+            got = await trio.to_thread.run_sync(self._store.get_range_stream, obj.key, start, end,
+                                                assembler.feed, fetch._stop,
                                                 limiter=fetch._slot, abandon_on_cancel=True)
         except StoreError as err:
             error = str(err)
@@ -179,13 +180,6 @@ class Fetcher:
         if error is not None:
             self._stats.failed_requests += 1
             log.debug("GET %s bytes %d-%d: %s", obj.key, start, end - 1, error)
-        elif assembler.next_index <= fetch.last:
+        elif assembler.position < end:
             self._stats.stopped_requests += 1
-        ended(fetch, assembler.next_index, error)
-
-    def _stream(self, fetch: Fetch, start: int, end: int, assembler: _Assembler) -> int:
-        """Worker thread: the GET itself; returns the bytes received."""
-        got = self._store.get_range_stream(fetch.obj.key, start, end, assembler.feed, fetch._stop)
-        if got == end - start:
-            assembler.flush()
-        return got
+        ended(fetch, assembler.position, error)

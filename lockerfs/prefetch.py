@@ -37,8 +37,9 @@ tail (ID3v1, APEv2, a trailing moov, the last Ogg page) and the audio between.
   playback never waits and never takes the link from the current track.
 
 Everything is bounded: a pull by its window, warming ahead by tracks and by
-folders (each once per SIBLING_SCOPE_SECONDS), the learned extents by
-PROBE_MAX and by the number of handles remembered.
+folders, each track's zones once (again only if a scan needs them more than
+REWARM_MIN wider), the learned extents by PROBE_MAX and by the number of
+handles remembered.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-from cachetools import TTLCache
+from cachetools import LRUCache
 
 from lockerfs.cache import BlockCache
 from lockerfs.objectref import ObjectRef
@@ -63,6 +64,7 @@ KiB = 1024
 MiB = 1024 * KiB
 
 HEAD_SLACK = 16 * KiB  # a buffered reader's last read runs on past the tags (one st_blksize)
+TAIL_SLACK = 16 * KiB  # and one near the end starts before what it needs (a buffer, a block-aligned seek)
 OPEN_WARM_WAIT = 0.05  # seconds an opened track's warming waits for its first read to be answered
 PROBE_MAX = 1 * MiB  # how far past a head zone (or into a tail) a scanner may be taken to read
 PROBE_MEMORY = 32  # handles whose reads the probe extents remember
@@ -73,7 +75,8 @@ NEXT_TRACK_BYTES = 1 * MiB  # of the next track's audio, warmed past its head zo
 SIBLINGS_MAX = 64  # tracks per folder whose zones are warmed at once
 SCAN_WINDOW_SECONDS = 10.0  # two opens of tracks not being played this close together: a scan
 SCAN_AHEAD_TRACKS = 64  # a scan warms folders ahead in walk order until this many tracks are covered
-SIBLING_SCOPE_SECONDS = 300.0  # a folder is warmed at most once per this period
+REWARM_MIN = 16 * KiB  # a track's zones are warmed again only if they grew by more than this
+WARMED_MEMORY = 65536  # tracks whose warmed zones are remembered
 
 
 def object_of(track: Track) -> ObjectRef:
@@ -86,7 +89,8 @@ def head_end(track: Track) -> int:
 
 
 def tail_start(track: Track) -> int:
-    return max(0, track.size - track.info.tail_size)
+    """Where a tag reader's reads at the end begin (a buffered or block-aligned read included)."""
+    return max(0, track.size - track.info.tail_size - TAIL_SLACK)
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,8 @@ class Prefetcher:
         self._nursery: trio.Nursery | None = None
         self.probes = ProbeExtents()
         self._recent_opens: deque[tuple[float, ReadState]] = deque(maxlen=256)
-        self._warmed_folders: TTLCache[int, bool] = TTLCache(maxsize=4096, ttl=SIBLING_SCOPE_SECONDS)
+        # inode -> (head, tail) of the zones already warmed: [0, head) and [tail, size)
+        self._warmed: LRUCache[int, tuple[int, int]] = LRUCache(maxsize=WARMED_MEMORY)
         self._scan_until = 0.0  # monotonic clock: opens before this belong to a scan in progress
         self.pull_window = min(PULL_WINDOW, max(cache.memory_limit // 4, cache.block_size))
 
@@ -203,33 +208,46 @@ class Prefetcher:
     # --- spawning ------------------------------------------------------------------
 
     def _spawn(self, owner: ReadState | None, obj: ObjectRef, start: int, end: int,
-               after: trio.Event | None = None, whole: bool = False) -> None:
+               after: trio.Event | None = None, whole: bool = False, exact: bool = False) -> None:
         """Warm [start, end) in the background, once `after` is set (or OPEN_WARM_WAIT has
         passed). With an `owner` it is that reader's pull: loaded into memory even from
-        the disk, streamed in one GET (`whole`), and stopped with the owner's pull."""
+        the disk, streamed in one GET (`whole`), and stopped with the owner's pull.
+        `exact`: these bytes and no more (a zone), not the whole blocks around them."""
         into_memory = owner is not None
         if self._nursery is None or end <= start or self.cache.cached(obj, start, end, in_memory=into_memory):
             return
         scope = trio.CancelScope()
         if owner is not None:
             owner.pulls.add(scope)
-        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after, whole)
+        self._nursery.start_soon(self._warm, owner, scope, obj, start, end, after, whole, exact)
 
     async def _warm(self, owner: ReadState | None, scope: trio.CancelScope, obj: ObjectRef,
-                    start: int, end: int, after: trio.Event | None, whole: bool) -> None:
+                    start: int, end: int, after: trio.Event | None, whole: bool, exact: bool) -> None:
         with scope:
             if after is not None:
                 with trio.move_on_after(OPEN_WARM_WAIT):
                     await after.wait()
             await self.cache.warm(obj, start, end, into_memory=owner is not None,
-                                  max_request=end - start if whole else None)
+                                  max_request=end - start if whole else None, exact=exact)
         if owner is not None:
             owner.pulls.discard(scope)
 
-    def _warm_zones(self, track: Track, after: trio.Event | None = None) -> None:
+    def _warm_zones(self, node: FileNode, after: trio.Event | None = None) -> None:
+        """Warm the track's zones, or what they have grown by since they were last warmed (a
+        scan that reads more than the last one did); a few bytes more are not worth a request."""
+        track = node.track
+        zones = self.zones(track)
+        warmed = self._warmed.get(node.inode)
+        head, tail = warmed or (0, track.size)
+        if warmed and zones.head <= head + REWARM_MIN and zones.tail >= tail - REWARM_MIN:
+            return
+        self._warmed[node.inode] = (max(head, zones.head), min(tail, zones.tail))
         obj = object_of(track)
-        for start, end in self.zones(track).ranges(track.size):
-            self._spawn(None, obj, start, end, after)
+        if zones.tail <= zones.head:
+            self._spawn(None, obj, head, tail, after, exact=True)  # the zones meet: everything between
+            return
+        self._spawn(None, obj, head, zones.head, after, exact=True)
+        self._spawn(None, obj, zones.tail, tail, after, exact=True)
 
     # --- events from fs.py ------------------------------------------------------
 
@@ -239,7 +257,7 @@ class Prefetcher:
         state = ReadState(node)
         if self._opens_look_like_a_scan(state):
             self._warm_ahead(node)
-        self._warm_zones(node.track, after=state.first_read_served)
+        self._warm_zones(node, after=state.first_read_served)
         return state
 
     def _opens_look_like_a_scan(self, state: ReadState) -> bool:
@@ -258,7 +276,7 @@ class Prefetcher:
 
     def _warm_ahead(self, opened: FileNode) -> None:
         """Warm the zones of the opened track's folder and of the folders after it in walk
-        order, up to SCAN_AHEAD_TRACKS tracks; each folder once."""
+        order, up to SCAN_AHEAD_TRACKS tracks."""
         tree = self._tree_of()
         if opened.parent not in tree.nodes:
             return
@@ -266,11 +284,9 @@ class Prefetcher:
         # every folder in walk order holds a track, so this many folders always suffice
         for folder in [tree.nodes[opened.parent], *tree.folders_after(opened.parent, SCAN_AHEAD_TRACKS)]:
             files = tree.files_in(folder)[:SIBLINGS_MAX]  # type: ignore[arg-type]
-            if folder.inode not in self._warmed_folders:
-                self._warmed_folders[folder.inode] = True
-                for node in files:
-                    if node.inode != opened.inode:
-                        self._warm_zones(node.track)
+            for node in files:
+                if node.inode != opened.inode:
+                    self._warm_zones(node)
             tracks += len(files)
             if tracks >= SCAN_AHEAD_TRACKS:
                 break
@@ -338,7 +354,7 @@ class Prefetcher:
             zones = self.zones(following)
             head = min(following.size, zones.head + NEXT_TRACK_BYTES)
             self._spawn(None, obj, 0, head)
-            self._spawn(None, obj, max(zones.tail, head), following.size)
+            self._spawn(None, obj, max(zones.tail, head), following.size, exact=True)
 
     def released(self, state: ReadState) -> None:
         """The handle is closed: stop its pull, and learn from it if it was a probe."""

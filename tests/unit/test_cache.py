@@ -24,7 +24,8 @@ from lockerfs.cache import (BlockCache, CacheInUse, FetchError, ObjectRef, Unsaf
 from lockerfs.store import MemoryStore, NotFound, StoreError, Unreachable
 
 BS = 1024  # small blocks keep the tests fast; nothing depends on the size
-HEADER = struct.Struct("<4sHI32sQII")  # the documented block file header
+HEADER = struct.Struct("<4sHI32sQIII")  # the documented block file header (version 2)
+HEADER_V1 = struct.Struct("<4sHI32sQII")  # version 1: no offset, whole blocks only
 BLOCK_FILE = HEADER.size + BS
 
 
@@ -500,12 +501,76 @@ def test_block_files_carry_a_versioned_checksummed_header(store: TestStore, cach
         run(lambda: cache.read(obj, 0, SIZE))
     for index in range(6):
         raw = block_path(cache_dir, obj, index).read_bytes()
-        magic, version, block_size, sha, stored_index, length, crc = HEADER.unpack_from(raw)
+        magic, version, block_size, sha, stored_index, offset, length, crc = HEADER.unpack_from(raw)
         block = data[index * BS:(index + 1) * BS]
-        assert (magic, version, block_size, sha.hex(), stored_index, length) == (
-            b"LKBC", 1, BS, obj.sha256, index, len(block))
+        assert (magic, version, block_size, sha.hex(), stored_index, offset, length) == (
+            b"LKBC", 2, BS, obj.sha256, index, 0, len(block))
         assert raw[HEADER.size:] == block and crc == zlib.crc32(block)
     assert not list(cache_dir.rglob("*.tmp"))
+
+
+def test_blocks_written_by_version_1_are_still_served(store: TestStore, cache_dir: Path) -> None:
+    obj, data = put(store, SIZE)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.read(obj, 0, 2 * BS))
+    for index in (0, 1):
+        block = data[index * BS:(index + 1) * BS]
+        block_path(cache_dir, obj, index).write_bytes(
+            HEADER_V1.pack(b"LKBC", 1, BS, bytes.fromhex(obj.sha256), index, len(block), zlib.crc32(block)) + block)
+    store.ranges.clear()
+    with new_cache(store, cache_dir) as cache:
+        assert run(lambda: cache.read(obj, 0, 2 * BS)) == data[:2 * BS]
+        assert cache.stats.disk_hits == 2 and cache.stats.corrupt_blocks == 0
+    assert store.ranges == []
+
+
+def test_an_exact_warm_fetches_just_its_bytes_and_serves_them(store: TestStore, cache_dir: Path) -> None:
+    """A scan's tag zones: the head ends and the tail starts inside blocks."""
+    obj, data = put(store, 10 * BS)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.warm(obj, 0, BS + 100, exact=True))
+        run(lambda: cache.warm(obj, 10 * BS - 160, 10 * BS, exact=True))
+        assert store.ranges == [(obj.key, 0, BS + 100), (obj.key, 10 * BS - 160, 10 * BS)]
+        assert cache.cached(obj, 0, BS + 100) and cache.cached(obj, 10 * BS - 160, 10 * BS)
+        assert not cache.cached(obj, 0, BS + 101) and not cache.cached(obj, 10 * BS - 161, 10 * BS)
+        store.ranges.clear()
+        assert run(lambda: cache.read(obj, 50, BS)) == data[50:BS + 50]
+        assert run(lambda: cache.read(obj, 10 * BS - 128, 128)) == data[-128:]
+        assert store.ranges == []
+    assert sorted(p.name.split("-", 1)[1] for p in block_files(cache_dir)) == ["0", "1@0", f"9@{BS - 160}"]
+    with new_cache(store, cache_dir) as cache:  # the parts are kept on disk, and served from there
+        assert run(lambda: cache.read(obj, BS, 100)) == data[BS:BS + 100]
+        assert run(lambda: cache.read(obj, 10 * BS - 128, 128)) == data[-128:]
+        assert store.ranges == []
+        # a read that needs more of a block than its part fetches the whole block, which replaces it
+        assert run(lambda: cache.read(obj, BS + 50, 200)) == data[BS + 50:BS + 250]
+        assert store.ranges == [(obj.key, BS, 2 * BS)]
+    assert "1" in [p.name.split("-", 1)[1] for p in block_files(cache_dir)]
+    assert "1@0" not in [p.name.split("-", 1)[1] for p in block_files(cache_dir)]
+
+
+def test_parts_that_meet_are_joined(store: TestStore, cache_dir: Path) -> None:
+    obj, data = put(store, 4 * BS)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.warm(obj, 0, 300, exact=True))
+        run(lambda: cache.warm(obj, 300, BS, exact=True))
+        assert cache.cached(obj, 0, BS)
+        store.ranges.clear()
+        assert run(lambda: cache.read(obj, 0, BS)) == data[:BS]
+        assert store.ranges == []
+
+
+def test_a_reader_needing_more_than_a_part_in_flight_waits_and_fetches_the_rest(cache_dir: Path) -> None:
+    store = TricklingStore()
+    store.more.set()
+    obj, data = put(store, 4 * BS)
+    with new_cache(store, cache_dir) as cache:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: cache.warm(obj, 0, 200, exact=True))
+                await trio.testing.wait_all_tasks_blocked()
+                assert await cache.read(obj, 0, BS) == data[:BS]
+        run(main)
 
 
 def _flip_data(path: Path) -> None:
@@ -522,6 +587,11 @@ def _truncate_header(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:20])
 
 
+def _older_version_with_a_newer_header(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[:4] + struct.pack("<H", 1) + raw[6:])
+
+
 def _bad_magic(path: Path) -> None:
     path.write_bytes(b"XXXX" + path.read_bytes()[4:])
 
@@ -536,7 +606,7 @@ def _another_block(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_flip_data, _truncate, _truncate_header, _bad_magic,
-                                    _newer_version, _another_block])
+                                    _newer_version, _older_version_with_a_newer_header, _another_block])
 def test_a_damaged_block_is_a_miss_and_fetched_again(store: TestStore, cache_dir: Path,
                                                      damage: Callable[[Path], None]) -> None:
     obj, data = put(store, SIZE)

@@ -17,7 +17,7 @@ import trio.testing
 
 from lockerfs import prefetch
 from lockerfs.cache import BlockCache, ObjectRef
-from lockerfs.prefetch import (HEAD_SLACK, NEXT_TRACK_BYTES, PROBE_MAX, PULL_WHOLE, Prefetcher,
+from lockerfs.prefetch import (HEAD_SLACK, NEXT_TRACK_BYTES, PROBE_MAX, PULL_WHOLE, TAIL_SLACK, Prefetcher,
                                ReadState, Zones, head_end, object_of, tail_start)
 from lockerfs.track import Track
 from lockerfs.tree import FileNode, Tree
@@ -49,7 +49,7 @@ class RecordingCache:
         return any(key == obj.key and s <= start and end <= e for key, s, e in self.present)
 
     async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False,
-                   max_request: int | None = None) -> None:
+                   max_request: int | None = None, exact: bool = False) -> None:
         self.warms.append((obj.key, start, end))
         if max_request is not None and max_request >= end - start:
             self.whole.append((obj.key, start, end))
@@ -124,9 +124,9 @@ def probe(p: Prefetcher, tree: Tree, track: Track, past_head: int = 0, tail: int
 def test_zones_are_the_tags_one_buffer_and_the_tail() -> None:
     track = sized(1, 10 * MiB, head=8192, tail=200)
     assert head_end(track) == 8192 + HEAD_SLACK
-    assert tail_start(track) == 10 * MiB - 200
+    assert tail_start(track) == 10 * MiB - 200 - TAIL_SLACK
     assert Zones(head_end(track), tail_start(track)).ranges(track.size) == [
-        (0, 8192 + HEAD_SLACK), (10 * MiB - 200, 10 * MiB)]
+        (0, 8192 + HEAD_SLACK), (10 * MiB - 200 - TAIL_SLACK, 10 * MiB)]
 
 
 @pytest.mark.parametrize("head, tail, expected", [
@@ -336,6 +336,24 @@ def test_a_folder_is_warmed_once() -> None:
     scenario(tree, cache, body)
     for track in ALBUM:  # its own open and, at most, the one folder warm
         assert len(cache.of(track)) <= 2 * len(zone_ranges(track)), track.source
+
+
+def test_zones_are_warmed_again_only_for_what_a_wider_scan_adds() -> None:
+    tree, cache = album_tree({"A": ALBUM}), RecordingCache()
+    track = ALBUM[4]
+
+    async def body(p: Prefetcher) -> None:
+        node = node_of(tree, track)
+        p._warm_zones(node)
+        p.probes.learn("flac", 2 * KiB, 0)  # a scanner reads a little more: not worth a request
+        p._scan_until = float("inf")
+        p._warm_zones(node)
+        p.probes.learn("flac", 300 * KiB, 0)  # one that reads 300 KiB more: just that is warmed
+        p._warm_zones(node)
+
+    scenario(tree, cache, body)
+    head = head_end(track)
+    assert sorted(cache.of(track)) == [(0, head), (head, head + 300 * KiB), (tail_start(track), track.size)]
 
 
 def test_sibling_warming_is_capped() -> None:
@@ -637,7 +655,7 @@ def test_open_fetches_head_and_tail_not_the_middle() -> None:
     scenario(tree, cache, body)
     head, tail = zone_ranges(track)
     assert not cache.cached(object_of(track), head[1] + 4 * KiB, tail[0] - 4 * KiB)
-    assert sorted((s, e) for _, s, e in store.ranges) == [(0, head[1]), (tail[0] // 4096 * 4096, track.size)]
+    assert sorted((s, e) for _, s, e in store.ranges) == [(0, head[1]), (tail[0], track.size)]  # exactly
 
 
 def test_a_scan_fetches_the_zones_of_the_whole_album() -> None:
