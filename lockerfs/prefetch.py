@@ -29,9 +29,17 @@ tail (ID3v1, APEv2, a trailing moov, the last Ogg page) and the audio between.
 - Playback, a decode or a copy reads on in order past the head zone (the
   widened one during a scan): then the rest of the track is pulled in one
   streamed GET (a track of at most PULL_WHOLE bytes), or in a window running
-  ahead of the reader; it arrives at link speed block by block. A read
-  elsewhere (a seek) stops the pull and costs one round trip of its own; the
-  next read in order after it starts a new pull from there.
+  ahead of the reader; it arrives at link speed block by block. During a
+  scan the pull starts with PROBE_PULL bytes, and only a reader that reads on
+  into them gets the rest: a scanner that read a little past its zones costs
+  little. A read elsewhere (a seek) stops the pull and costs one round trip
+  of its own; the next read in order after it starts a new pull from there.
+  A peek at the tail (decoders read the last Ogg page, or a trailing moov,
+  before they play) changes nothing.
+- A handle has played its track (and is no part of a scan) once it read on
+  past the head further than any scanner does, or to the end of the file,
+  or at a player's pace: a scanner asks for its next read as soon as the last
+  one is answered, a player when it needs more audio.
 - An album plays in order: once the rest of the playing track has arrived,
   the start and tail of the next track in its folder are warmed, so gapless
   playback never waits and never takes the link from the current track.
@@ -67,9 +75,14 @@ HEAD_SLACK = 16 * KiB  # a buffered reader's last read runs on past the tags (on
 TAIL_SLACK = 16 * KiB  # and one near the end starts before what it needs (a buffer, a block-aligned seek)
 OPEN_WARM_WAIT = 0.05  # seconds an opened track's warming waits for its first read to be answered
 PROBE_MAX = 1 * MiB  # how far past a head zone (or into a tail) a scanner may be taken to read
+WIDEN_SLACK = 16 * KiB  # added to what scanners were seen to read past a zone (one st_blksize)
 PROBE_MEMORY = 32  # handles whose reads the probe extents remember
 PROBE_MEMORY_SECONDS = 120.0  # and for how long
 PULL_WHOLE = 64 * MiB  # a track this long or shorter is pulled whole, in one GET
+PROBE_PULL = 256 * KiB  # during a scan, a pull starts with this much; reading on into it pulls the rest
+PACED_GAP_SECONDS = 0.05  # a read this long after the last was answered waited on the reader, not on us
+PACED_READS = 2  # reads that came at a pace: a player, not a scanner
+PLAYER_GAP_SECONDS = 0.5  # one read this long after the last is enough (a player's buffer wanting more)
 PULL_WINDOW = 32 * MiB  # longer ones are pulled this far ahead of the reader
 NEXT_TRACK_BYTES = 1 * MiB  # of the next track's audio, warmed past its head zone
 SIBLINGS_MAX = 64  # tracks per folder whose zones are warmed at once
@@ -126,12 +139,17 @@ class ProbeExtents:
         seen.append((time.monotonic(), min(max(past_head, 0), PROBE_MAX), min(max(into_tail, 0), PROBE_MAX)))
 
     def widening(self, fmt: str) -> tuple[int, int]:
-        """(bytes past the head zone, bytes before the tail zone) a scanner reads of this container."""
+        """(bytes past the head zone, bytes before the tail zone) a scanner reads of this container.
+
+        Each gets WIDEN_SLACK more when it is not 0: where a reader stops depends on where
+        its reads fall, and the next track's reads fall a few bytes further as often as not.
+        """
         horizon = time.monotonic() - PROBE_MEMORY_SECONDS
         recent = [(head, tail) for when, head, tail in self._seen.get(fmt, ()) if when >= horizon]
         if not recent:
             return 0, 0
-        return max(head for head, _ in recent), max(tail for _, tail in recent)
+        head, tail = max(head for head, _ in recent), max(tail for _, tail in recent)
+        return (head + WIDEN_SLACK if head else 0), (tail + WIDEN_SLACK if tail else 0)
 
 
 @dataclass
@@ -146,17 +164,21 @@ class ReadState:
     pulling: bool = False  # reading on in order past the head zone: playback, decode or copy
     pull_start: int = 0  # where the current pull began
     pulled_until: int = 0  # the end of the range asked for so far
+    probing: bool = False  # the pull is a scan's probe of PROBE_PULL bytes, not yet the rest
     played: int = 0  # bytes read in order while a pull ran
     read_to_end: bool = False  # reading in order while a pull ran reached the end of the file
+    served_at: float | None = None  # when the last read was answered
+    paced_gaps: int = 0  # reads that came well after the one before was answered: a player's pace
     next_track_warmed: bool = False
     pulls: set[trio.CancelScope] = field(default_factory=set)  # one scope per pull task
     first_read_served: trio.Event = field(default_factory=trio.Event)
 
     @property
     def played_on(self) -> bool:
-        """Read on past the head further than any scanner does, or to the end of the file:
-        played, decoded or copied."""
-        return self.played > PROBE_MAX or self.read_to_end
+        """Played, decoded or copied, not scanned: it read on past the head further than any
+        scanner does, or to the end of the file, or at a player's pace (a scanner asks for its
+        next read as soon as the last one is answered)."""
+        return self.played > PROBE_MAX or self.read_to_end or self.paced_gaps >= PACED_READS
 
     def stop_pull(self) -> None:
         for scope in self.pulls:
@@ -174,8 +196,9 @@ class Prefetcher:
         self._nursery: trio.Nursery | None = None
         self.probes = ProbeExtents()
         self._recent_opens: deque[tuple[float, ReadState]] = deque(maxlen=256)
-        # inode -> (head, tail) of the zones already warmed: [0, head) and [tail, size)
-        self._warmed: LRUCache[int, tuple[int, int]] = LRUCache(maxsize=WARMED_MEMORY)
+        # inode -> the zones already warmed, [0, head) and [tail, size), and whether a reader
+        # has read the track since (then they hold what it read as well)
+        self._warmed: LRUCache[int, tuple[int, int, bool]] = LRUCache(maxsize=WARMED_MEMORY)
         self._scan_until = 0.0  # monotonic clock: opens before this belong to a scan in progress
         self.pull_window = min(PULL_WINDOW, max(cache.memory_limit // 4, cache.block_size))
 
@@ -238,10 +261,13 @@ class Prefetcher:
         track = node.track
         zones = self.zones(track)
         warmed = self._warmed.get(node.inode)
-        head, tail = warmed or (0, track.size)
-        if warmed and zones.head <= head + REWARM_MIN and zones.tail >= tail - REWARM_MIN:
+        head, tail, read = warmed or (0, track.size, False)
+        # Once a scanner has read a track, its reads are what the next one needs, give or take
+        # the slack its zones were widened by: only a scanner reading much more warms it again.
+        worth = REWARM_MIN + (WIDEN_SLACK if read else 0)
+        if warmed and zones.head <= head + worth and zones.tail >= tail - worth:
             return
-        self._warmed[node.inode] = (max(head, zones.head), min(tail, zones.tail))
+        self._warmed[node.inode] = (max(head, zones.head), min(tail, zones.tail), read)
         obj = object_of(track)
         if zones.tail <= zones.head:
             self._spawn(None, obj, head, tail, after, exact=True)  # the zones meet: everything between
@@ -256,8 +282,9 @@ class Prefetcher:
         and the next folders'."""
         state = ReadState(node)
         if self._opens_look_like_a_scan(state):
-            self._warm_ahead(node)
-        self._warm_zones(node, after=state.first_read_served)
+            self._warm_ahead(node)  # its own zones too, at once: a scan has the link busy anyway
+        else:
+            self._warm_zones(node, after=state.first_read_served)
         return state
 
     def _opens_look_like_a_scan(self, state: ReadState) -> bool:
@@ -275,8 +302,9 @@ class Prefetcher:
         return False
 
     def _warm_ahead(self, opened: FileNode) -> None:
-        """Warm the zones of the opened track's folder and of the folders after it in walk
-        order, up to SCAN_AHEAD_TRACKS tracks."""
+        """Warm the zones of the opened track, of its folder's tracks and of the folders after it
+        in walk order, up to SCAN_AHEAD_TRACKS tracks."""
+        self._warm_zones(opened)
         tree = self._tree_of()
         if opened.parent not in tree.nodes:
             return
@@ -285,8 +313,7 @@ class Prefetcher:
         for folder in [tree.nodes[opened.parent], *tree.folders_after(opened.parent, SCAN_AHEAD_TRACKS)]:
             files = tree.files_in(folder)[:SIBLINGS_MAX]  # type: ignore[arg-type]
             for node in files:
-                if node.inode != opened.inode:
-                    self._warm_zones(node)
+                self._warm_zones(node)
             tracks += len(files)
             if tracks >= SCAN_AHEAD_TRACKS:
                 break
@@ -294,25 +321,35 @@ class Prefetcher:
     def served(self, state: ReadState) -> None:
         """A read of the handle was answered (or failed): its open's warming may start."""
         state.first_read_served.set()
+        state.served_at = time.monotonic()
 
     def read(self, state: ReadState, offset: int, size: int) -> None:
         """A read is being served: note what it says about the reader, and pull if it plays."""
         track = state.node.track
         end = min(offset + size, track.size)
-        in_order = offset == state.next_offset
-        from_the_start = state.next_offset < 0 and offset == 0  # a copy's first read may run past the tags
-        state.next_offset = end
+        if state.served_at is not None:
+            idle = time.monotonic() - state.served_at
+            state.paced_gaps += 1 if idle >= PACED_GAP_SECONDS else 0
+            state.paced_gaps += PACED_READS if idle >= PLAYER_GAP_SECONDS else 0
         if offset <= state.frontier:
             state.frontier = max(state.frontier, end)
         elif track.size - offset <= PROBE_MAX + track.info.tail_size:
             state.lowest_tail_read = offset if state.lowest_tail_read is None else min(state.lowest_tail_read, offset)
+        zones = self.zones(track)
+        if offset >= zones.tail and offset != state.next_offset:
+            return  # a peek at the tail (a tag reader's, or a decoder's before it plays on): nothing changes
+        in_order = offset == state.next_offset
+        from_the_start = state.next_offset < 0 and offset == 0  # a copy's first read may run past the tags
+        state.next_offset = end
         if state.pulling and not in_order:  # a seek: what was pulled ahead is not needed now
             state.stop_pull()
         if state.pulling:
             state.played += end - offset
             state.read_to_end = state.read_to_end or end >= track.size
+            if state.probing and end >= state.pull_start + PROBE_PULL // 2:  # read on into the probe: a play
+                state.probing = False
             self._extend_pull(state, end)
-        elif (in_order or from_the_start) and end > self.zones(track).head and end < track.size:
+        elif (in_order or from_the_start) and zones.head < end < track.size and offset < zones.tail:
             self._start_pull(state, end)
         if state.pulling and not state.next_track_warmed and state.pulled_until >= track.size \
                 and self.cache.cached(object_of(track), end, track.size):
@@ -320,7 +357,10 @@ class Prefetcher:
             self._warm_next_track(state.node)
 
     def _start_pull(self, state: ReadState, position: int) -> None:
+        """Pull the rest of the track; during a scan, first only PROBE_PULL bytes of it (a scanner
+        that read a little further than its zones is not worth the whole track)."""
         state.pulling = True
+        state.probing = self.scanning
         state.pull_start = state.pulled_until = position
         self._extend_pull(state, position)
 
@@ -329,7 +369,11 @@ class Prefetcher:
         size = state.node.track.size
         if state.pulled_until >= size:
             return
-        if size - state.pull_start <= PULL_WHOLE:
+        if state.probing:
+            target = min(size, state.pull_start + PROBE_PULL)
+            if target <= state.pulled_until:
+                return
+        elif size - state.pull_start <= PULL_WHOLE:
             target = size
         elif state.pulled_until - position < self.pull_window // 2:
             target = min(size, position + self.pull_window)
@@ -364,3 +408,6 @@ class Prefetcher:
             past_head = state.frontier - head_end(track)
             into_tail = tail_start(track) - state.lowest_tail_read if state.lowest_tail_read is not None else 0
             self.probes.learn(track.info.format, past_head, into_tail)
+            head, tail, _ = self._warmed.get(state.node.inode, (0, track.size, False))
+            lowest = track.size if state.lowest_tail_read is None else state.lowest_tail_read
+            self._warmed[state.node.inode] = (max(head, state.frontier), min(tail, lowest), True)
