@@ -1,4 +1,5 @@
-"""Security: a private, read-only mount; a cache dir others cannot feed; secrets never shown.
+"""Security: a private, read-only mount that never writes to the bucket; a cache dir
+others cannot feed; credentials and signatures never shown.
 
 docs/SECURITY.md states the threat model these tests hold lockerfs to.
 """
@@ -7,14 +8,18 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_mount import mounted_files
+from tests.support.faultproxy import FaultProxy
+from tests.support.library import mounted_files
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
-from tests.support.s3server import SECRET_KEY
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -65,46 +70,119 @@ def test_mount_is_private_unless_allow_other(uploaded, locker, env, tmp_path) ->
         assert as_nobody("cat", str(some)).returncode == 0
 
 
+def _write_attempts(mnt: Path) -> dict[str, object]:
+    """Every way to change a file system, aimed at the mount."""
+    some = next(iter(mounted_files(mnt).values()))
+    folder = some.parent
+    return {
+        "open for write": lambda: open(some, "r+b"),
+        "open for append": lambda: open(some, "ab"),
+        "truncate": lambda: os.truncate(some, 0),
+        "create": lambda: open(folder / "new.flac", "wb"),
+        "chmod": lambda: os.chmod(some, 0o666),
+        "chown": lambda: os.chown(some, 65534, 65534),
+        "utime": lambda: os.utime(some, (0, 0)),
+        "unlink": lambda: os.unlink(some),
+        "rename": lambda: os.rename(some, folder / "renamed.flac"),
+        "link": lambda: os.link(some, folder / "hard.flac"),
+        "symlink": lambda: os.symlink("/etc/passwd", folder / "sym.flac"),
+        "mkdir": lambda: os.mkdir(mnt / "newdir"),
+        "rmdir": lambda: os.rmdir(folder),
+        "mknod": lambda: os.mkfifo(folder / "fifo"),
+        "setxattr": lambda: os.setxattr(some, "user.x", b"1"),
+    }
+
+
+def _snapshot(mnt: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry's path -> (mode, size, mtime_ns), folders included."""
+    return {p.relative_to(mnt).as_posix(): (st.st_mode, st.st_size, st.st_mtime_ns)
+            for p in mnt.rglob("*") for st in [p.lstat()]}
+
+
 def test_nothing_in_the_mount_can_be_changed(uploaded, locker, env, tmp_path) -> None:
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache")) as mnt:
-        some = next(iter(mounted_files(mnt).values()))
-        folder = some.parent
-        attempts = {
-            "open for write": lambda: open(some, "r+b"),
-            "open for append": lambda: open(some, "ab"),
-            "truncate": lambda: os.truncate(some, 0),
-            "create": lambda: open(folder / "new.flac", "wb"),
-            "chmod": lambda: os.chmod(some, 0o666),
-            "chown": lambda: os.chown(some, 65534, 65534),
-            "utime": lambda: os.utime(some, (0, 0)),
-            "unlink": lambda: os.unlink(some),
-            "rename": lambda: os.rename(some, folder / "renamed.flac"),
-            "link": lambda: os.link(some, folder / "hard.flac"),
-            "symlink": lambda: os.symlink("/etc/passwd", folder / "sym.flac"),
-            "mkdir": lambda: os.mkdir(mnt / "newdir"),
-            "rmdir": lambda: os.rmdir(folder),
-            "mknod": lambda: os.mkfifo(folder / "fifo"),
-            "setxattr": lambda: os.setxattr(some, "user.x", b"1"),
-        }
-        for what, attempt in attempts.items():
+        before = _snapshot(mnt)
+        for what, attempt in _write_attempts(mnt).items():
             with pytest.raises(OSError) as failure:
-                attempt()
+                attempt()  # type: ignore[operator]
             assert failure.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTSUP), (what, failure.value)
         assert "ro" in mount_options(mnt)
-        assert sorted(mounted_files(mnt)) == sorted(mounted_files(mnt))  # nothing appeared or vanished
+        assert _snapshot(mnt) == before, "something appeared, vanished or changed"
 
 
-def test_world_writable_cache_dir_is_refused(uploaded, locker, env, tmp_path) -> None:
+def _bucket_listing(server: S3Server, bucket: str) -> dict[str, tuple[int, str]]:
+    """Key -> (size, ETag), asked of the server directly."""
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {item["Key"]: (item["Size"], item["ETag"]) for page in pages for item in page.get("Contents", [])}
+
+
+def test_a_mount_session_never_writes_to_the_bucket(uploaded, locker, env, tmp_path, proxy: FaultProxy,
+                                                    s3_server: S3Server, bucket: str) -> None:
+    """Mount, list, read everything, try every write, let refreshes run, unmount: GET and HEAD only."""
+    before = _bucket_listing(s3_server, bucket)
+    proxy.reset_counts()
+    with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache"), "--refresh", "1") as mnt:
+        for path in mounted_files(mnt).values():
+            path.read_bytes()
+        for attempt in _write_attempts(mnt).values():
+            with pytest.raises(OSError):
+                attempt()  # type: ignore[operator]
+        refreshes = proxy.count("GET")
+        assert wait_until(lambda: proxy.count("GET") > refreshes + 2, timeout=10), "no catalog refresh ran"
+    methods = sorted({record.method for record in proxy.records()})
+    writes = [(r.method, r.path) for r in proxy.records() if r.method not in ("GET", "HEAD")]
+    print(f"\n[mount session] {len(proxy.records())} requests, methods {methods}; writes {writes}")
+    assert proxy.count("GET", "/objects/") > 0, "the session read nothing through the proxy"
+    assert writes == []
+    assert _bucket_listing(s3_server, bucket) == before
+
+
+NOBODY_UID = 65534
+
+
+def _unsafe_cache_dir(tmp_path: Path, how: str) -> tuple[Path, str]:
+    """A cache dir another user could write to, and the sentence that refuses it."""
     cache = tmp_path / "cache"
-    cache.mkdir()
-    os.chmod(cache, 0o777)
+    if how == "below a world-writable folder":
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        os.chmod(shared, 0o777)  # no sticky bit: anyone may rename our cache dir away and plant theirs
+        cache = shared / "cache"
+        cache.mkdir(mode=0o700)
+        return cache, f"{shared}, a parent of the cache directory {cache}, is writable by every user"
+    cache.mkdir(mode=0o700)
+    if how == "writable by every user":
+        os.chmod(cache, 0o777)
+        return cache, f"the cache directory {cache} is writable by every user"
+    os.chown(cache, NOBODY_UID, NOBODY_UID)
+    return cache, f"the cache directory {cache} belongs to user id {NOBODY_UID}, not to you"
+
+
+def _plant_symlinks(cache: Path, target: Path) -> None:
+    """What the other user could leave there: every name the mount writes, pointing at our file."""
+    for name in ("mount.log", "lock", "blocks"):
+        os.symlink(target, cache / name)
+        os.lchown(cache / name, NOBODY_UID, NOBODY_UID)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+@pytest.mark.parametrize("how", ["owned by another user", "writable by every user", "below a world-writable folder"])
+def test_a_cache_dir_others_can_write_is_refused_and_left_untouched(uploaded, locker, env, tmp_path, how: str) -> None:
+    """Another user who can write there could feed us blocks, or plant a symlink where we write a file."""
+    cache, sentence = _unsafe_cache_dir(tmp_path, how)
+    ours = tmp_path / "precious"
+    ours.write_text("my data\n")
+    _plant_symlinks(cache, ours)
+    planted = sorted(os.listdir(cache))
     (tmp_path / "mnt").mkdir()
     result = lockerfs("mount", "--cache-dir", str(cache), locker, str(tmp_path / "mnt"), env=env, check=False)
     try:
         assert result.returncode != 0
-        assert f"the cache directory {cache} is writable by every user" in result.stderr, result.stderr
+        assert sentence in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
         assert not os.path.ismount(tmp_path / "mnt")
+        assert ours.read_text() == "my data\n", "the mount wrote through a planted symlink"
+        assert sorted(os.listdir(cache)) == planted, "the mount wrote into a folder it refused"
     finally:
         force_unmount(tmp_path / "mnt")
 
