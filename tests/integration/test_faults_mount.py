@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -270,6 +271,77 @@ def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, cor
     failed = counts["eio"] + counts["short reads"]
     assert failed <= FAILED_READS_LIMIT * (counts["reads"] + counts["eio"]), counts
     assert growth < RSS_GROWTH_LIMIT
+
+
+class ShortAnswerProxy(FaultProxy):
+    """While `short` is set, a GET of an object is answered with the first half of what
+    was asked only, under headers that agree (Content-Length, Content-Range): a server
+    bug no HTTP client can see. The bytes it sends are right; there are too few."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.short = False
+        self.shortened = 0
+        self._allowance: dict[int, int] = {}  # id(record) -> body bytes still to send
+
+    def _send(self, client, data: bytes, record) -> None:  # type: ignore[no-untyped-def]
+        key = id(record)
+        if key in self._allowance:
+            data, self._allowance[key] = data[:self._allowance[key]], max(0, self._allowance[key] - len(data))
+            if data:
+                super()._send(client, data, record)
+            return
+        if (self.short and record.method == "GET" and "/objects/" in record.path
+                and data.startswith(b"HTTP/1.1 20") and b"\r\n\r\n" in data):  # rclone answers a range with 200
+            head, separator, rest = data.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+            if length >= 2:
+                half = length // 2
+                fixed = []
+                for line in lines:
+                    if line.lower().startswith(b"content-length:"):
+                        line = b"Content-Length: %d" % half
+                    elif line.lower().startswith(b"content-range:"):
+                        first, total = re.match(rb".*bytes (\d+)-\d+/(\S+)", line).groups()  # type: ignore[union-attr]
+                        line = b"Content-Range: bytes %d-%d/%s" % (int(first), int(first) + half - 1, total)
+                    fixed.append(line)
+                with self._lock:
+                    self.shortened += 1
+                self._allowance[key] = half - len(rest[:half])
+                data = b"\r\n".join(fixed) + separator + rest[:half]
+        super()._send(client, data, record)
+
+
+def test_a_short_answer_from_the_store_is_an_error_never_served_or_cached(uploaded_corpus, corpus_layout, locker,
+                                                                          env, tmp_path, s3_server) -> None:
+    """Every read while the server answers short is EIO or the source's bytes, never fewer or
+    other bytes; once it answers in full, every path reads as its source without a remount
+    (nothing of the short answers was kept)."""
+    expected = expected_bytes(corpus_layout)
+    with ShortAnswerProxy(s3_server.port) as short:
+        with mounted(locker, tmp_path / "mnt", through(env, short), "--cache-dir", str(tmp_path / "cache")) as mnt:
+            process = mount_process(mnt)
+            short.short = True
+            outcomes: Counter[str] = Counter()
+            for name, data in expected.items():
+                try:
+                    got = (mnt / name).read_bytes()
+                except OSError as exc:
+                    assert exc.errno == errno.EIO, (name, exc)
+                    outcomes["eio"] += 1
+                    continue
+                assert got == data, f"{name}: {len(got)} bytes served where the source has {len(data)}"
+                outcomes["whole"] += 1
+            assert short.shortened > 0 and outcomes["eio"] > 0, (short.shortened, outcomes)
+            short.short = False
+            assert_alive(mnt, process)
+            for name in expected:  # after FAILED_TTL, as a player retries
+                assert wait_until(lambda: readable(mnt / name), timeout=10), name
+            counts = read_all_verified(mounted_files(mnt), expected, attempts=1)
+            assert counts["files"] == len(expected)
+    print(f"\n[short answers] {short.shortened} GETs answered with half their range: {dict(outcomes)}; "
+          f"then every file read back whole")
 
 
 # --- 2. a server that goes away ---------------------------------------------------------------
