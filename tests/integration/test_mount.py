@@ -239,7 +239,7 @@ def test_mount_t_fuse_lockerfs(uploaded, locker, env, tmp_path) -> None:
                         f"cache_size=200M,cache_dir={tmp_path / 'cache'},noauto,_netdev"],
                        env=env, check=True, capture_output=True, timeout=60)
         assert os.path.ismount(mnt)
-        assert len(mounted_files(mnt)) == len(uploaded[1])
+        assert_serves_sources(mounted_files(mnt), expected_paths(load_manifest(uploaded[0])))
     finally:
         subprocess.run([LOCKERFS, "umount", str(mnt)], env=env, capture_output=True)
         force_unmount(mnt)

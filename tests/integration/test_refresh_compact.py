@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 from tests.support.library import assert_serves_sources, expected_paths, load_manifest, mounted_files
 from tests.support.mounting import LOCKERFS, lockerfs, mounted, wait_until

@@ -11,13 +11,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.library import mounted_files
+from tests.support.library import assert_serves_sources, expected_paths, load_manifest, mounted_files
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -122,8 +121,7 @@ def test_a_mount_session_never_writes_to_the_bucket(uploaded, locker, env, tmp_p
     before = _bucket_listing(s3_server, bucket)
     proxy.reset_counts()
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache"), "--refresh", "1") as mnt:
-        for path in mounted_files(mnt).values():
-            path.read_bytes()
+        assert_serves_sources(mounted_files(mnt), expected_paths(load_manifest(uploaded[0])))
         for attempt in _write_attempts(mnt).values():
             with pytest.raises(OSError):
                 attempt()  # type: ignore[operator]
@@ -189,8 +187,7 @@ def test_a_cache_dir_others_can_write_is_refused_and_left_untouched(uploaded, lo
 
 def test_cache_dir_and_its_files_are_private(uploaded, locker, env, tmp_path) -> None:
     with mounted(locker, tmp_path / "mnt", env) as mnt:  # the default cache dir, under XDG_CACHE_HOME
-        for path in mounted_files(mnt).values():
-            path.read_bytes()
+        assert_serves_sources(mounted_files(mnt), expected_paths(load_manifest(uploaded[0])))
     cache_root = Path(env["XDG_CACHE_HOME"]) / "lockerfs"
     written = [cache_root, *cache_root.rglob("*")]
     assert len(written) > 5
@@ -248,8 +245,7 @@ def test_secrets_never_appear(uploaded, library, locker, env, tmp_path) -> None:
     # a daemonized mount with --debug
     with mounted(locker, mnt, env, "--cache-dir", str(cache), "--debug"):
         pid = _running_mount(mnt)
-        for path in mounted_files(mnt).values():
-            path.read_bytes()
+        assert_serves_sources(mounted_files(mnt), expected_paths(load_manifest(library[0])))
         outputs["daemon /proc/cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         outputs["daemon /proc/comm"] = Path(f"/proc/{pid}/comm").read_text()
         # /proc/PID/environ is exempt: boto3 reads the credentials from there (docs/SECURITY.md)
@@ -266,8 +262,7 @@ def test_secrets_never_appear(uploaded, library, locker, env, tmp_path) -> None:
         pid = foreground.pid
         outputs["foreground /proc/cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         outputs["foreground /proc/comm"] = Path(f"/proc/{pid}/comm").read_text()
-        for path in mounted_files(mnt).values():
-            path.read_bytes()
+        assert_serves_sources(mounted_files(mnt), expected_paths(load_manifest(library[0])))
     finally:
         subprocess.run([LOCKERFS, "umount", str(mnt)], env=env, capture_output=True, timeout=60)
         force_unmount(mnt)
