@@ -17,7 +17,7 @@ from tests.support.mounting import LOCKERFS, lockerfs, mounted, wait_until
 
 from synth_library import write_manifest, write_track
 
-LAPS = 6
+LAPS = 4
 REFRESH = "0.5"  # seconds: as many refreshes as the race can offer
 
 

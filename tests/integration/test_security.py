@@ -165,8 +165,9 @@ def _plant_symlinks(cache: Path, target: Path) -> None:
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
 @pytest.mark.parametrize("how", ["owned by another user", "writable by every user", "below a world-writable folder"])
-def test_a_cache_dir_others_can_write_is_refused_and_left_untouched(uploaded, locker, env, tmp_path, how: str) -> None:
-    """Another user who can write there could feed us blocks, or plant a symlink where we write a file."""
+def test_a_cache_dir_others_can_write_is_refused_and_left_untouched(locker, env, tmp_path, how: str) -> None:
+    """Another user who can write there could feed us blocks, or plant a symlink where we write a file.
+    Refused before the bucket is asked anything, so the locker need not exist."""
     cache, sentence = _unsafe_cache_dir(tmp_path, how)
     ours = tmp_path / "precious"
     ours.write_text("my data\n")
@@ -311,7 +312,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_the_leak_search_sees_botocore_debug_output(uploaded, library, locker, env, tmp_path) -> None:
+def test_the_leak_search_sees_botocore_debug_output(library, locker, env, tmp_path) -> None:
     """A test of the test: with botocore at DEBUG, the search above finds the leak in
     upload's output and in the mount log (and shows why searching for the secret alone would not)."""
     root, _ = library
