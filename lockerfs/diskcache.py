@@ -519,6 +519,16 @@ def make_private_dir(path: Path) -> None:
             pass
 
 
+def claim_private_dir(path: Path) -> None:
+    """Create path (0700) if missing, and refuse it if another user could write to it.
+
+    Call it before writing anything there (a log, a block): a file we create in
+    a folder another user controls could be their symlink to one of ours.
+    """
+    make_private_dir(path)
+    _check_safe(path)
+
+
 def _check_safe(path: Path) -> None:
     """Refuse a cache dir another user could write to: they could feed us blocks."""
     st = os.stat(path)

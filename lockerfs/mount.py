@@ -31,6 +31,7 @@ import trio
 from lockerfs import catalog, config, extras, layout
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader
+from lockerfs.diskcache import claim_private_dir
 from lockerfs.fs import LockerOperations
 from lockerfs.prefetch import Prefetcher
 from lockerfs.store import MOUNT_RETRIES, NotFound, S3Store, StoreError, Unreachable
@@ -175,6 +176,14 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     """Mount and serve until unmounted; `report` gets "ready" or the reason we could not mount."""
     cache_dir = options.cache_dir or config.default_cache_dir() / config.locker_id(options.locker, options.endpoint_url)
     os.umask(0o077)  # everything the mount writes (log, catalog copy, blocks) is its user's alone
+    try:
+        claim_private_dir(cache_dir)  # before the log file is created in it
+    except UnsafeCacheDir as exc:
+        report(str(exc))
+        return 1
+    except OSError as exc:
+        report(f"cannot use the cache directory {cache_dir}: {exc.strerror or exc}")
+        return 1
     _setup_logging(options, cache_dir)
     # Anything that looks at the mount point must happen before it is mounted:
     # until pyfuse3.main runs, nobody answers the kernel, and we would hang.

@@ -127,8 +127,10 @@ class Store(Protocol):
         """The object's size, or None if it does not exist."""
 
     def holds(self, key: str, size: int, md5: str) -> bool:
-        """Whether the object exists with this size and, as far as the server's ETag
-        tells without reading it, these bytes."""
+        """Whether the object exists with this size and an ETag that is the MD5 `md5`.
+
+        An object whose ETag is not the MD5 of its bytes (multipart, SSE-KMS,
+        SSE-C) is not held: its size alone would trust whatever bytes it has."""
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
@@ -332,11 +334,16 @@ class S3Store:
         return None if head is None else head["ContentLength"]
 
     def holds(self, key: str, size: int, md5: str) -> bool:
+        # Only an MD5 ETag says which bytes an object holds. A multipart upload of
+        # a file edited meanwhile leaves an object of the right size and mixed
+        # bytes under the old key (each part was verified as sent, not as the key
+        # names), so an object whose ETag proves nothing is uploaded again. That
+        # happens only for objects the catalog does not name: a run killed before
+        # its record, or two machines uploading one file at once.
         head = self._head(key)
         if head is None or head["ContentLength"] != size:
             return False
-        etag = _plain_md5_etag(head)
-        return etag is None or etag == md5
+        return _plain_md5_etag(head) == md5
 
     def _head(self, key: str) -> dict | None:
         try:

@@ -3,8 +3,9 @@
 Crash safety comes from write order: an object is stored before the journal
 record that names it, and the local state file learns a file only after its
 record is stored. A run killed at any point leaves at worst an object without
-a record, which the next run finds (HEAD: size, and the ETag where it is an
-MD5) and records without re-uploading. Every PUT is verified by the server
+a record, which the next run finds (HEAD: size, and an ETag that is the MD5 of
+the file) and records without re-uploading; an object whose ETag is not an MD5
+(multipart, SSE-KMS) proves nothing about its bytes and is uploaded again. Every PUT is verified by the server
 (Content-MD5, see S3Store._verified_put): an object that did not arrive intact
 is sent again or reported as failed, never recorded.
 

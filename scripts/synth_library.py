@@ -6,11 +6,16 @@ WAV and AIFF; ffmpeg, when installed, encodes M4A (AAC and ALAC); mutagen writes
 the tags. The same seed gives the same bytes on every run, and every track's
 audio differs so that no two tracks share a SHA-256.
 
-Usable as a module (``write_track``, ``synthesize_library``, ``write_big_flac``)
-and as a command:
+Usable as a module (``write_track``, ``synthesize_library``, ``write_big_flac``,
+``write_big_mp3``) and as a command:
 
-    python scripts/synth_library.py OUT_DIR [--profile small|bench] [--seed N]
+    python scripts/synth_library.py OUT_DIR [--profile small|bench|large] [--seed N]
                                     [--big-flac-mb MB]
+
+Profiles: "small" (every format and tagging habit, a few seconds each),
+"bench" (about 400 tracks, 1 GB), "large" (two big files that take uploads
+past the multipart threshold and reads past the memory cache: a FLAC of
+LARGE_FLAC_MB and an MP3 of LARGE_MP3_MB MiB, about 25 s to write).
 
 which also writes OUT_DIR/manifest.json for shell scripts.
 """
@@ -361,8 +366,38 @@ def write_big_flac(path: pathlib.Path, megabytes: int = 200, seed: int = 0) -> S
     return SynthTrack(path=path, format="flac", codec="flac", tags=tags)
 
 
+_BIG_MP3_RATE = 32000  # Hz, mono: LAME's work per byte is least at 320 kbit/s with few samples
+
+
+def write_big_mp3(path: pathlib.Path, megabytes: int = 20, seed: int = 0) -> SynthTrack:
+    """One tagged 320 kbit/s CBR MP3 of about `megabytes` MiB, encoded in blocks (flat memory).
+
+    Mono 32 kHz noise: the size follows from the duration (40,000 bytes a
+    second) and LAME encodes it several times faster than 44.1 kHz stereo.
+    """
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 3])
+    remaining = megabytes * 1024 * 1024 * _BIG_MP3_RATE // 40_000  # frames
+    with sf.SoundFile(path, "w", _BIG_MP3_RATE, 1, format="MP3", subtype="MPEG_LAYER_III",
+                      bitrate_mode="CONSTANT", compression_level=0.0) as out:
+        while remaining > 0:
+            block = min(remaining, _BIG_MP3_RATE * 10)
+            out.write(rng.uniform(-0.37, 0.37, size=(block, 1)).astype(np.float32))
+            remaining -= block
+    tags = {"artist": "Big Files", "album": "Long Mix", "title": f"{megabytes} MB mix",
+            "track": 1, "tracktotal": 1, "date": "2024", "genre": "Noise"}
+    _tag_id3(path, tags, make_png(64, 64, seed + 1), 4, None)
+    return SynthTrack(path=path, format="mp3", codec="mp3", tags=tags)
+
+
 # --------------------------------------------------------------------------
 # libraries
+
+# The "large" profile: past the upload's 16 MiB multipart threshold (3 and 2
+# parts) and past a small --memory-cache, yet cheap enough for every CI run.
+LARGE_FLAC_MB = 44
+LARGE_MP3_MB = 20
 
 
 @dataclass(frozen=True)
@@ -512,12 +547,14 @@ def _write_spec(job: tuple[pathlib.Path, int, _Spec]) -> SynthTrack:
 def synthesize_library(out: pathlib.Path, profile: str = "small", seed: int = 0) -> list[SynthTrack]:
     """Write a whole library under `out` and its manifest.json; M4A is skipped without ffmpeg."""
     out = pathlib.Path(out).absolute()
+    if profile == "large":
+        return _large_library(out, seed)
     if profile == "small":
         specs = list(_small_specs())
     elif profile == "bench":
         specs = list(_bench_specs(seed))
     else:
-        raise ValueError(f"unknown profile {profile!r} (small, bench)")
+        raise ValueError(f"unknown profile {profile!r} (small, bench, large)")
     if FFMPEG is None:
         specs = [s for s in specs if s.fmt not in M4A_FORMATS]
     # Each track's seed mixes the library seed and its index: same run, same
@@ -528,6 +565,13 @@ def synthesize_library(out: pathlib.Path, profile: str = "small", seed: int = 0)
             tracks = list(pool.map(_write_spec, jobs, chunksize=4))
     else:
         tracks = [_write_spec(job) for job in jobs]
+    write_manifest(out, tracks)
+    return tracks
+
+
+def _large_library(out: pathlib.Path, seed: int) -> list[SynthTrack]:
+    tracks = [write_big_flac(out / "Big Files" / "huge.flac", LARGE_FLAC_MB, seed),
+              write_big_mp3(out / "Big Files" / "long mix.mp3", LARGE_MP3_MB, seed)]
     write_manifest(out, tracks)
     return tracks
 
@@ -553,7 +597,7 @@ def write_manifest(out: pathlib.Path, tracks: list[SynthTrack]) -> pathlib.Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=pathlib.Path, help="folder to write (created)")
-    parser.add_argument("--profile", choices=("small", "bench"), default="small")
+    parser.add_argument("--profile", choices=("small", "bench", "large"), default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--big-flac-mb", type=int, metavar="MB",
                         help="also write OUT/big/big.flac of about MB MiB")

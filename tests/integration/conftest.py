@@ -15,7 +15,6 @@ from tests.support.s3server import S3Server
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from synth_library import SynthTrack, synthesize_library  # noqa: E402
 
-pytestmark = pytest.mark.integration
 _bucket_numbers = itertools.count(1)
 
 

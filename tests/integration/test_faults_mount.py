@@ -1,8 +1,8 @@
 """The mount under faults: flaky, down and stalling servers, a damaged or full disk cache.
 
-Nothing lost (every byte read is the source's), nothing wrong (a read that
-cannot succeed is EIO, never other bytes), nothing hangs (EIO within
-10 s), and the mount process survives all of it. Counts go to stdout
+Nothing lost (every path reads as its own source), nothing wrong (a read that
+cannot succeed is EIO, never other bytes), nothing hangs (EIO within the read
+deadline and a fraction of it), and the mount process survives all of it. Counts go to stdout
 (`pytest -s`) for the issue's closing note.
 
 LOCKERFS_SOAK_SECONDS sets the soak's length (CI: 30; scripts/soak: 120).
@@ -11,9 +11,9 @@ LOCKERFS_SOAK_SECONDS sets the soak's length (CI: 30; scripts/soak: 120).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -24,15 +24,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.test_mount import mounted_files, sha256_file
+from tests.support.bounds import EIO_WITHIN
 from tests.support.faultproxy import ALL_KINDS, FaultProxy
+from tests.support.library import Source, expected_paths, load_manifest, mounted_files
 from tests.support.mounting import lockerfs, mount_pids, mounted, readable, wait_until
 from tests.support.s3server import S3Server
 
-from synth_library import SynthTrack, write_track
+from synth_library import SynthTrack, write_manifest, write_track
 
 BLOCK = 64 * 1024  # the mount's default block size
-EIO_WITHIN = 10.0  # seconds: a failing read must answer sooner than this
+FAILED_READS_LIMIT = 0.05  # of all reads under 20 % faults: retries absorb nearly every fault
 SOAK_SECONDS = float(os.environ.get("LOCKERFS_SOAK_SECONDS", "30"))
 SOAK_THREADS = 8
 RSS_GROWTH_LIMIT = 64 * 1024 * 1024
@@ -56,11 +57,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, library) -> tuple[Path, lis
         tracks.append(write_track(root / "noise" / f"{n}.flac", "flac", seconds=8 + n, seed=100 + n, noise=True,
                                   tags={"artist": "White Noise", "album": "Static", "title": f"Hiss {n}",
                                         "track": n}))
+    write_manifest(root, tracks)
     return root, tracks
 
 
-def sources_by_sha(tracks: list[SynthTrack]) -> dict[str, bytes]:
-    return {hashlib.sha256(data).hexdigest(): data for data in (t.path.read_bytes() for t in tracks)}
+@pytest.fixture(scope="module")
+def corpus_layout(corpus) -> dict[str, Source]:
+    """Mount path -> the source it must serve."""
+    return expected_paths(load_manifest(corpus[0]))
+
+
+def expected_bytes(layout: dict[str, Source]) -> dict[str, bytes]:
+    """Mount path -> the bytes it must read as."""
+    return {name: source.path.read_bytes() for name, source in layout.items()}
 
 
 @pytest.fixture
@@ -100,8 +109,8 @@ def assert_alive(mnt: Path, process: psutil.Process) -> None:
     os.listdir(mnt)
 
 
-def read_all_verified(files: dict[str, Path], sources: dict[str, bytes], attempts: int = 5) -> Counter[str]:
-    """sha256 of every file vs its source; an EIO is retried (as a player would), wrong bytes never."""
+def read_all_verified(files: dict[str, Path], expected: dict[str, bytes], attempts: int = 5) -> Counter[str]:
+    """Every file vs its own source; an EIO is retried (as a player would), wrong bytes never."""
     counts: Counter[str] = Counter()
     for name, path in files.items():
         for attempt in range(attempts):
@@ -112,7 +121,7 @@ def read_all_verified(files: dict[str, Path], sources: dict[str, bytes], attempt
                 counts["eio"] += 1
                 time.sleep(0.5)  # a player retries after a moment, not in a tight loop
                 continue
-            assert hashlib.sha256(data).hexdigest() in sources, f"{name}: wrong bytes"
+            assert data == expected[name], f"{name}: wrong bytes"
             counts["files"] += 1
             counts["bytes"] += len(data)
             break
@@ -142,35 +151,34 @@ def log_of(cache_dir: Path) -> str:
 
 # --- 1. a flaky server --------------------------------------------------------------------------
 
-def test_twenty_percent_faults_every_byte_correct(uploaded_corpus, locker, env, tmp_path,
+def test_twenty_percent_faults_every_byte_correct(uploaded_corpus, corpus_layout, locker, env, tmp_path,
                                                   fault_proxy: FaultProxy) -> None:
-    _, tracks = uploaded_corpus
-    sources = sources_by_sha(tracks)
+    expected = expected_bytes(corpus_layout)
     cache = tmp_path / "cache"
     with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), "--cache-dir", str(cache),
                  "--refresh", "2") as mnt:
         process = mount_process(mnt)
         files = mounted_files(mnt)
         fault_proxy.set_fault_rate(0.2, ALL_KINDS)
-        counts = read_all_verified(files, sources)
+        assert sorted(files) == sorted(expected)
+        counts = read_all_verified(files, expected)
         time.sleep(2.5)  # a catalog refresh under faults, too
         assert_alive(mnt, process)
-        assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()} == set(sources)
+        assert all(path.read_bytes() == expected[name] for name, path in files.items())
         stats = fault_proxy.stats
     print(f"\n[faults 20%] files verified {counts['files']} ({counts['bytes']} bytes), EIO retried "
           f"{counts['eio']}, requests {len(fault_proxy.records())}, faults by kind {dict(sorted(stats.items()))}")
-    assert len(files) == len(sources)
     assert set(stats) == set(ALL_KINDS), stats  # every kind was met, and survived
 
 
 @pytest.mark.parametrize("how", ["all kinds at 100%", "proxy down"])
-def test_a_read_that_cannot_succeed_is_eio_in_bounded_time(uploaded_corpus, locker, env, tmp_path,
+def test_a_read_that_cannot_succeed_is_eio_in_bounded_time(uploaded_corpus, corpus_layout, locker, env, tmp_path,
                                                            fault_proxy: FaultProxy, how: str) -> None:
-    _, tracks = uploaded_corpus
-    sources = sources_by_sha(tracks)
+    expected = expected_bytes(corpus_layout)
     with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), "--cache-dir", str(tmp_path / "cache")) as mnt:
         process = mount_process(mnt)
-        files = sorted(mounted_files(mnt).values())
+        names = sorted(mounted_files(mnt))[:3]
+        files = [mnt / name for name in names]
         if how == "proxy down":
             fault_proxy.set_down(True)
         else:
@@ -182,20 +190,19 @@ def test_a_read_that_cannot_succeed_is_eio_in_bounded_time(uploaded_corpus, lock
         fault_proxy.set_down(False)
         fault_proxy.set_fault_rate(0.0)
         assert wait_until(lambda: readable(files[0]), timeout=30)
-        assert read_all_verified({p.name: p for p in files[:3]}, sources)["files"] == 3
+        assert read_all_verified({name: mnt / name for name in names}, expected)["files"] == 3
 
 
-def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, locker, env, tmp_path,
+def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, corpus_layout, locker, env, tmp_path,
                                                             fault_proxy: FaultProxy) -> None:
     """8 readers of random ranges of random files, 20% faults: no wrong byte, no leak, no death."""
-    _, tracks = uploaded_corpus
-    sources = sources_by_sha(tracks)
+    expected = expected_bytes(corpus_layout)
     # Caches far smaller than the corpus, so the soak keeps going to the (faulty) store.
     options = ["--cache-dir", str(tmp_path / "cache"), "--cache-size", "4M", "--memory-cache", "4M",
                "--refresh", "5"]
     with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), *options) as mnt:
         process = mount_process(mnt)
-        files = [(path, sources[sha256_file(path)]) for path in mounted_files(mnt).values()]
+        files = [(mnt / name, data) for name, data in expected.items()]
         fault_proxy.set_fault_rate(0.2, ALL_KINDS)
         counts: Counter[str] = Counter()
         lock = threading.Lock()
@@ -228,9 +235,13 @@ def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, loc
                     wanted = expected[offset:offset + length]
                     if data != wanted[:len(data)]:
                         errors.append(f"{path} at {offset}+{length}: wrong bytes")
+                    elif not data:
+                        # EOF before the end: a player would take the track to be over
+                        errors.append(f"{path} at {offset}+{length}: empty read, {len(wanted)} bytes expected")
                     elif len(data) < len(wanted):
                         # A page after the first failed: the kernel returns what it read
-                        # (a short read, as POSIX allows) rather than EIO. Correct bytes.
+                        # (a short read, as POSIX allows) rather than EIO. Correct bytes,
+                        # but a failure all the same: counted with the EIOs below.
                         counts["short reads"] += 1
                     counts["reads"] += 1
                     counts["bytes"] += len(data)
@@ -257,17 +268,88 @@ def test_soak_memory_bounded_and_bytes_correct_under_faults(uploaded_corpus, loc
           f"(growth {growth / 2**20:+.1f} MiB)")
     assert not errors, errors[:10]
     assert counts["reads"] > 100
-    assert counts["eio"] <= 0.05 * counts["reads"], counts  # retries absorb nearly every fault
+    failed = counts["eio"] + counts["short reads"]
+    assert failed <= FAILED_READS_LIMIT * (counts["reads"] + counts["eio"]), counts
     assert growth < RSS_GROWTH_LIMIT
+
+
+class ShortAnswerProxy(FaultProxy):
+    """While `short` is set, a GET of an object is answered with the first half of what
+    was asked only, under headers that agree (Content-Length, Content-Range): a server
+    bug no HTTP client can see. The bytes it sends are right; there are too few."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.short = False
+        self.shortened = 0
+        self._allowance: dict[int, int] = {}  # id(record) -> body bytes still to send
+
+    def _send(self, client, data: bytes, record) -> None:  # type: ignore[no-untyped-def]
+        key = id(record)
+        if key in self._allowance:
+            data, self._allowance[key] = data[:self._allowance[key]], max(0, self._allowance[key] - len(data))
+            if data:
+                super()._send(client, data, record)
+            return
+        if (self.short and record.method == "GET" and "/objects/" in record.path
+                and data.startswith(b"HTTP/1.1 20") and b"\r\n\r\n" in data):  # rclone answers a range with 200
+            head, separator, rest = data.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+            if length >= 2:
+                half = length // 2
+                fixed = []
+                for line in lines:
+                    if line.lower().startswith(b"content-length:"):
+                        line = b"Content-Length: %d" % half
+                    elif line.lower().startswith(b"content-range:"):
+                        first, total = re.match(rb".*bytes (\d+)-\d+/(\S+)", line).groups()  # type: ignore[union-attr]
+                        line = b"Content-Range: bytes %d-%d/%s" % (int(first), int(first) + half - 1, total)
+                    fixed.append(line)
+                with self._lock:
+                    self.shortened += 1
+                self._allowance[key] = half - len(rest[:half])
+                data = b"\r\n".join(fixed) + separator + rest[:half]
+        super()._send(client, data, record)
+
+
+def test_a_short_answer_from_the_store_is_an_error_never_served_or_cached(uploaded_corpus, corpus_layout, locker,
+                                                                          env, tmp_path, s3_server) -> None:
+    """Every read while the server answers short is EIO or the source's bytes, never fewer or
+    other bytes; once it answers in full, every path reads as its source without a remount
+    (nothing of the short answers was kept)."""
+    expected = expected_bytes(corpus_layout)
+    with ShortAnswerProxy(s3_server.port) as short:
+        with mounted(locker, tmp_path / "mnt", through(env, short), "--cache-dir", str(tmp_path / "cache")) as mnt:
+            process = mount_process(mnt)
+            short.short = True
+            outcomes: Counter[str] = Counter()
+            for name, data in expected.items():
+                try:
+                    got = (mnt / name).read_bytes()
+                except OSError as exc:
+                    assert exc.errno == errno.EIO, (name, exc)
+                    outcomes["eio"] += 1
+                    continue
+                assert got == data, f"{name}: {len(got)} bytes served where the source has {len(data)}"
+                outcomes["whole"] += 1
+            assert short.shortened > 0 and outcomes["eio"] > 0, (short.shortened, outcomes)
+            short.short = False
+            assert_alive(mnt, process)
+            for name in expected:  # after FAILED_TTL, as a player retries
+                assert wait_until(lambda: readable(mnt / name), timeout=10), name
+            counts = read_all_verified(mounted_files(mnt), expected, attempts=1)
+            assert counts["files"] == len(expected)
+    print(f"\n[short answers] {short.shortened} GETs answered with half their range: {dict(outcomes)}; "
+          f"then every file read back whole")
 
 
 # --- 2. a server that goes away ---------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["down", "stalling"])
-def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus, locker, env, tmp_path,
-                                                                stalling_proxy: FaultProxy, how: str) -> None:
-    _, tracks = uploaded_corpus
-    sources = sources_by_sha(tracks)
+def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus, corpus_layout, locker, env,
+                                                                tmp_path, stalling_proxy: FaultProxy, how: str) -> None:
+    expected = expected_bytes(corpus_layout)
     with mounted(locker, tmp_path / "mnt", through(env, stalling_proxy), "--cache-dir", str(tmp_path / "cache"),
                  "--refresh", "1") as mnt:
         process = mount_process(mnt)
@@ -278,8 +360,8 @@ def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus,
         artists = sorted({name.split("/")[0] for name in files})
         later = set(artists[len(artists) // 2:])
         cached = {name: path for name, path in files.items() if name.split("/")[0] in later}
-        uncached = [path for name, path in files.items() if name.split("/")[0] not in later]
-        read_all_verified(cached, sources)
+        uncached = {name: path for name, path in files.items() if name.split("/")[0] not in later}
+        read_all_verified(cached, expected)
         if how == "down":
             stalling_proxy.set_down(True)
         else:
@@ -287,9 +369,9 @@ def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus,
         time.sleep(2.5)  # catalog refreshes fail (or hang in a worker) meanwhile
         assert mounted_files(mnt).keys() == files.keys()
         started = time.monotonic()
-        assert read_all_verified(cached, sources, attempts=1)["files"] == len(cached)
+        assert read_all_verified(cached, expected, attempts=1)["files"] == len(cached)
         cached_seconds = time.monotonic() - started
-        elapsed = [timed_eio(path) for path in uncached[:2]]
+        elapsed = [timed_eio(path) for path in list(uncached.values())[:2]]
         print(f"\n[server {how}] {len(cached)} cached files read in {cached_seconds:.2f} s; uncached EIO after "
               f"{', '.join(f'{t:.2f}' for t in elapsed)} s; faults {stalling_proxy.stats}")
         assert max(elapsed) < EIO_WITHIN
@@ -299,10 +381,10 @@ def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus,
         recovered = time.monotonic()
         # Loads that met the stall end when botocore gives up on them (3 attempts x 4 s);
         # until then their blocks fail fast, as the EIO above did.
-        for path in uncached:
+        for path in uncached.values():
             assert wait_until(lambda: readable(path), timeout=30), f"{path} not readable again without remount"
         print(f"[server {how}] every uncached file readable {time.monotonic() - recovered:.1f} s after recovery")
-        assert read_all_verified({p.name: p for p in uncached}, sources, attempts=1)["files"] == len(uncached)
+        assert read_all_verified(uncached, expected, attempts=1)["files"] == len(uncached)
 
 
 # --- 3. the disk cache -----------------------------------------------------------------------------
@@ -312,20 +394,17 @@ def _block_files(cache: Path, sha: str) -> dict[int, Path]:
             if not p.name.endswith(".tmp")}
 
 
-def test_damaged_cache_blocks_are_fetched_again_never_served(uploaded_corpus, locker, env, tmp_path,
+def test_damaged_cache_blocks_are_fetched_again_never_served(uploaded_corpus, corpus_layout, locker, env, tmp_path,
                                                              proxy: FaultProxy) -> None:
-    _, tracks = uploaded_corpus
-    big = max(tracks, key=lambda t: t.path.stat().st_size)
+    relative, big = max(corpus_layout.items(), key=lambda item: item[1].size)
     source = big.path.read_bytes()
-    sha = hashlib.sha256(source).hexdigest()
+    sha = big.sha256
     blocks = -(-len(source) // BLOCK)
     assert blocks >= 16, f"the biggest file has {blocks} blocks"
     cache = tmp_path / "cache"
     options = ["--cache-dir", str(cache)]
     with mounted(locker, tmp_path / "mnt", env, *options) as mnt:
-        target = next(p for p in mounted_files(mnt).values() if p.stat().st_size == len(source))
-        relative = target.relative_to(mnt)
-        assert target.read_bytes() == source
+        assert (mnt / relative).read_bytes() == source
     on_disk = _block_files(cache, sha)
     assert sorted(on_disk) == list(range(blocks)), "every block of a file read once is on disk"
 
@@ -395,18 +474,19 @@ def tmpfs(tmp_path: Path) -> Iterator[callable]:
                 subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_full_block_disk_degrades_to_memory_with_a_warning(uploaded_corpus, locker, env, tmp_path, tmpfs) -> None:
-    _, tracks = uploaded_corpus
-    sources = sources_by_sha(tracks)
+def test_full_block_disk_degrades_to_memory_with_a_warning(uploaded_corpus, corpus_layout, locker, env, tmp_path,
+                                                           tmpfs) -> None:
+    expected = expected_bytes(corpus_layout)
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
     tmpfs(cache / "blocks", "2m")  # the block store fills up; the log and catalog copy have room
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(cache), "--cache-size", "100M") as mnt:
         process = mount_process(mnt)
         files = mounted_files(mnt)
-        counts = read_all_verified(files, sources, attempts=1)
-        assert counts["files"] == len(sources) and counts["eio"] == 0
-        assert read_all_verified(files, sources, attempts=1)["eio"] == 0
+        assert sorted(files) == sorted(expected)
+        counts = read_all_verified(files, expected, attempts=1)
+        assert counts["files"] == len(expected) and counts["eio"] == 0
+        assert read_all_verified(files, expected, attempts=1)["eio"] == 0
         assert_alive(mnt, process)
         log = log_of(cache)
     print(f"\n[full block disk] {counts['bytes']} bytes read onto a 2 MiB block store; "
@@ -415,10 +495,9 @@ def test_full_block_disk_degrades_to_memory_with_a_warning(uploaded_corpus, lock
     assert "No space left on device" in log and "caching in memory only" in log
 
 
-def test_full_cache_disk_still_mounts_and_reads(uploaded_corpus, locker, env, tmp_path, tmpfs) -> None:
+def test_full_cache_disk_still_mounts_and_reads(uploaded_corpus, corpus_layout, locker, env, tmp_path, tmpfs) -> None:
     """The whole cache dir on a disk with no room at all: no catalog copy, no log, no blocks; reads work."""
-    _, tracks = uploaded_corpus
-    sources = sources_by_sha(tracks)
+    expected = expected_bytes(corpus_layout)
     cache = tmpfs(tmp_path / "cache", "1m")
     with open(cache / "filler", "wb") as filler:
         try:
@@ -429,24 +508,27 @@ def test_full_cache_disk_still_mounts_and_reads(uploaded_corpus, locker, env, tm
             assert exc.errno == errno.ENOSPC
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(cache), "--refresh", "1") as mnt:
         process = mount_process(mnt)
-        counts = read_all_verified(mounted_files(mnt), sources, attempts=1)
+        files = mounted_files(mnt)
+        assert sorted(files) == sorted(expected)
+        counts = read_all_verified(files, expected, attempts=1)
         lockerfs("upload", str(write_track(tmp_path / "late.flac", "flac", seconds=1, seed=7,
                                            tags={"artist": "Late", "album": "Full Disk", "title": "Fits"}).path),
                  locker, env=env)
         assert wait_until(lambda: (mnt / "Late" / "Full Disk").exists(), timeout=20)
         assert_alive(mnt, process)
-    assert counts["files"] == len(sources) and counts["eio"] == 0
+    assert counts["files"] == len(expected) and counts["eio"] == 0
 
 
-def test_cache_size_holds_under_heavy_reading(uploaded_corpus, locker, env, tmp_path) -> None:
-    _, tracks = uploaded_corpus
+def test_cache_size_holds_under_heavy_reading(uploaded_corpus, corpus_layout, locker, env, tmp_path) -> None:
+    expected = expected_bytes(corpus_layout)
     limit = 1 << 20
     cache = tmp_path / "cache"
     read = 0
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(cache), "--cache-size", "1M") as mnt:
         files = mounted_files(mnt)
+        assert sorted(files) == sorted(expected)
         for _ in range(2):
-            read += sum(len(p.read_bytes()) for p in files.values())
+            read += read_all_verified(files, expected, attempts=1)["bytes"]
             for path in files.values():  # and again past the kernel's page cache
                 with open(path, "rb") as stream:
                     drop_page_cache(stream.fileno())

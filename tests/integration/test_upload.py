@@ -102,15 +102,32 @@ def test_upload_killed_then_rerun_is_complete(tmp_path, locker, env, proxy: Faul
     assert {r["sha256"] for r in records} == {sha256_file(p) for p in files}
 
 
-def test_interrupt_stops_cleanly_and_rerun_finishes(tmp_path, locker, env, proxy: FaultProxy, s3_server, bucket) -> None:
+def test_interrupt_stops_after_the_files_in_flight_and_rerun_finishes(tmp_path, locker, env, proxy: FaultProxy,
+                                                                       s3_server, bucket) -> None:
+    """Ctrl-C: the files already handed to workers finish and are recorded; no other file
+    starts; every object stored has its record; the same command finishes the job."""
+    jobs = 1
     files = _bulky_library(tmp_path / "bulk", 30)
-    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(tmp_path / "bulk"), locker], env=env,
+    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", str(jobs), str(tmp_path / "bulk"), locker], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert wait_until(lambda: proxy.count("PUT", "/objects/") >= 2, timeout=120, interval=0.01)
     run.send_signal(signal.SIGINT)
+    at_signal = proxy.count("PUT", "/objects/")
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 130, output
-    assert "interrupted" in output
+    assert "stopping after the files in flight" in output and "interrupted" in output, output
+    puts_after = proxy.count("PUT", "/objects/") - at_signal
+    # in flight: the file each worker has, and the one queued behind it (Uploader.run keeps 2 per job)
+    assert puts_after <= 2 * jobs, f"{puts_after} objects started after Ctrl-C"
+    records = assert_consistent(locker, env, s3_server, bucket)
+    prefix = locker.split("/", 3)[3]
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/objects/")
+    stored = {item["Key"].removeprefix(f"{prefix}/") for item in listed.get("Contents", [])}
+    assert stored == {r["key"] for r in records}, "an object stored before Ctrl-C has no record"
+    assert 2 <= len(records) < len(files), f"{len(records)} of {len(files)} recorded: Ctrl-C did not stop the run"
+    assert f"uploaded {len(records)} " in output, output
+    print(f"\n[Ctrl-C] {at_signal} objects sent before the signal, {puts_after} after; "
+          f"{len(records)} of {len(files)} recorded")
     lockerfs("upload", str(tmp_path / "bulk"), locker, env=env)
     records = assert_consistent(locker, env, s3_server, bucket)
     assert {r["sha256"] for r in records} == {sha256_file(p) for p in files}

@@ -431,8 +431,7 @@ def test_every_component_of_a_hostile_library_is_valid() -> None:
             assert_valid_component(component)
 
 
-def test_100k_tracks_build_quickly() -> None:
-    """A sanity bound only: 1.1-1.5 s measured on a shared, loaded 2-vCPU box."""
+def _library(count: int) -> list:  # type: ignore[type-arg]
     tracks = [
         make_track(
             f"music/{i}.flac",
@@ -444,14 +443,27 @@ def test_100k_tracks_build_quickly() -> None:
             tracktotal=10,
             year=1990 + i // 50 % 30,
         )
-        for i in range(100_000)
+        for i in range(count)
     ]
     random.Random(1).shuffle(tracks)
+    return tracks
+
+
+def _seconds_to_build(tracks: list) -> float:  # type: ignore[type-arg]
     start = time.perf_counter()
     result = build_paths(tracks, DEFAULT)
     elapsed = time.perf_counter() - start
-    assert len(result) == 100_000
-    assert elapsed < 10, f"{elapsed:.2f} s"
+    assert len(result) == len(tracks)
+    return elapsed
+
+
+def test_100k_tracks_build_in_near_linear_time() -> None:
+    """Ten times the tracks must cost about ten times as long (n log n allows a little more);
+    a quadratic step would cost a hundred. A ratio, not a wall-clock bound: it holds on a
+    loaded machine (1.1-1.5 s for 100k measured on a shared 2-vCPU box)."""
+    small = min(_seconds_to_build(_library(10_000)) for _ in range(2))
+    large = _seconds_to_build(_library(100_000))
+    assert large < 30 * small, f"10k tracks {small:.2f} s, 100k tracks {large:.2f} s"
 
 
 # --- names modes -------------------------------------------------------------------------
