@@ -207,6 +207,7 @@ def _detach_stdio() -> None:
 
 def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     """Mount and serve until unmounted; `report` gets "ready" or the reason we could not mount."""
+    started = time.monotonic()
     cache_dir = options.cache_dir or config.default_cache_dir() / config.locker_id(options.locker, options.endpoint_url)
     os.umask(0o077)  # everything the mount writes (log, catalog copy, blocks) is its user's alone
     try:
@@ -238,6 +239,7 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         return 1
     make_private_dir(registry.parent)
     registry.write_text(f"{os.getpid()}\n")
+    log.info("mounted %s on %s in %.2f s", options.locker, options.mountpoint, time.monotonic() - started)
     report("ready")
     notify_systemd("READY=1")
     try:

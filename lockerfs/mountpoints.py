@@ -72,7 +72,7 @@ def state(path: Path) -> tuple[State, MountEntry | None]:
     if entry is None:
         return State.NOT_MOUNTED, None
     try:
-        os.stat(path)
+        os.statvfs(path)  # always asks the filesystem: stat() may be answered from the kernel's cache
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return State.STALE, entry
