@@ -42,7 +42,8 @@ RTT = 0.2  # the round trip the proxy emulates in the timing tests
 # A cold read needs a connection (one round trip here) and a GET (at most two).
 FIRST_READ_BOUND = (2 * RTT + RTT) * 1.5
 OFFLINE_START_BOUND = 1.0  # the target for a mount that starts from the catalog copy
-NSS_WRAPPER = Path("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so")  # scripts/setup.sh installs it
+# nss_wrapper (scripts/setup.sh installs libnss-wrapper) resolves names from a hosts file we write
+NSS_WRAPPER = next(iter(sorted(Path("/usr/lib").glob("*/libnss_wrapper.so"))), Path("/usr/lib/libnss_wrapper.so"))
 ENDPOINT_NAME = "locker-s3.test"
 
 
@@ -255,6 +256,13 @@ def test_offline_boot_serves_the_cache_and_picks_up_new_tracks_when_back(
           f"log: {[line.split(': ', 1)[-1][:90] for line in log.splitlines() if 'offline' in line or 'back' in line]}")
     assert log.count("offline: ") == 1
     assert log.count("back online") == 1
+
+    # The refresh that brought the new track rewrote the catalog copy: killed now
+    # (no save at unmount), the mount still shows it offline.
+    kill_mount(mnt)
+    proxy.set_down(True)
+    start_mount(locker, mnt, env, *options)
+    assert (mnt / "Back Online").is_dir()
 
 
 # --- 3. suspend and resume -------------------------------------------------------------------------
