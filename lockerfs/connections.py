@@ -19,10 +19,13 @@ connections are suspect:
 - a request failed at the connection level (timeout, reset, refused): the
   other pooled connections took the same road.
 
-Dropping is botocore's public `client.close()`: idle connections close now,
-in-flight ones when their request ends, and new ones are made on demand,
-each resolving the endpoint's name again. Being wrong costs a connect (one
-round trip, plus TLS); a dead connection costs a read timeout.
+Dropping closes every idle pooled connection where it lies: urllib3 finds it
+closed when it next takes it and connects again, resolving the endpoint's
+name anew. Requests in flight are not touched. (botocore's `client.close()`
+would close the pools themselves, and a request about to use one would fail
+with ClosedPoolError and be retried after a backoff; it is used only if
+botocore's internals are not what we expect.) Being wrong costs a connect
+(one round trip, plus TLS); a dead connection costs a read timeout.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class FreshConnections:
         with self._lock:
             self.drops += 1
         (log.debug if quiet else log.info)("dropping pooled S3 connections: %s", reason)
-        self._client.close()  # type: ignore[attr-defined]
+        close_idle_connections(self._client)
 
     def _suspicion(self) -> str | None:
         with self._lock:
@@ -122,6 +125,31 @@ class FreshConnections:
             self._touch()
         else:
             self.failed(caught_exception)
+
+
+def close_idle_connections(client: object) -> None:
+    """Close the idle connections of a botocore client's pools, in place.
+
+    Each pool's queue lock is held while its connections are closed, so none
+    of them can be taken by a request meanwhile; closing an idle socket does
+    not wait on the network.
+    """
+    try:
+        session = client._endpoint.http_session  # type: ignore[attr-defined]
+        managers = [session._manager, *session._proxy_managers.values()]
+    except AttributeError:
+        client.close()  # type: ignore[attr-defined]
+        return
+    for manager in managers:
+        for key in manager.pools.keys():
+            pool = manager.pools.get(key)
+            idle = getattr(pool, "pool", None)  # a LifoQueue of connections (None: not made yet)
+            if idle is None:
+                continue
+            with idle.mutex:
+                for connection in idle.queue:
+                    if connection is not None:
+                        connection.close()
 
 
 # --- the machine's addresses, through rtnetlink -------------------------------------

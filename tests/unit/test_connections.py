@@ -37,6 +37,8 @@ class Clocks:
 
 
 class ClosableClient:
+    """Has no botocore internals, so the pool is dropped with close()."""
+
     def __init__(self) -> None:
         self.closed = 0
 
@@ -189,3 +191,16 @@ def test_a_dead_connection_costs_one_timeout_then_the_pool_is_fresh(proxied_stor
     print(f"\n[dead pool] a GET on a dead connection took {elapsed:.2f} s "
           f"(read timeout {MOUNT_RETRIES.read_timeout:g} s)")
     assert MOUNT_RETRIES.read_timeout <= elapsed < 1.5 * MOUNT_RETRIES.read_timeout
+
+
+def test_dropping_closes_idle_connections_without_closing_the_pools(proxied_store) -> None:
+    store, proxy = proxied_store
+    _fill_pool(store)
+    connections_before = proxy.connections
+    store.connections.drop("a test")
+    manager = store._client._endpoint.http_session._manager
+    pools = [manager.pools.get(key) for key in manager.pools.keys()]
+    assert pools and all(pool.pool is not None for pool in pools)  # still open for requests
+    assert all(c is None or not c.is_connected for pool in pools for c in pool.pool.queue)
+    assert store.get_range("song", 0, 10) == bytes(range(10))
+    assert proxy.connections == connections_before + 1
