@@ -158,7 +158,7 @@ def _fusermount(path: Path, lazy: bool) -> None:
 
 
 def check_mountpoint(path: Path) -> None:
-    if mountpoints.mounted_at(path) is not None:
+    if mountpoints.mounted_at(path) is not None or os.path.ismount(path):
         raise MountError(f"{path} is already a mount point (busy): unmount it first")
     if not path.is_dir():
         raise MountError(f"the mount point {path} does not exist or is not a folder")

@@ -59,8 +59,12 @@ def mounted_at(path: Path, mountinfo: Path = MOUNTINFO) -> MountEntry | None:
     mount point itself cannot be looked at."""
     path = Path(os.path.abspath(path))
     target = os.path.join(os.path.realpath(path.parent), path.name)
+    try:
+        table = mountinfo.read_text(errors="surrogateescape")
+    except OSError:  # no /proc: nothing known, and nothing done on a guess
+        return None
     found = None
-    for entry in parse_mountinfo(mountinfo.read_text(errors="surrogateescape")):
+    for entry in parse_mountinfo(table):
         if entry.mountpoint == target:
             found = entry
     return found
