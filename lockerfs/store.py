@@ -249,6 +249,7 @@ class S3Store:
                         return position - start
                     except _BODY_ERRORS as exc:
                         broken = exc
+                self.connections.failed(broken)
                 if attempt == self._body_attempts:
                     raise broken
                 log.debug("body of %s broke at %d (%s); resuming", key, position, type(broken).__name__)
