@@ -5,9 +5,12 @@ sentence and a non-zero exit if it cannot be). The work happens in a forked
 child that reports "ready" or the error through a pipe, then serves until
 unmounted (`lockerfs umount`, `fusermount3 -u`) or signalled.
 
-The catalog is kept on disk in the cache dir, so a mount starts and lists
-with the server unreachable; the refresh loop applies what other machines
-uploaded and invalidates exactly the kernel entries that changed.
+The catalog is kept on disk in the cache dir (written as soon as the bucket
+told us something new), so a mount starts and lists with the server
+unreachable, within START_WAIT of asking it; the refresh loop applies what
+other machines uploaded and invalidates exactly the kernel entries that
+changed. A mount point left behind by a lockerfs process that died is
+unmounted (lazily) before mounting on it again.
 """
 
 from __future__ import annotations

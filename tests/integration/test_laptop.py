@@ -16,12 +16,13 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -313,7 +314,7 @@ def test_after_a_suspend_the_first_read_does_not_wait_on_dead_connections(
 # --- 4. a changed network --------------------------------------------------------------------
 
 @pytest.fixture
-def named_endpoint(tmp_path, proxy: FaultProxy, env) -> Iterator[tuple[dict[str, str], callable]]:
+def named_endpoint(tmp_path, proxy: FaultProxy, env) -> Iterator[tuple[dict[str, str], Callable[[bool], None]]]:
     """The mount reaches the proxy through a name we resolve (nss_wrapper's hosts file),
     at an address of its own on the loopback; `move()` gives both a new address."""
     assert NSS_WRAPPER.exists(), f"{NSS_WRAPPER} is missing: run scripts/setup.sh (it installs libnss-wrapper)"
@@ -427,8 +428,6 @@ def test_after_a_network_change_the_first_read_goes_to_the_new_address(
 
 def test_a_foreground_mount_tells_systemd_it_is_ready(shared_locker, env, tmp_path, cleanup_mounts) -> None:
     """What contrib/systemd/lockerfs@.service (Type=notify) relies on."""
-    import socket
-
     locker, _ = shared_locker
     mnt = tmp_path / "mnt"
     mnt.mkdir()
