@@ -79,31 +79,42 @@ class FreshConnections:
         events.register(f"needs-retry.{service}", self._after_attempt)  # type: ignore[attr-defined]
 
     def check(self) -> None:
-        """Drop the pool if its connections are suspect; call before sending a request."""
-        reason = self._suspicion()
-        if reason is not None:
-            self.drop(reason)
+        """Drop the pool if its connections are suspect; call before sending a request.
+
+        Deciding and dropping happen under one lock: a request that checks
+        while another drops waits until the dead connections are closed, and
+        cannot take one of them meanwhile (it would wait out a read timeout).
+        """
+        with self._lock:
+            reason = self._suspicion()
+            if reason is not None:
+                self._drop(reason, quiet=False)
 
     def failed(self, error: BaseException) -> None:
         """A request failed; a connection-level failure makes the whole pool suspect."""
-        self._touch()
-        if isinstance(error, CONNECTION_ERRORS):
-            self.drop(f"a request failed ({type(error).__name__})", quiet=True)
-
-    def drop(self, reason: str, quiet: bool = False) -> None:
         with self._lock:
-            self.drops += 1
+            self._last_activity = self._clock()
+            if isinstance(error, CONNECTION_ERRORS):
+                self._drop(f"a request failed ({type(error).__name__})", quiet=True)
+
+    def drop(self, reason: str) -> None:
+        with self._lock:
+            self._drop(reason, quiet=False)
+
+    def _drop(self, reason: str, quiet: bool) -> None:
+        """With the lock held. Closing idle sockets does not wait on the network."""
+        self.drops += 1
         (log.debug if quiet else log.info)("dropping pooled S3 connections: %s", reason)
         close_idle_connections(self._client)
 
     def _suspicion(self) -> str | None:
-        with self._lock:
-            now = self._clock()
-            idle = now - self._last_activity
-            self._last_activity = now
-            slept_total = self._boot_clock() - now
-            slept = slept_total - self._slept
-            self._slept = slept_total
+        """With the lock held: why the pool is suspect now, if it is; notes this request."""
+        now = self._clock()
+        idle = now - self._last_activity
+        self._last_activity = now
+        slept_total = self._boot_clock() - now
+        slept = slept_total - self._slept
+        self._slept = slept_total
         network_changed = self._network.changed()  # read every time, so old news never pile up
         if slept > SLEEP_NOTICE:
             return f"the machine slept for {slept:.0f} s"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,6 +97,27 @@ def test_a_network_change_drops_the_pool(fresh) -> None:
     clocks.run(0.1)
     watcher.check()
     assert client.closed == 1
+
+
+def test_a_request_that_checks_during_a_drop_waits_until_it_is_done(fresh) -> None:
+    """Or it could take one of the dead connections before they are closed (after a resume,
+    the overdue catalog refresh and a player's read check at the same moment)."""
+    watcher, clocks, client, _ = fresh
+    closed_at: list[float] = []
+
+    def slow_close() -> None:
+        time.sleep(0.2)
+        closed_at.append(time.monotonic())
+
+    client.close = slow_close
+    clocks.run(31.0)
+    first = threading.Thread(target=watcher.check)
+    first.start()
+    time.sleep(0.05)
+    watcher.check()  # the second request: nothing left to drop, but it must wait
+    second_done = time.monotonic()
+    first.join()
+    assert len(closed_at) == 1 and second_done >= closed_at[0]
 
 
 def test_only_connection_failures_drop_the_pool(fresh) -> None:
