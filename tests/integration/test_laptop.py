@@ -30,13 +30,13 @@ import pytest
 from lockerfs import mountpoints
 from lockerfs.connections import IDLE_LIMIT
 from lockerfs.mount import READ_DEADLINE
-from tests.integration.test_faults_mount import drop_page_cache, log_of, sources_by_sha
+from tests.integration.test_faults_mount import drop_page_cache, log_of
 from tests.integration.test_mount import mounted_files
 from tests.support.faultproxy import FaultProxy
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
 from tests.support.s3server import S3Server
 
-from synth_library import write_track
+from synth_library import SynthTrack, write_track
 
 SUSPEND_SECONDS = float(os.environ.get("LOCKERFS_SUSPEND_SECONDS", "120"))
 RTT = 0.2  # the round trip the proxy emulates in the timing tests
@@ -49,6 +49,10 @@ ENDPOINT_NAME = "locker-s3.test"
 
 
 # --- fixtures and helpers -------------------------------------------------------------------
+
+def sources_by_sha(tracks: list[SynthTrack]) -> dict[str, bytes]:
+    return {hashlib.sha256(data).hexdigest(): data for data in (t.path.read_bytes() for t in tracks)}
+
 
 @pytest.fixture(scope="module")
 def shared_locker(s3_server: S3Server, library) -> tuple[str, dict[str, bytes]]:
