@@ -5,32 +5,40 @@ sentence and a non-zero exit if it cannot be). The work happens in a forked
 child that reports "ready" or the error through a pipe, then serves until
 unmounted (`lockerfs umount`, `fusermount3 -u`) or signalled.
 
-The catalog is kept on disk in the cache dir, so a mount starts and lists
-with the server unreachable; the refresh loop applies what other machines
-uploaded and invalidates exactly the kernel entries that changed.
+The catalog is kept on disk in the cache dir (written as soon as the bucket
+told us something new), so a mount starts and lists with the server
+unreachable, within START_WAIT of asking it; the refresh loop applies what
+other machines uploaded and invalidates exactly the kernel entries that
+changed. A mount point left behind by a lockerfs process that died is
+unmounted (lazily) before mounting on it again.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import dataclasses
 import errno
 import logging
 import logging.handlers
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from lockerfs import catalog, config, extras, layout
+from lockerfs import catalog, config, extras, layout, mountpoints
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
-from lockerfs.catalog import CatalogReader
+from lockerfs.catalog import CatalogReader, CatalogState
 from lockerfs.diskcache import claim_private_dir
 from lockerfs.fs import LockerOperations
 from lockerfs.prefetch import Prefetcher
@@ -43,7 +51,12 @@ FOREGROUND_SLOTS = 8
 # A scan warms two small ranges per track, each about one round trip long: the
 # number in flight, not the link, sets how many tracks a second it can warm.
 BACKGROUND_SLOTS = 24
-COPY_SAVE_DELAY = 30.0  # seconds after mounting before the local catalog copy is written
+READ_DEADLINE = 8.0  # seconds a read may wait for the store before it fails with EIO
+# A mount with a local catalog copy waits this long for the bucket's catalog,
+# then shows the copy and applies the bucket's news when they come: booting
+# offline (or behind a slow link) must not wait out connection retries.
+START_WAIT = 0.5
+LOW_PRIORITY = 19  # nice value of the thread that writes the catalog copy
 
 
 class MountError(Exception):
@@ -115,6 +128,9 @@ def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Calla
 def run_mount(args: argparse.Namespace) -> int:
     try:
         options = MountOptions.from_args(args)
+        if recover_stale_mount(options.mountpoint):
+            print(f"lockerfs: {options.mountpoint} was left mounted by a lockerfs process that died; "
+                  "unmounted it", file=sys.stderr)
         check_mountpoint(options.mountpoint)
     except (MountError, ValueError) as exc:
         print(f"lockerfs: {exc}", file=sys.stderr)
@@ -124,11 +140,31 @@ def run_mount(args: argparse.Namespace) -> int:
     return _daemonize(options)
 
 
+def recover_stale_mount(path: Path) -> bool:
+    """Lazily unmount a lockerfs mount whose process died; True if there was one.
+
+    A dead mount of another filesystem is not ours to remove: it is refused."""
+    state, entry = mountpoints.state(path)
+    if state is not mountpoints.State.STALE:
+        return False
+    assert entry is not None
+    if entry.fstype != mountpoints.LOCKERFS_TYPE:
+        raise MountError(f"{path} is a {entry.fstype} mount whose process is gone: unmount it first")
+    _fusermount(path, lazy=True)
+    return True
+
+
+def _fusermount(path: Path, lazy: bool) -> None:
+    result = subprocess.run(["fusermount3", "-uz" if lazy else "-u", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MountError(f"cannot unmount {path}: {result.stderr.strip() or 'fusermount3 failed'}")
+
+
 def check_mountpoint(path: Path) -> None:
+    if mountpoints.mounted_at(path) is not None or os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point (busy): unmount it first")
     if not path.is_dir():
         raise MountError(f"the mount point {path} does not exist or is not a folder")
-    if os.path.ismount(path):
-        raise MountError(f"{path} is already a mount point (busy): unmount it first")
     if any(path.iterdir()):
         raise MountError(f"the mount point {path} is not empty")
 
@@ -174,6 +210,7 @@ def _detach_stdio() -> None:
 
 def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     """Mount and serve until unmounted; `report` gets "ready" or the reason we could not mount."""
+    started = time.monotonic()
     cache_dir = options.cache_dir or config.default_cache_dir() / config.locker_id(options.locker, options.endpoint_url)
     os.umask(0o077)  # everything the mount writes (log, catalog copy, blocks) is its user's alone
     try:
@@ -205,7 +242,9 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         return 1
     make_private_dir(registry.parent)
     registry.write_text(f"{os.getpid()}\n")
+    log.info("mounted %s on %s in %.2f s", options.locker, options.mountpoint, time.monotonic() - started)
     report("ready")
+    notify_systemd("READY=1")
     try:
         trio.run(mounted.serve)
     finally:
@@ -213,6 +252,21 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         mounted.close()
         registry.unlink(missing_ok=True)
     return 0
+
+
+def notify_systemd(message: str) -> None:
+    """Tell systemd how the mount is doing (sd_notify(3), for `Type=notify` units such as
+    contrib/systemd/lockerfs@.service); nothing happens outside such a unit."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc.strerror or exc)
 
 
 def _setup_logging(options: MountOptions, cache_dir: Path) -> None:
@@ -231,30 +285,40 @@ def _setup_logging(options: MountOptions, cache_dir: Path) -> None:
 
 
 class Mounted:
-    """A mounted locker: the pieces that live as long as the mount."""
+    """A mounted locker: the pieces that live as long as the mount.
+
+    One task keeps the catalog (`_keep_catalog`): it finishes a first load
+    that was still on its way at mount time, saves the local copy as soon as
+    the bucket told us something it lacks, then refreshes every `refresh`
+    seconds. Being one task, these never overlap, so the catalog reader is
+    only ever used by one thread at a time. Whether the locker is reachable
+    is logged when it changes ("offline: ...", "back online: ..."), never per
+    request.
+    """
 
     def __init__(self, options: MountOptions, store: S3Store, cache: BlockCache,
-                 reader: CatalogReader, catalog_copy: Path, copy_dirty: bool) -> None:
+                 start: CatalogStart, catalog_copy: Path) -> None:
         self.options = options
-        self.copy_dirty = copy_dirty  # the local catalog copy lacks what the bucket told us
-        self._catalog_lock = trio.Lock()  # the catalog is refreshed and saved in worker threads
         self.store = store
         self.cache = cache
-        self.reader = reader
+        self.reader = start.reader
         self.catalog_copy = catalog_copy
+        self.copy_dirty = start.copy_stale  # the local catalog copy lacks what the bucket told us
+        self._first_load = start.loading
+        self._offline = False
         self.template = layout.parse_template(options.template, options.names)
         self.tree = Tree()
-        self.tree.rebuild(*extras.lay_out(reader.state, self.template))
+        self.tree.rebuild(*extras.lay_out(start.shown, self.template))
         self.prefetcher = Prefetcher(cache, lambda: self.tree)
         self.operations = LockerOperations(self.tree, cache, self.prefetcher, direct_io=not options.page_cache)
+        if start.unreachable is not None:
+            self._went_offline(start.unreachable)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._stop_on_signals)
             await nursery.start(self.prefetcher.run)
-            nursery.start_soon(self._refresh_loop)
-            if self.copy_dirty:
-                nursery.start_soon(self._save_copy_later)
+            nursery.start_soon(self._keep_catalog)
             await pyfuse3.main(max_tasks=64)
             self.prefetcher.stop()  # and with it the GETs only prefetch wanted
             await self.cache.settle(timeout=5.0)  # what was fetched is kept for the next mount
@@ -267,47 +331,44 @@ class Mounted:
                 pyfuse3.terminate()
                 return
 
-    async def _save_copy_later(self) -> None:
-        """Save the catalog copy once the mount has settled: a large catalog takes
-        seconds of CPU to write, which a player's first scan should not share."""
-        await trio.sleep(COPY_SAVE_DELAY)
-        async with self._catalog_lock:
-            await trio.to_thread.run_sync(self._save_copy)
-
-    def _save_copy(self) -> None:
-        write_catalog_copy(self.reader, self.catalog_copy)
-        self.copy_dirty = False
-
-    async def _refresh_loop(self) -> None:
-        offline = False
+    async def _keep_catalog(self) -> None:
+        if self._first_load is not None:
+            first_load = self._first_load
+            await self._take_news(lambda: trio.to_thread.run_sync(first_load.result, abandon_on_cancel=True))
+            self._first_load = None
+        if self.copy_dirty:
+            await self._save_copy()
         while True:
             await trio.sleep(self.options.refresh)
-            async with self._catalog_lock:
-                offline = await self._refresh(offline)
+            await self._take_news(lambda: trio.to_thread.run_sync(self.reader.refresh))
 
-    async def _refresh(self, offline: bool) -> bool:
-        """One refresh of the catalog; returns whether the locker is out of reach now."""
+    async def _take_news(self, load: Callable[[], Awaitable[bool]]) -> None:
+        """Apply what one load of the catalog brings, and note whether the locker answered."""
         try:
-            changed = await trio.to_thread.run_sync(self.reader.refresh)
+            changed = await load()
         except StoreError as exc:
-            if not offline:
-                log.warning("catalog refresh failed, showing what we have: %s", exc)
-            return True
-        except catalog.FormatError as exc:
+            self._went_offline(exc)
+            return
+        except (catalog.FormatError, MountError) as exc:
             # Someone else's bad (or newer) file must not end this mount.
             log.warning("catalog refresh: %s; showing what we have", exc)
-            return offline
+            return
         except Exception:  # noqa: BLE001 - the catalog is untrusted input; a bug must not end the mount
             log.exception("catalog refresh failed; showing what we have")
-            return offline
-        if offline:
-            log.info("the locker is reachable again")
+            return
+        if self._offline:
+            self._offline = False
+            log.info("back online: %s answers again", self.store.url)
         if changed:
             try:
                 await self._apply_catalog()
             except Exception:  # a bug here must cost a refresh, not the mount
                 log.exception("applying the refreshed catalog failed; showing the previous one")
-        return False
+
+    def _went_offline(self, why: StoreError) -> None:
+        if not self._offline:
+            self._offline = True
+            log.warning("offline: %s; showing the catalog we have and serving cached blocks", why)
 
     async def _apply_catalog(self) -> None:
         paths, extra_files = await trio.to_thread.run_sync(extras.lay_out, self.reader.state, self.template)
@@ -317,12 +378,54 @@ class Mounted:
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         for inode in changes.dirs:
             await trio.to_thread.run_sync(_invalidate_inode, inode)
-        await trio.to_thread.run_sync(self._save_copy)
+        self.copy_dirty = True
+        await self._save_copy()
+
+    async def _save_copy(self) -> None:
+        """Save the catalog copy without slowing the mount: a large catalog takes
+        seconds of CPU to write, which a player's first scan should not share."""
+        await in_low_priority_thread(self._write_copy)
+
+    def _write_copy(self) -> None:
+        write_catalog_copy(self.reader, self.catalog_copy)
+        self.copy_dirty = False
 
     def close(self) -> None:
-        if self.copy_dirty:  # unmounted before the delayed save: save it now
-            self._save_copy()
+        if self.copy_dirty and self._first_load is None:  # unmounted before the copy was saved
+            self._write_copy()
         self.cache.close()
+
+
+async def in_low_priority_thread(work: Callable[[], None]) -> None:
+    """Run `work` in a thread of its own at the lowest CPU priority (nice 19), and wait for it.
+
+    Not in one of trio's worker threads: those serve the reads players wait
+    for, and an unprivileged process cannot raise a thread's priority back.
+    If the mount ends first, the thread is abandoned (it is a daemon).
+    """
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY)  # Linux: this thread only
+        except OSError:
+            pass
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting task
+            failure.append(exc)
+        finally:
+            try:
+                trio.from_thread.run_sync(done.set, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+
+    threading.Thread(target=run, name="lockerfs low priority", daemon=True).start()
+    await done.wait()
+    if failure:
+        raise failure[0]
 
 
 def write_catalog_copy(reader: CatalogReader, copy: Path) -> None:
@@ -347,12 +450,12 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     store = S3Store(options.locker, options.endpoint_url, MOUNT_RETRIES,
                     pool_size=FOREGROUND_SLOTS + BACKGROUND_SLOTS + 4)
     cache = BlockCache(store, cache_dir, disk_limit=options.cache_size, memory_limit=options.memory_cache,
-                       foreground_slots=FOREGROUND_SLOTS, background_slots=BACKGROUND_SLOTS)
+                       foreground_slots=FOREGROUND_SLOTS, background_slots=BACKGROUND_SLOTS,
+                       read_deadline=READ_DEADLINE)
     cache.open()
     try:
         catalog_copy = cache_dir / f"catalog-{config.locker_id(options.locker, store.endpoint)}.json.gz"
-        reader, fresh = _load_catalog(store, catalog_copy)
-        mounted = Mounted(options, store, cache, reader, catalog_copy, copy_dirty=fresh)
+        mounted = Mounted(options, store, cache, start_catalog(store, catalog_copy), catalog_copy)
         mount_options = {f"fsname={options.locker}", "subtype=lockerfs", "ro", "default_permissions", "noatime"}
         if options.allow_other:
             mount_options.add("allow_other")
@@ -365,23 +468,76 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     return mounted
 
 
-def _load_catalog(store: S3Store, copy: Path) -> tuple[CatalogReader, bool]:
-    """The catalog from the bucket, or from the local copy when the bucket is out of reach;
-    and whether the bucket had news the local copy lacks."""
+@dataclass
+class CatalogStart:
+    """What a mount shows first, and what is still on its way."""
+
+    reader: CatalogReader
+    shown: CatalogState  # what the mount shows at first
+    loading: Future[bool] | None = None  # the bucket's catalog, when it did not come within START_WAIT
+    copy_stale: bool = False  # the bucket told us something the local copy lacks
+    unreachable: StoreError | None = None  # why the bucket could not be asked at all
+
+
+def start_catalog(store: S3Store, copy: Path) -> CatalogStart:
+    """The catalog to mount with: the bucket's if it answers within START_WAIT,
+    else the local copy, while the bucket's goes on loading in the background.
+
+    Without a local copy there is nothing to show but the bucket's, so we wait
+    for it (and fail if it is out of reach).
+    """
+    for leftover in copy.parent.glob(f".{copy.name}.*.tmp"):  # a save cut short by a crash
+        leftover.unlink(missing_ok=True)
     reader = CatalogReader(store)
-    have_copy = reader.load_local(copy)
-    try:
-        catalog.check_locker(store)
-        changed = reader.refresh()
-    except Unreachable as exc:
-        if not have_copy:
+
+    def load_from_bucket() -> bool:
+        try:
+            catalog.check_locker(store)
+        except NotFound:
+            raise MountError(f"{store.url} is not a lockerfs locker (no locker.json): "
+                             "`lockerfs upload` creates one") from None
+        return reader.refresh()
+
+    if not reader.load_local(copy):
+        try:
+            load_from_bucket()
+        except Unreachable as exc:
             raise MountError(f"{exc}, and there is no cached catalog of {store.url} to show offline") from None
-        log.warning("%s: mounting offline with the cached catalog (%d tracks)", exc, len(reader.tracks()))
-        return reader, False
-    except NotFound:
-        raise MountError(f"{store.url} is not a lockerfs locker (no locker.json): "
-                         "`lockerfs upload` creates one") from None
-    return reader, changed
+        return CatalogStart(reader, reader.state, copy_stale=True)
+    copy_state = _snapshot(reader.state)  # the copy's, kept from what the loading thread changes
+    loading = _in_background(load_from_bucket)
+    try:
+        changed = loading.result(timeout=START_WAIT)
+    except concurrent.futures.TimeoutError:
+        log.info("the bucket has not answered within %.1f s: mounting with the cached catalog "
+                 "(%d tracks) while it loads", START_WAIT, len(copy_state.entries))
+        return CatalogStart(reader, copy_state, loading=loading)
+    except Unreachable as exc:
+        return CatalogStart(reader, copy_state, unreachable=exc)
+    return CatalogStart(reader, reader.state, copy_stale=changed)
+
+
+def _snapshot(state: CatalogState) -> CatalogState:
+    """A copy of `state` that merging more files into it leaves alone: its maps are
+    copied (a few ms for 100k tracks); the records in them are never changed, only replaced."""
+    maps = {f.name: dict(value) for f in dataclasses.fields(state)
+            if isinstance(value := getattr(state, f.name), dict)}
+    return dataclasses.replace(state, **maps)
+
+
+def _in_background(work: Callable[[], bool]) -> Future[bool]:
+    """Run work() in a daemon thread: an unmount never waits for a stalled server."""
+    future: Future[bool] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(work())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="lockerfs catalog load", daemon=True).start()
+    return future
 
 
 # --- which process serves which mount point ----------------------------------------------
@@ -392,19 +548,23 @@ def _registry(mountpoint: Path) -> Path:
 
 
 def run_umount(args: argparse.Namespace) -> int:
-    """Unmount, then wait until the serving process has exited."""
+    """Unmount (lazily if its process died), then wait until the serving process has exited."""
     mountpoint = Path(args.mountpoint).absolute()
     registry = _registry(mountpoint)
     try:
         pid = int(registry.read_text())
     except (OSError, ValueError):
         pid = None
-    if not os.path.ismount(mountpoint):
-        print(f"lockerfs: {mountpoint} is not mounted", file=sys.stderr)
-        return 1
-    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"lockerfs: cannot unmount {mountpoint}: {result.stderr.strip()}", file=sys.stderr)
+    try:
+        state, entry = mountpoints.state(mountpoint)
+        if state is mountpoints.State.NOT_MOUNTED:
+            raise MountError(f"{mountpoint} is not mounted")
+        assert entry is not None
+        if entry.fstype != mountpoints.LOCKERFS_TYPE:
+            raise MountError(f"{mountpoint} is a {entry.fstype} mount, not a lockerfs one")
+        _fusermount(mountpoint, lazy=state is mountpoints.State.STALE)
+    except (MountError, OSError) as exc:
+        print(f"lockerfs: {exc}", file=sys.stderr)
         return 1
     if pid is not None:
         _wait_for_exit(pid, timeout=20.0)

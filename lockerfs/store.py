@@ -30,6 +30,8 @@ import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from lockerfs.connections import FreshConnections
+
 log = logging.getLogger(__name__)
 
 
@@ -174,6 +176,9 @@ class S3Store:
         )
         session = boto3.session.Session()
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        # Pooled connections that died silently (sleep, a new network) are dropped, not waited on.
+        self.connections = FreshConnections(self._client)
+        self.connections.register(self._client.meta.events)
         # check() answers "can we use this bucket at all" quickly, whatever the retry policy.
         self._probe = session.client("s3", endpoint_url=endpoint_url, config=config.merge(Config(
             retries={"mode": "standard", "total_max_attempts": PROBE_RETRIES.max_attempts},
@@ -244,6 +249,7 @@ class S3Store:
                         return position - start
                     except _BODY_ERRORS as exc:
                         broken = exc
+                self.connections.failed(broken)
                 if attempt == self._body_attempts:
                     raise broken
                 log.debug("body of %s broke at %d (%s); resuming", key, position, type(broken).__name__)
@@ -273,6 +279,7 @@ class S3Store:
                         return response["Body"].read()
                     except _BODY_ERRORS as exc:
                         broken = exc
+                self.connections.failed(broken)
                 if attempt == self._body_attempts:
                     raise broken
                 log.debug("body of %s broke (%s); retrying", key, type(broken).__name__)

@@ -11,6 +11,9 @@ command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 pkg-config --exists fuse3 2>/dev/null || need_apt+=(libfuse3-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)   # M4A test files, and the benchmark's real player
+# tests of a changed network: a host name whose address the test controls, and `ip addr`
+dpkg -s libnss-wrapper >/dev/null 2>&1 || need_apt+=(libnss-wrapper)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

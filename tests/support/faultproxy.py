@@ -32,6 +32,13 @@ Faults are drawn per request, when its head has arrived:
                        unknown or 0), then RST
     short_body         the same cut, then a clean close (FIN)
 
+Besides faults per request, the whole network can fail (tests of life on a
+laptop): `drop_silently` makes every open connection a dead path (never
+answered again, never closed: a suspend, a changed network), `reset_connections`
+resets them all, `move` changes the proxy's address under its clients, and
+`set_latency` delays each response by one round trip (and a new connection's
+first one by another, for its handshake).
+
 A queued `fail_next` fault takes precedence over the random schedule. The
 schedule is a `random.Random(seed)` consulted once per matching request, reset
 by each `set_fault_rate`, so the same requests in the same order meet the same
@@ -113,6 +120,10 @@ class _ProtocolError(Exception):
 
 class _Dropped(Exception):
     """The session must end with RST (an injected reset, or a peer that vanished mid-request)."""
+
+
+class _Silenced(_Dropped):
+    """The session's path died silently (`drop_silently`): it answers nothing more."""
 
 
 @dataclass
@@ -242,7 +253,10 @@ class FaultProxy:
     def __init__(self, upstream_port: int, port: int | None = None, seed: int = 0,
                  stall_seconds: float = 30.0) -> None:
         self.upstream_port = upstream_port
+        self.host = "127.0.0.1"  # `move` changes it
         self.port = port or 0  # the real port is known once start() has bound it
+        self._latency = 0.0  # seconds added to each response (`set_latency`)
+        self._silenced: set[threading.Thread] = set()  # sessions whose path died (`drop_silently`)
         self.seed = seed
         self.stall_seconds = stall_seconds
         self._lock = threading.Lock()
@@ -264,7 +278,7 @@ class FaultProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     # lifecycle
 
@@ -303,10 +317,54 @@ class FaultProxy:
         else:
             self._listen()
 
+    def drop_silently(self) -> None:
+        """Every open connection becomes a dead path, as after a suspend or a change of
+        network: it stays open, whatever the client sends is swallowed, and nothing is
+        ever answered again (a response in flight included). New connections are served."""
+        with self._lock:
+            self._silenced.update(t for t in self._sessions if t.is_alive())
+
+    def reset_connections(self) -> None:
+        """Reset (RST) every open connection; new connections are served."""
+        self._drop_connections()
+
+    def move(self, host: str, port: int | None = None) -> None:
+        """The server's address changes: open connections die silently, nothing listens at
+        the old address any more, and the proxy listens at host:port (the same port if None)."""
+        self.drop_silently()
+        self._unlisten()
+        self.host = host
+        if port is not None:
+            self.port = port
+        self._listen()
+
+    def set_latency(self, rtt: float) -> None:
+        """Delay every response by `rtt` seconds, and a new connection's first one by
+        another `rtt` (its handshake): a link `rtt` long, with no bandwidth limit."""
+        if rtt < 0:
+            raise ValueError(f"latency must not be negative, not {rtt}")
+        with self._lock:
+            self._latency = rtt
+
+    def _delay(self) -> None:
+        with self._lock:
+            latency = self._latency
+        if latency:
+            time.sleep(latency)
+
+    def _park(self, sock: socket.socket) -> None:
+        """Hold a silenced connection open, swallowing what arrives, until the client
+        gives up or the proxy stops (which shuts the socket down)."""
+        try:
+            while sock.recv(READ_SIZE):
+                pass
+        except OSError:
+            pass
+
     def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(128)
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -449,6 +507,7 @@ class FaultProxy:
         upstream: _Wire | None = None
         graceful = True
         try:
+            self._delay()  # the handshake's round trip
             while True:
                 if not client.buf and upstream and not self._await_request(client, upstream):
                     break
@@ -459,6 +518,7 @@ class FaultProxy:
                 method, target, version = (request.first_line + ["HTTP/1.0"])[:3]
                 path, _, query = target.partition("?")
                 record = self._arrived(method, path, query, len(head))
+                self._delay()
                 try:
                     if record.fault in _S3_ERRORS:
                         self._drain_request(client, request, record)
@@ -487,7 +547,10 @@ class FaultProxy:
             graceful = False
             log.debug("faultproxy: connection dropped: %r", error)
         finally:
+            if threading.current_thread() in self._silenced:
+                self._park(client_sock)
             with self._lock:
+                self._silenced.discard(threading.current_thread())
                 self._sockets.discard(client_sock)
                 if upstream:
                     self._sockets.discard(upstream.sock)
@@ -636,6 +699,8 @@ class FaultProxy:
                 return
 
     def _send(self, client: _Wire, data: bytes, record: RequestRecord) -> None:
+        if threading.current_thread() in self._silenced:
+            raise _Silenced("the path died silently")
         client.sock.sendall(data)
         self._note(record, response=len(data))
 

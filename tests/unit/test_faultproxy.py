@@ -509,3 +509,63 @@ def test_50_mb_round_trip_streams_through_bounded_memory(
     assert child.returncode == 0
     assert summary["requests"] == {"PUT": 1, "GET": 1}
     assert summary["request_bytes"] > 50 * MiB and summary["response_bytes"] > 50 * MiB
+
+
+# the whole network failing (life on a laptop)
+
+
+def _ask(conn: http.client.HTTPConnection) -> int:
+    """One unsigned request: the server refuses it (4xx), an answer, which is all these tests need."""
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    return response.status // 100 * 100
+
+
+def test_drop_silently_answers_nothing_on_open_connections_but_serves_new_ones(proxy: FaultProxy) -> None:
+    old = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=1.0)
+    assert _ask(old) == 400
+    proxy.drop_silently()
+    with pytest.raises(TimeoutError):  # no answer, and no FIN or RST either
+        _ask(old)
+    old.close()
+    fresh = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5.0)
+    assert _ask(fresh) == 400
+    fresh.close()
+
+
+def test_move_leaves_the_old_address_dead_and_serves_at_the_new_one(proxy: FaultProxy) -> None:
+    port = proxy.port
+    old = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    assert _ask(old) == 400
+    proxy.move("127.0.0.2")
+    assert proxy.endpoint == f"http://127.0.0.2:{port}"
+    with pytest.raises(TimeoutError):
+        _ask(old)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1.0)
+    assert _ask(http.client.HTTPConnection("127.0.0.2", port, timeout=5.0)) == 400
+
+
+def test_reset_connections_resets_open_ones(proxy: FaultProxy) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5.0)
+    assert _ask(conn) == 400
+    proxy.reset_connections()
+    with pytest.raises((ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError)):
+        _ask(conn)
+
+
+def test_latency_costs_a_round_trip_per_request_and_one_more_per_connection(proxy: FaultProxy) -> None:
+    rtt = 0.2
+    proxy.set_latency(rtt)
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5.0)
+    started = time.monotonic()
+    _ask(conn)
+    first = time.monotonic() - started
+    started = time.monotonic()
+    _ask(conn)
+    second = time.monotonic() - started
+    assert 2 * rtt <= first < 3 * rtt
+    assert rtt <= second < 2 * rtt
+    with pytest.raises(ValueError):
+        proxy.set_latency(-1)
