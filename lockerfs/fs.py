@@ -35,6 +35,28 @@ WHOLE_FILE_MAX = 8 * 1024 * 1024  # a cover or lyrics file up to this size is fe
 NAME_MAX = 255
 
 
+class FailedReads:
+    """Logs failed reads without flooding the log: offline, every uncached read fails, and a
+    player retries. The first failure is logged, then at most one line per LOG_EVERY seconds
+    saying how many more there were (each one is still logged at DEBUG)."""
+
+    LOG_EVERY = 60.0
+
+    def __init__(self) -> None:
+        self._logged_at = -self.LOG_EVERY
+        self._unlogged = 0
+
+    def note(self, name: str, offset: int, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < self.LOG_EVERY:
+            self._unlogged += 1
+            log.debug("read of %s at %d failed: %s", name, offset, error)
+            return
+        more = f" ({self._unlogged} more reads failed since the last such line)" if self._unlogged else ""
+        log.warning("read of %s at %d failed: %s%s", name, offset, error, more)
+        self._logged_at, self._unlogged = now, 0
+
+
 @dataclass
 class OpenFile:
     node: FileNode | ExtraNode
@@ -56,6 +78,7 @@ class LockerOperations(pyfuse3.Operations):
         self.direct_io = direct_io
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles: dict[int, OpenFile] = {}
+        self._failures = FailedReads()
         self._dir_handles: dict[int, DirNode] = {}
         self._next_handle = itertools.count(1)
 
@@ -178,7 +201,7 @@ class LockerOperations(pyfuse3.Operations):
         try:
             return await self.cache.read(object_of(opened.node.track), off, size)
         except FetchError as exc:
-            log.warning("read of %s at %d failed: %s", opened.node.name, off, exc)
+            self._failures.note(opened.node.name, off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:  # a bug must cost one read, not the whole mount (pyfuse3 would end it)
             log.exception("unexpected error reading %s at %d", opened.node.name, off)
@@ -198,7 +221,7 @@ class LockerOperations(pyfuse3.Operations):
         try:
             return await self.cache.read(node.content, off, size, fetch_to=whole)
         except FetchError as exc:
-            log.warning("read of %s at %d failed: %s", node.name, off, exc)
+            self._failures.note(node.name, off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:  # a bug must cost one read, not the whole mount (pyfuse3 would end it)
             log.exception("unexpected error reading %s at %d", node.name, off)

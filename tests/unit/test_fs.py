@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import hashlib
 import os
 import stat
@@ -17,9 +18,9 @@ import trio
 import trio.testing
 
 from lockerfs.asset import stored_object
-from lockerfs.cache import BlockCache
+from lockerfs.cache import BlockCache, FetchError
 from lockerfs.extras import ExtraFile
-from lockerfs.fs import NAME_MAX, STATFS_BLOCK, LockerOperations
+from lockerfs.fs import NAME_MAX, STATFS_BLOCK, FailedReads, LockerOperations
 from lockerfs import prefetch
 from lockerfs.prefetch import Prefetcher, ReadState, Zones, head_end, object_of, tail_start
 from lockerfs.store import MemoryStore, StoreError
@@ -466,3 +467,16 @@ def test_other_files_are_read_only_and_a_failed_object_read_is_eio() -> None:
         await fs.ops.read(fh, 0, 4096)
 
     assert fuse_errno(go) == errno.EIO
+
+
+def test_failed_reads_are_logged_once_a_minute_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Offline, every uncached read fails: the log gets a line, not a flood."""
+    failures = FailedReads()
+    with caplog.at_level(logging.WARNING, logger="lockerfs.fs"):
+        for n in range(50):
+            failures.note("01.flac", n, FetchError("cannot connect"))
+    assert len(caplog.records) == 1
+    failures._logged_at -= FailedReads.LOG_EVERY
+    with caplog.at_level(logging.WARNING, logger="lockerfs.fs"):
+        failures.note("02.flac", 0, FetchError("cannot connect"))
+    assert "49 more reads failed" in caplog.records[-1].getMessage()
