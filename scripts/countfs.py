@@ -13,8 +13,8 @@ Why a filesystem and not strace: MPD reads local files through io_uring,
 which strace does not see; every read of a FUSE file reaches the daemon,
 whoever issues it. Files are opened with direct_io, so each read arrives as
 the reader made it (no kernel read-ahead, no page cache): the counts are what
-the reader requested. The kernel still cuts a read into pieces of at most
-its max_read (128 KiB here); the trace shows the pieces.
+the reader requested. The kernel still cuts a larger read into pieces of
+the connection's maximum (1 MiB here); the trace shows the pieces.
 
 pyfuse3 hands `read` no request context, so a read is attributed to the
 thread that opened its file handle (ctx.pid at open is the caller's thread

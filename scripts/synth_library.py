@@ -2,14 +2,22 @@
 
 Tests and benchmarks need music with known tags and known bytes, and the project
 never downloads any. soundfile (libsndfile) encodes FLAC, MP3, Ogg Vorbis, Opus,
-WAV and AIFF; ffmpeg, when installed, encodes M4A (AAC and ALAC); mutagen writes
-the tags. The same seed gives the same bytes on every run, and every track's
-audio differs so that no two tracks share a SHA-256.
+WAV and AIFF; ffmpeg, when installed, encodes M4A (AAC and ALAC); Pillow encodes
+JPEG covers; mutagen writes the tags. The same seed gives the same bytes on every
+run, and every track's audio differs so that no two tracks share a SHA-256.
+
+Profiles: "small" (every format and tagging habit, a second or two each),
+"bench" (400 tracks of FLAC and CBR MP3 noise, 1.1 GB), "purchased" (about 110
+tracks, 320 MB, shaped like bought music: VBR MP3 with and without a Xing
+frame, FLAC, M4A with moov last and first, Ogg, Opus, embedded JPEG/PNG art
+of 50 KB to 1.5 MB, cover.jpg side files, one 24-bit/96 kHz FLAC) and
+"purchased-small" (the same albums, two shorter tracks each, for tests).
 
 Usable as a module (``write_track``, ``synthesize_library``, ``write_big_flac``,
 ``write_big_mp3``) and as a command:
 
-    python scripts/synth_library.py OUT_DIR [--profile small|bench|large|purchased] [--seed N]
+    python scripts/synth_library.py OUT_DIR [--profile small|bench|large|purchased|purchased-small]
+                                    [--seed N]
                                     [--big-flac-mb MB]
 
 Profiles: "small" (every format and tagging habit, a few seconds each),
@@ -585,7 +593,7 @@ def _small_specs() -> Iterator[_Spec]:
     yield _Spec("jam session.ogg", "ogg", 2.0, {"artist": "Garage Band", "title": "Jam"})
 
 
-PROFILES = ("small", "bench", "large", "purchased")
+PROFILES = ("small", "bench", "large", "purchased", "purchased-small")
 
 _WORDS = ("Blue Red Silent Electric Paper Golden Hollow Neon Velvet Iron Glass Midnight "
           "River Echo Signal Static Lantern Harbor Comet Orchard Engine Winter Summer "
@@ -667,6 +675,12 @@ _PURCHASED_ALBUMS = (
 # AAC 128 kbit/s, 24/96 FLAC ~4 Mbit/s).
 _PURCHASED_SECONDS = {"mp3": (70, 110), "flac": (20, 32), "m4a": (90, 150), "ogg": (90, 150),
                       "opus": (90, 150), "hires": (40, 40)}
+# "purchased-small": the same albums, two tracks each, shorter (integration tests).
+# Still long enough that a whole track is several times what a scanner reads of
+# it (MPD reads 512 KiB past an MP3's tags), or over-fetching would not show.
+_PURCHASED_SMALL_TRACKS = 2
+_PURCHASED_SMALL_SECONDS = {"mp3": (12, 18), "flac": (20, 30), "m4a": (30, 45), "ogg": (20, 30),
+                            "opus": (20, 30), "hires": (6, 6)}
 
 
 def _cover(kind: str, size: int, seed: int) -> bytes:
@@ -677,9 +691,10 @@ def _cover(kind: str, size: int, seed: int) -> bytes:
     return make_jpeg(size, seed)
 
 
-def _purchased_specs(seed: int) -> tuple[list[_Spec], dict[str, bytes]]:
+def _purchased_specs(seed: int, small: bool = False) -> tuple[list[_Spec], dict[str, bytes]]:
     """About 110 tracks in 12 album folders shaped like purchased music, and the
-    cover.jpg / folder.jpg files some of those folders hold (path -> bytes)."""
+    cover.jpg / folder.jpg files some of those folders hold (path -> bytes).
+    `small`: two short tracks per album (disc), same art, for integration tests."""
     rng = np.random.default_rng([seed, 12])
     specs: list[_Spec] = []
     side: dict[str, bytes] = {}
@@ -701,9 +716,10 @@ def _purchased_specs(seed: int) -> tuple[list[_Spec], dict[str, bytes]]:
         base |= ({"albumartist": "Various Artists", "compilation": True} if shape.compilation
                  else {"albumartist": artist})
         for disc in range(1, shape.discs + 1):
-            for n in range(1, shape.tracks + 1):
+            for n in range(1, min(shape.tracks, _PURCHASED_SMALL_TRACKS) + 1 if small else shape.tracks + 1):
                 variant = shape.variants[(n - 1) % len(shape.variants)]
-                low, high = _PURCHASED_SECONDS["hires" if variant == "hires" else shape.fmt]
+                low, high = (_PURCHASED_SMALL_SECONDS if small else _PURCHASED_SECONDS)[
+                    "hires" if variant == "hires" else shape.fmt]
                 tags = {**base, "artist": "The " + _name(rng, 2) if shape.compilation else artist,
                         "title": _name(rng, 3), "track": n}
                 if shape.discs > 1:
@@ -736,8 +752,8 @@ def synthesize_library(out: pathlib.Path, profile: str = "small", seed: int = 0)
         specs = list(_small_specs())
     elif profile == "bench":
         specs = list(_bench_specs(seed))
-    elif profile == "purchased":
-        specs, side = _purchased_specs(seed)
+    elif profile in ("purchased", "purchased-small"):
+        specs, side = _purchased_specs(seed, small=profile == "purchased-small")
     else:
         raise ValueError(f"unknown profile {profile!r} ({', '.join(PROFILES)})")
     if FFMPEG is None:
