@@ -52,7 +52,7 @@ import mpd_update  # noqa: E402
 from tests.support.traces import SCHEMA_VERSION, TRACES, file_kind  # noqa: E402
 
 READERS = ("mutagen", "ffprobe", "ffmpeg", "mpd", "taglib", "cp", "player")
-PLAYER_SECONDS = 3.0
+PLAYER_SECONDS = 6.0
 PLAYER_BLOCK = 64 * 1024
 
 TAGLIB_SOURCE = r"""
