@@ -76,12 +76,24 @@ class PrivateMPD:
             'audio_output {\n    type "null"\n    name "null"\n}\n')
 
     def prepare(self) -> None:
-        """Create the database from an empty folder, so the real start runs no update."""
+        """Create the database from an empty folder, so the real start runs no update.
+
+        MPD answers on its port before its start-up update has saved the
+        database; stopped then, it saves none. So wait for an update of our
+        own to end, and for the file to appear, before stopping it.
+        """
         empty = self.workdir / "empty"
         empty.mkdir(parents=True, exist_ok=True)
+        database = self.workdir / "mpd.db"
         self.start(empty)
-        self.stop()
-        if not (self.workdir / "mpd.db").exists():
+        try:
+            self.update(START_TIMEOUT_S)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not database.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            self.stop()
+        if not database.exists():
             raise RuntimeError(f"MPD wrote no database; see {self.log_path}")
 
     def start(self, music: Path) -> None:

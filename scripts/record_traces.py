@@ -116,7 +116,8 @@ def describe_files(library: Path) -> list[dict[str, Any]]:
                 entry |= {"format": "", "head_size": 0, "tail_size": 0}
             else:
                 entry |= {"format": info.format, "head_size": info.head_size, "tail_size": info.tail_size,
-                          "duration": round(info.duration or 0.0, 3), "bitrate": info.bitrate or 0}
+                          "duration": round(info.duration or 0.0, 3), "bitrate": info.bitrate or 0,
+                          "sample_rate": info.sample_rate or 0}
             entry |= file_details(path, entry["format"])
             entry["kind"] = file_kind(entry)
             files.append(entry)

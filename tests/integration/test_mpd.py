@@ -23,6 +23,7 @@ from tests.support.s3server import S3Server
 
 import countfs
 from mpd_update import have_mpd, private_mpd
+from record_traces import describe_files
 from synth_library import SynthTrack, synthesize_library
 
 # Bytes a cold MPD update through the mount may move, as a multiple of the floor.
@@ -55,6 +56,22 @@ def mpd_floor(purchased: tuple[Path, list[SynthTrack]], tmp_path_factory: pytest
             for key in ("bytes", "unique", "reads")}
 
 
+def test_purchased_library_has_every_shape(purchased) -> None:
+    """What the test below (and the benchmark's default library) claims to contain."""
+    root, tracks = purchased
+    files = describe_files(root)
+    kinds = {f["kind"] for f in files}
+    assert {"mp3-xing-art-jpeg", "mp3-noxing-art-jpeg", "mp3-xing-art-png", "mp3-noxing-art-png",
+            "mp3-xing-noart", "flac-art-jpeg", "flac-art-png", "flac-noart", "flac-hires-art-jpeg",
+            "m4a-moovend-art-jpeg", "m4a-moovfront-art-png", "ogg-art-jpeg", "opus-art-jpeg"} <= kinds
+    art = [f["art_bytes"] for f in files if f.get("art_bytes")]
+    assert 50_000 <= min(art) < 100_000 and 1_200_000 < max(art) <= 1_500_000
+    side = [f for f in files if not f["format"]]
+    assert side and all(f["path"].endswith(("cover.jpg", "folder.jpg")) for f in side)
+    assert all((root / f["path"]).read_bytes()[:2] == b"\xff\xd8" for f in side)
+    assert len(tracks) == len(files) - len(side)
+
+
 def wait_quiet(proxy: FaultProxy, quiet_s: float = QUIET_S, limit_s: float = 30.0) -> None:
     """Until no request has arrived for `quiet_s` and none is in flight."""
     deadline = time.monotonic() + limit_s
@@ -69,10 +86,11 @@ def wait_quiet(proxy: FaultProxy, quiet_s: float = QUIET_S, limit_s: float = 30.
 
 
 @pytest.fixture
-def uploaded(purchased, locker: str, s3_server: S3Server) -> None:
-    """The library in the locker, uploaded straight to the server (the proxy counts only the mount)."""
+def uploaded(purchased, locker: str, env: dict[str, str], s3_server: S3Server) -> None:
+    """The library in the locker, uploaded straight to the server (the proxy counts only the mount),
+    with the test's private XDG folders."""
     root, _tracks = purchased
-    lockerfs("upload", str(root), locker, env=s3_server.env())
+    lockerfs("upload", str(root), locker, env={**env, "AWS_ENDPOINT_URL": s3_server.endpoint})
 
 
 def test_mpd_update_of_a_mount_moves_at_most_half_again_its_floor(
