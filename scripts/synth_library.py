@@ -679,8 +679,8 @@ _PURCHASED_SECONDS = {"mp3": (70, 110), "flac": (20, 32), "m4a": (90, 150), "ogg
 # Still long enough that a whole track is several times what a scanner reads of
 # it (MPD reads 512 KiB past an MP3's tags), or over-fetching would not show.
 _PURCHASED_SMALL_TRACKS = 2
-_PURCHASED_SMALL_SECONDS = {"mp3": (12, 18), "flac": (20, 30), "m4a": (30, 45), "ogg": (20, 30),
-                            "opus": (20, 30), "hires": (6, 6)}
+_PURCHASED_SMALL_SECONDS = {"mp3": (12, 18), "flac": (20, 30), "m4a": (20, 30), "ogg": (15, 20),
+                            "opus": (12, 18), "hires": (6, 6)}
 
 
 def _cover(kind: str, size: int, seed: int) -> bytes:
