@@ -11,7 +11,6 @@ set off is charged to it).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from synth_library import SynthTrack, synthesize_library
 MAX_FLOOR_MULTIPLE = 1.5
 UPDATE_TIMEOUT_S = 120.0
 QUIET_S = 0.5  # no new request for this long: the mount's background fetches have ended
+
 
 @pytest.fixture(scope="module")
 def purchased(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthTrack]]:
@@ -105,7 +105,6 @@ def test_mpd_update_of_a_mount_moves_at_most_half_again_its_floor(
             wait_quiet(proxy)
             moved, requests = proxy.response_bytes(), proxy.count()
             songs = mpd.song_count()
-    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
     assert songs == len(tracks)
     multiple = moved / mpd_floor["unique"]
     print(f"MPD update through the mount: {moved:,} bytes in {requests} requests; "
