@@ -80,12 +80,16 @@ def log(message: str) -> None:
 # --- the library --------------------------------------------------------------
 
 def ensure_library(given: Path | None, seed: int) -> Path:
-    """The purchased library: the one given, or one synthesized once and kept."""
+    """The purchased library: the one given, scripts/bench's copy when it has one
+    from this synthesizer, or one synthesized once and kept."""
     if given:
         return given.resolve()
     import synth_library
 
     version = hashlib.sha256((SCRIPTS / "synth_library.py").read_bytes()).hexdigest()[:8]
+    benched = Path("/var/tmp/lockerfs-bench") / f"library-purchased-seed{seed}-big200-{version}" / "music"
+    if benched.is_dir():
+        return benched
     root = Path("/var/tmp/lockerfs-traces") / f"library-purchased-seed{seed}-{version}"
     if not root.exists():
         log(f"synthesizing the purchased library into {root}")
