@@ -6,24 +6,21 @@ WAV and AIFF; ffmpeg, when installed, encodes M4A (AAC and ALAC); Pillow encodes
 JPEG covers; mutagen writes the tags. The same seed gives the same bytes on every
 run, and every track's audio differs so that no two tracks share a SHA-256.
 
-Profiles: "small" (every format and tagging habit, a second or two each),
-"bench" (400 tracks of FLAC and CBR MP3 noise, 1.1 GB), "purchased" (about 110
-tracks, 320 MB, shaped like bought music: VBR MP3 with and without a Xing
-frame, FLAC, M4A with moov last and first, Ogg, Opus, embedded JPEG/PNG art
-of 50 KB to 1.5 MB, cover.jpg side files, one 24-bit/96 kHz FLAC) and
-"purchased-small" (the same albums, two shorter tracks each, for tests).
-
 Usable as a module (``write_track``, ``synthesize_library``, ``write_big_flac``,
 ``write_big_mp3``) and as a command:
 
     python scripts/synth_library.py OUT_DIR [--profile small|bench|large|purchased|purchased-small]
-                                    [--seed N]
-                                    [--big-flac-mb MB]
+                                    [--seed N] [--big-flac-mb MB]
 
 Profiles: "small" (every format and tagging habit, a few seconds each),
 "bench" (about 400 tracks, 1 GB), "large" (two big files that take uploads
 past the multipart threshold and reads past the memory cache: a FLAC of
-LARGE_FLAC_MB and an MP3 of LARGE_MP3_MB MiB, about 25 s to write).
+LARGE_FLAC_MB and an MP3 of LARGE_MP3_MB MiB, about 25 s to write),
+"purchased" (112 tracks, 320 MB, shaped like bought music: VBR MP3 with and
+without a Xing frame, FLAC, M4A with moov last and first, Ogg, Opus, embedded
+JPEG/PNG art of 50 KB to 1.5 MB, cover.jpg side files, one 24-bit/96 kHz
+FLAC) and "purchased-small" (the same albums, two shorter tracks each, for
+tests).
 
 which also writes OUT_DIR/manifest.json for shell scripts.
 """
@@ -761,9 +758,9 @@ def synthesize_library(out: pathlib.Path, profile: str = "small", seed: int = 0)
     # Each track's seed mixes the library seed and its index: same run, same
     # bytes; different tracks, different audio.
     jobs = [(out, seed * 100_003 + i, spec) for i, spec in enumerate(specs)]
-    if profile in ("bench", "purchased"):
+    if profile in ("bench", "purchased", "purchased-small"):
         with ProcessPoolExecutor(os.cpu_count()) as pool:
-            tracks = list(pool.map(_write_spec, jobs, chunksize=1 if profile == "purchased" else 4))
+            tracks = list(pool.map(_write_spec, jobs, chunksize=4 if profile == "bench" else 1))
     else:
         tracks = [_write_spec(job) for job in jobs]
     for relpath, data in side.items():
