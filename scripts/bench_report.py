@@ -31,6 +31,11 @@ METRICS = (
     Metric("scan cold req", "scan_cold", "traffic.requests", digits=0),
     Metric("scan warm s", "scan_warm", "seconds", digits=2),
     Metric("scan warm req", "scan_warm", "traffic.requests", digits=0),
+    Metric("mpd cold s", "mpd_cold", "seconds"),
+    Metric("mpd cold MB", "mpd_cold", "traffic.bytes_down", scale=1e-6, digits=0),
+    Metric("mpd cold req", "mpd_cold", "traffic.requests", digits=0),
+    Metric("mpd warm s", "mpd_warm", "seconds", digits=2),
+    Metric("mpd warm req", "mpd_warm", "traffic.requests", digits=0),
     Metric("seq cold MB/s", "seq_cold", "mb_per_s", HIGHER),
     Metric("seq warm MB/s", "seq_warm", "mb_per_s", HIGHER),
     Metric("find cold s", "find_cold", "seconds", digits=2),
@@ -38,12 +43,15 @@ METRICS = (
     Metric("seek ms", "seek", "median_ms", digits=0),
     Metric("seek max ms", "seek", "max_ms", digits=0),
     Metric("ffmpeg s", "ffmpeg", "median_s", digits=2),
+    Metric("cp album s", "cp", "seconds", digits=2),
     Metric("stalls", "playback", "stalls", digits=0),
     Metric("next track cached", "playback", "next_cached", HIGHER, digits=0),
     Metric("next track ms", "playback", "next_max_ms", digits=0),
 )
-TRAFFIC_MEASURES = ("mount", "first_byte", "scan_cold", "scan_warm", "seq_cold", "seq_warm",
-                    "find_cold", "find_warm", "seek", "ffmpeg", "playback")
+TRAFFIC_MEASURES = ("mount", "first_byte", "scan_cold", "scan_warm", "mpd_cold", "mpd_warm", "seq_cold",
+                    "seq_warm", "find_cold", "find_warm", "seek", "ffmpeg", "cp", "playback")
+# reader floor -> the cold measure whose bytes are compared with it
+FLOOR_MEASURES = {"mutagen": ("scan_cold", "mutagen scan"), "mpd": ("mpd_cold", "MPD update")}
 
 
 def value(measure: dict[str, Any] | None, field: str) -> float | None:
@@ -111,6 +119,47 @@ def scale_table(results: dict[str, Any]) -> str:
     ])
 
 
+def floors_section(results: dict[str, Any]) -> list[str]:
+    """What each reader reads of a local copy, and each system's cold bytes as a
+    multiple of it; for MPD also the best speed-up over each peer that its
+    floor allows (the peer's bytes over the floor)."""
+    floors = results.get("floors") or {}
+    if not floors:
+        return []
+    lines = ["What readers read of a local copy (scripts/countfs.py, direct_io: the floor for bytes):", "",
+             _row(["reader", "seconds", "files opened", "reads", "requested MB", "read MB", "unique MB"]),
+             _row(["---"] * 7)]
+    for reader, floor in floors.items():
+        title = FLOOR_MEASURES[reader][1]
+        if not floor.get("ok"):
+            lines.append(_row([title, f"FAIL: {floor.get('error', '?')[:60]}"] + [""] * 5))
+            continue
+        lines.append(_row([title, f"{floor['seconds']:.1f}", f"{floor['opens']:,}", f"{floor['reads']:,}",
+                           f"{floor['requested'] / 1e6:,.1f}", f"{floor['bytes'] / 1e6:,.1f}",
+                           f"{floor['unique'] / 1e6:,.1f}"]))
+    lines += ["", "Cold bytes through the WAN as a multiple of the reader's floor: of its unique MB "
+              "(what a perfect cache fetches once; the limit row), and of its read MB (re-reads counted "
+              "each time):", ""]
+    for reader, floor in floors.items():
+        measure, title = FLOOR_MEASURES[reader]
+        if not floor.get("ok") or not floor["unique"]:
+            continue
+        parts = []
+        for system, measures in results["systems"].items():
+            moved = value(measures.get(measure), "traffic.bytes_down")
+            if moved is not None:
+                parts.append(f"{system} {moved / floor['unique']:.2f}x unique, {moved / floor['bytes']:.2f}x read")
+        if parts:
+            lines.append(f"- {title}: " + ", ".join(parts))
+        if reader == "mpd":
+            for peer, measures in results["systems"].items():
+                moved = value(measures.get(measure), "traffic.bytes_down")
+                if peer != "lockerfs" and moved:
+                    lines.append(f"- best MPD speed-up over {peer} that the floor allows "
+                                 f"({peer}'s bytes / unique floor): {moved / floor['unique']:.1f}x")
+    return lines
+
+
 def failures(results: dict[str, Any]) -> list[str]:
     found = []
     for system, measures in results["systems"].items():
@@ -146,7 +195,8 @@ def render(results: dict[str, Any]) -> str:
     parts = [
         f"WAN: RTT {settings['rtt_ms']:g} ms, {settings['mbit']:g} Mbit/s "
         f"(self-check: {results['selfcheck']['rtt_ms']:.1f} ms, {results['selfcheck']['rate_mbit']:.1f} Mbit/s); "
-        f"library: {results['library']['tracks']} tracks, {results['library']['bytes'] / 1e9:.2f} GB, "
+        f"library: {results['library'].get('profile', '?')}, {results['library']['tracks']} tracks, "
+        f"{results['library']['bytes'] / 1e9:.2f} GB, "
         f"large file {results['library']['big_bytes'] / 1e6:.0f} MB; "
         f"page cache dropped between cold and warm: {'yes' if results['page_cache_drop'] else 'no'}",
         "", main_table(results), "", "Traffic through the WAN per measure:", "", traffic_table(results),
@@ -156,6 +206,9 @@ def render(results: dict[str, Any]) -> str:
         rtt = results["selfcheck"]["rtt_ms"]
         parts[1:1] = ["", "A bare ranged GET through the WAN (boto3, warm connection), median: "
                       + ", ".join(f"{size} {ms:g} ms = {ms / rtt:.2f} RTT" for size, ms in floor.items()) + "."]
+    floor_lines = floors_section(results)
+    if floor_lines:
+        parts += [""] + floor_lines
     scale = scale_table(results)
     if scale:
         parts += ["", scale]

@@ -113,6 +113,33 @@ def ffmpeg(paths: list[str]) -> dict[str, Any]:
     return {"seconds": [round(t, 3) for t in times], "median_s": statistics.median(times)}
 
 
+def copy(folder: str, target: str, expected: dict[str, str]) -> dict[str, Any]:
+    """`cp -r` of one album folder to local disk, as a user saving an album would;
+    then every copied track is checked against its sha256 (keyed by size in
+    `expected`), so that a fast copy of wrong bytes cannot pass."""
+    import hashlib
+
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", folder, target], check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    matched = copied = 0
+    for here, _dirs, names in os.walk(target):
+        for name in names:
+            path = os.path.join(here, name)
+            copied += os.path.getsize(path)
+            want = expected.get(str(os.path.getsize(path)))
+            if want is None:
+                continue
+            with open(path, "rb") as copy_file:
+                if hashlib.file_digest(copy_file, "sha256").hexdigest() != want:
+                    raise RuntimeError(f"{name}: the copy differs from the original")
+            matched += 1
+    if matched != len(expected):
+        raise RuntimeError(f"copied {matched} of the album's {len(expected)} tracks")
+    return {"seconds": seconds, "bytes": copied, "mb_per_s": copied / 1e6 / seconds}
+
+
 def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str, Any]:
     """Play consecutive tracks: 64 KiB reads paced at each track's byte rate.
 
@@ -152,7 +179,7 @@ def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str,
 
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "discover": discover, "find": find, "first_byte": first_byte, "scan": scan,
-    "sequential": sequential, "seek": seek, "ffmpeg": ffmpeg, "playback": playback,
+    "sequential": sequential, "seek": seek, "ffmpeg": ffmpeg, "copy": copy, "playback": playback,
 }
 
 

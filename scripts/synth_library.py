@@ -2,20 +2,25 @@
 
 Tests and benchmarks need music with known tags and known bytes, and the project
 never downloads any. soundfile (libsndfile) encodes FLAC, MP3, Ogg Vorbis, Opus,
-WAV and AIFF; ffmpeg, when installed, encodes M4A (AAC and ALAC); mutagen writes
-the tags. The same seed gives the same bytes on every run, and every track's
-audio differs so that no two tracks share a SHA-256.
+WAV and AIFF; ffmpeg, when installed, encodes M4A (AAC and ALAC); Pillow encodes
+JPEG covers; mutagen writes the tags. The same seed gives the same bytes on every
+run, and every track's audio differs so that no two tracks share a SHA-256.
 
 Usable as a module (``write_track``, ``synthesize_library``, ``write_big_flac``,
 ``write_big_mp3``) and as a command:
 
-    python scripts/synth_library.py OUT_DIR [--profile small|bench|large] [--seed N]
-                                    [--big-flac-mb MB]
+    python scripts/synth_library.py OUT_DIR [--profile small|bench|large|purchased|purchased-small]
+                                    [--seed N] [--big-flac-mb MB]
 
 Profiles: "small" (every format and tagging habit, a few seconds each),
 "bench" (about 400 tracks, 1 GB), "large" (two big files that take uploads
 past the multipart threshold and reads past the memory cache: a FLAC of
-LARGE_FLAC_MB and an MP3 of LARGE_MP3_MB MiB, about 25 s to write).
+LARGE_FLAC_MB and an MP3 of LARGE_MP3_MB MiB, about 25 s to write),
+"purchased" (112 tracks, 320 MB, shaped like bought music: VBR MP3 with and
+without a Xing frame, FLAC, M4A with moov last and first, Ogg, Opus, embedded
+JPEG/PNG art of 50 KB to 1.5 MB, cover.jpg side files, one 24-bit/96 kHz
+FLAC) and "purchased-small" (the same albums, two shorter tracks each, for
+tests).
 
 which also writes OUT_DIR/manifest.json for shell scripts.
 """
@@ -80,6 +85,8 @@ _SOUNDFILE_ARGS = {  # fmt -> (libsndfile format, subtype)
 }
 _OPUS_RATE = 48000  # libopus accepts only 8/12/16/24/48 kHz
 _RATE = 44100
+_HIRES_RATE = 96000
+_OGG_BLOCK_S = 10
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,50 @@ def _samples(frames: int, rate: int, seed: int, noise: bool) -> np.ndarray:
     return (np.stack([left, right], axis=1) * 0.3 + hiss).astype(np.float32)
 
 
+def _dynamic_samples(frames: int, rate: int, seed: int) -> np.ndarray:
+    """Stereo float32 audio that changes loudness and texture every few seconds:
+    encoders then write frames of varying size, as they do for music (noise
+    alone gives every VBR MP3 frame the top bitrate)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / rate
+    freqs = rng.uniform(110.0, 880.0, size=3)
+    tone = sum(np.sin(2 * np.pi * f * t) for f in freqs) / 3
+    period, phase = rng.uniform(5.0, 12.0), rng.uniform(0.0, 2 * np.pi)
+    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * t / period + phase)
+    hiss = rng.uniform(-0.25, 0.25, size=(frames, 2)) * envelope[:, None]
+    return (hiss + 0.2 * tone[:, None]).astype(np.float32)
+
+
+def _image_mime(data: bytes) -> str:
+    return "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
+
+
+def make_jpeg(target_bytes: int, seed: int = 0) -> bytes:
+    """A square RGB JPEG of about `target_bytes` (within a few percent).
+
+    A gradient under noise at quality 90 costs about half a byte a pixel, so
+    the side follows from the target; two corrections home in on it. Pillow's
+    encoder (libjpeg) gives the same bytes for the same pixels.
+    """
+    import io
+
+    from PIL import Image  # only the purchased profile needs a JPEG encoder
+
+    side = max(16, int((target_bytes / 0.53) ** 0.5))
+    for _attempt in range(3):
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:side, 0:side]
+        base = np.stack([x, y, (x + y) // 2], axis=2) * 255 // side + rng.integers(0, 64, size=3)
+        pixels = np.clip(base + rng.integers(-40, 40, size=(side, side, 3)), 0, 255).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, "JPEG", quality=90)
+        data = out.getvalue()
+        if abs(len(data) - target_bytes) < target_bytes * 0.03:
+            break
+        side = max(16, int(side * (target_bytes / len(data)) ** 0.5))
+    return data
+
+
 def make_png(width: int, height: int, seed: int = 0, noise: bool = False) -> bytes:
     """A valid RGB PNG built by hand: a gradient (tiny) or noise (about 3*w*h bytes)."""
     rng = np.random.default_rng(seed)
@@ -138,10 +189,22 @@ def _encode(path: pathlib.Path, fmt: str, audio: np.ndarray, rate: int, seed: in
         _encode_m4a(path, fmt, audio, faststart=variant == "faststart")
         return
     container, subtype = _SOUNDFILE_ARGS[fmt]
+    if variant == "hires":
+        subtype = "PCM_24"
     extra = {"bitrate_mode": "CONSTANT", "compression_level": 0.0} if variant == "cbr320" else {}
-    sf.write(path, audio, rate, format=container, subtype=subtype, **extra)
+    if container == "OGG" and len(audio) > _OGG_BLOCK_S * rate:
+        # libsndfile's Vorbis encoder copies a whole write onto the stack: a
+        # minute of audio in one write overflows it (a segfault), so long
+        # tracks go in blocks (short ones keep their one-write bytes)
+        with sf.SoundFile(path, "w", rate, audio.shape[1], format=container, subtype=subtype) as out:
+            for start in range(0, len(audio), _OGG_BLOCK_S * rate):
+                out.write(audio[start:start + _OGG_BLOCK_S * rate])
+    else:
+        sf.write(path, audio, rate, format=container, subtype=subtype, **extra)
     if container == "OGG":
         _set_ogg_serial(path, seed & 0xFFFFFFFF)
+    if variant == "noxing":
+        _strip_xing_frame(path)
 
 
 def _encode_m4a(path: pathlib.Path, fmt: str, audio: np.ndarray, faststart: bool) -> None:
@@ -170,6 +233,25 @@ def _set_ogg_serial(path: pathlib.Path, serial: int) -> None:
     path.write_bytes(b"".join(pages))
 
 
+def _strip_xing_frame(path: pathlib.Path) -> None:
+    """Drop the first MPEG frame when it is a Xing/Info (LAME) frame.
+
+    What is left is a VBR stream whose first frame is audio: a duration
+    reader finds no frame count and must estimate or walk the frames.
+    Handles the MPEG-1 Layer III that libsndfile writes; anything else raises.
+    """
+    data = path.read_bytes()
+    header = int.from_bytes(data[:4], "big")
+    if header >> 21 != 0x7FF or (header >> 19) & 3 != 3 or (header >> 17) & 3 != 1:
+        raise ValueError(f"{path}: not MPEG-1 Layer III at offset 0")
+    bitrate = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)[(header >> 12) & 15]
+    sample_rate = (44100, 48000, 32000)[(header >> 10) & 3]
+    length = 144_000 * bitrate // sample_rate + ((header >> 9) & 1)
+    if data[4:length].find(b"Xing") < 0 and data[4:length].find(b"Info") < 0:
+        raise ValueError(f"{path}: the first frame is not a Xing/Info frame")
+    path.write_bytes(data[length:])
+
+
 # --------------------------------------------------------------------------
 # tags
 
@@ -183,7 +265,7 @@ def _number(value: object, total: object) -> str:
 
 def _picture(cover: bytes) -> Picture:
     pic = Picture()
-    pic.type, pic.mime, pic.desc, pic.data = 3, "image/png", "Cover", cover
+    pic.type, pic.mime, pic.desc, pic.data = 3, _image_mime(cover), "Cover", cover
     return pic
 
 
@@ -213,7 +295,7 @@ def _tag_id3(path: pathlib.Path, tags: dict, cover: bytes | None, version: int,
     for frame in _id3_frames(tags):
         id3.add(frame)
     if cover:
-        id3.add(mutagen.id3.APIC(encoding=3, mime="image/png", type=3, desc="Cover", data=cover))
+        id3.add(mutagen.id3.APIC(encoding=3, mime=_image_mime(cover), type=3, desc="Cover", data=cover))
     if version == 3:
         id3.update_to_v23()
     id3.save(path, v2_version=version)
@@ -300,7 +382,8 @@ def _tag_mp4(path: pathlib.Path, tags: dict, cover: bytes | None) -> None:
     if tags.get("compilation"):
         audio["cpil"] = True
     if cover:
-        audio["covr"] = [MP4Cover(cover, imageformat=MP4Cover.FORMAT_PNG)]
+        kind = MP4Cover.FORMAT_JPEG if _image_mime(cover) == "image/jpeg" else MP4Cover.FORMAT_PNG
+        audio["covr"] = [MP4Cover(cover, imageformat=kind)]
     audio.save()
 
 
@@ -324,21 +407,26 @@ def _write_tags(path: pathlib.Path, fmt: str, tags: dict, cover: bytes | None, v
 
 def write_track(path: pathlib.Path, fmt: str, seconds: float, tags: dict,
                 cover: bytes | None = None, seed: int = 0, noise: bool = False,
-                variant: str = "") -> SynthTrack:
+                variant: str = "", dynamic: bool = False) -> SynthTrack:
     """Encode `seconds` of seed-specific audio as `fmt` at `path` and tag it.
 
     fmt is a key of FORMATS ("alac" is ALAC in an M4A). The container follows
     fmt whatever the path's extension, so mismatches can be tested. variant:
     mp3 "id3v23", "id3v1" (ID3v1 only), "apev2" (APEv2 + ID3v1), "cbr320";
-    flac/ogg/opus "aliases" (TOTALTRACKS, ALBUM ARTIST...); m4a/alac
-    "faststart" (moov before mdat; ffmpeg puts it last by default). A str
+    "noxing" (libsndfile's LAME writes VBR with a Xing/LAME frame first; this
+    drops that frame, as some rippers and tag editors do); flac/ogg/opus
+    "aliases" (TOTALTRACKS, ALBUM ARTIST...); flac "hires" (24-bit, 96 kHz);
+    m4a/alac "faststart" (moov before mdat; ffmpeg puts it last by default).
+    dynamic: audio whose loudness and texture change every few seconds, so
+    VBR frame sizes and FLAC frames vary as in real music (else `noise`). A str
     track or disc is written verbatim ("A1", "3/12"; not in MP4, whose numbers
     are integers). ID3v1 and APEv2 carry no cover; ID3v1 keeps what fits.
     """
     path = pathlib.Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    rate = _OPUS_RATE if fmt == "opus" else _RATE
-    audio = _samples(max(1, int(seconds * rate)), rate, seed, noise)
+    rate = _OPUS_RATE if fmt == "opus" else _HIRES_RATE if variant == "hires" else _RATE
+    frames = max(1, int(seconds * rate))
+    audio = _dynamic_samples(frames, rate, seed) if dynamic else _samples(frames, rate, seed, noise)
     _encode(path, fmt, audio, rate, seed, variant)
     written = _write_tags(path, fmt, {k: v for k, v in tags.items() if v is not None}, cover, variant)
     container, codec = FORMATS[fmt]
@@ -411,6 +499,7 @@ class _Spec:
     cover: bytes | None = None
     noise: bool = False
     variant: str = ""
+    dynamic: bool = False
 
 
 def _small_specs() -> Iterator[_Spec]:
@@ -501,6 +590,8 @@ def _small_specs() -> Iterator[_Spec]:
     yield _Spec("jam session.ogg", "ogg", 2.0, {"artist": "Garage Band", "title": "Jam"})
 
 
+PROFILES = ("small", "bench", "large", "purchased", "purchased-small")
+
 _WORDS = ("Blue Red Silent Electric Paper Golden Hollow Neon Velvet Iron Glass Midnight "
           "River Echo Signal Static Lantern Harbor Comet Orchard Engine Winter Summer "
           "Atlas Mirror Ghost Circuit Ember Tide Falcon").split()
@@ -538,34 +629,143 @@ def _bench_specs(seed: int) -> Iterator[_Spec]:
                             cover, noise=True, variant="cbr320" if fmt == "mp3" else "")
 
 
+@dataclass(frozen=True)
+class _PurchasedAlbum:
+    """One album of the purchased profile: how a store or a ripper would have delivered it."""
+
+    fmt: str
+    tracks: int
+    variants: tuple[str, ...] = ("",)  # write_track variants, cycled over the tracks
+    art: str = ""  # embedded cover: "jpeg", "png", or "" for none
+    art_bytes: tuple[int, int] = (0, 0)  # the cover's size is drawn from this range
+    art_on_first_only: bool = False  # a tag editor added the cover to track 1 only
+    side_files: tuple[str, ...] = ()  # cover.jpg / folder.jpg beside the tracks
+    discs: int = 1
+    compilation: bool = False
+
+
+# What people who buy music have: store MP3s (VBR, art), FLAC downloads with
+# large art, AAC from a phone's store (moov where the encoder left it), Ogg
+# and Opus from net labels, an album with no art, a compilation, a box set on
+# two discs, one hi-res download. Embedded art ranges from 50 KB to 1.5 MB.
+_PURCHASED_ALBUMS = (
+    _PurchasedAlbum("mp3", 10, art="jpeg", art_bytes=(100_000, 200_000), side_files=("cover.jpg",)),
+    _PurchasedAlbum("mp3", 10, variants=("noxing",), art="jpeg", art_bytes=(200_000, 400_000)),
+    _PurchasedAlbum("flac", 10, art="jpeg", art_bytes=(1_300_000, 1_500_000),
+                    side_files=("cover.jpg", "folder.jpg")),
+    _PurchasedAlbum("flac", 9),
+    _PurchasedAlbum("m4a", 10, art="jpeg", art_bytes=(50_000, 80_000), side_files=("folder.jpg",)),
+    _PurchasedAlbum("m4a", 8, variants=("faststart",), art="png", art_bytes=(400_000, 700_000)),
+    _PurchasedAlbum("ogg", 10, art="jpeg", art_bytes=(100_000, 300_000)),
+    _PurchasedAlbum("opus", 10, art="jpeg", art_bytes=(50_000, 150_000)),
+    _PurchasedAlbum("mp3", 12, variants=("", "noxing"), art="png", art_bytes=(1_200_000, 1_500_000),
+                    compilation=True),
+    _PurchasedAlbum("flac", 6, art="png", art_bytes=(50_000, 100_000), side_files=("cover.jpg",), discs=2),
+    _PurchasedAlbum("mp3", 10, variants=("id3v23",), art="jpeg", art_bytes=(500_000, 900_000),
+                    art_on_first_only=True),
+    _PurchasedAlbum("flac", 1, variants=("hires",), art="jpeg", art_bytes=(800_000, 1_200_000),
+                    side_files=("cover.jpg",)),
+)
+# Seconds of audio per track, by format and variant: short enough that the
+# library (about 350 MB) synthesizes in minutes and crosses a 20 Mbit/s link
+# in a few, with real byte rates (VBR MP3 ~250 kbit/s, FLAC ~1.1 Mbit/s,
+# AAC 128 kbit/s, 24/96 FLAC ~4 Mbit/s).
+_PURCHASED_SECONDS = {"mp3": (70, 110), "flac": (20, 32), "m4a": (90, 150), "ogg": (90, 150),
+                      "opus": (90, 150), "hires": (40, 40)}
+# "purchased-small": the same albums, two tracks each, shorter (integration tests).
+# Still long enough that a whole track is several times what a scanner reads of
+# it (MPD reads 512 KiB past an MP3's tags), or over-fetching would not show.
+_PURCHASED_SMALL_TRACKS = 2
+_PURCHASED_SMALL_SECONDS = {"mp3": (12, 18), "flac": (20, 30), "m4a": (20, 30), "ogg": (15, 20),
+                            "opus": (12, 18), "hires": (6, 6)}
+
+
+def _cover(kind: str, size: int, seed: int) -> bytes:
+    """A cover of about `size` bytes: JPEG, or PNG of noise (which PNG cannot shrink)."""
+    if kind == "png":
+        side = max(16, int((size / 3) ** 0.5))
+        return make_png(side, side, seed, noise=True)
+    return make_jpeg(size, seed)
+
+
+def _purchased_specs(seed: int, small: bool = False) -> tuple[list[_Spec], dict[str, bytes]]:
+    """About 110 tracks in 12 album folders shaped like purchased music, and the
+    cover.jpg / folder.jpg files some of those folders hold (path -> bytes).
+    `small`: two short tracks per album (disc), same art, for integration tests."""
+    rng = np.random.default_rng([seed, 12])
+    specs: list[_Spec] = []
+    side: dict[str, bytes] = {}
+    for a, shape in enumerate(_PURCHASED_ALBUMS):
+        artist = "The " + _name(rng, 2)
+        album, year = _name(rng, 2), int(rng.integers(1965, 2025))
+        cover = None
+        if shape.art:
+            size = int(rng.integers(shape.art_bytes[0], shape.art_bytes[1] + 1))
+            cover = _cover(shape.art, size, seed * 1000 + a)
+        # half the folders as stores name them, half as rippers do
+        folder = f"{artist}/{album}" if a % 2 else f"{artist} - {album} ({year})"
+        for name in shape.side_files:
+            side[f"{folder}/{name}"] = make_jpeg(int(rng.integers(60_000, 400_000)), seed * 1000 + a + 500)
+        base = {"album": album, "date": str(year), "genre": str(rng.choice(["Rock", "Jazz", "Electronic"])),
+                "tracktotal": shape.tracks}
+        if shape.discs > 1:
+            base["disctotal"] = shape.discs
+        base |= ({"albumartist": "Various Artists", "compilation": True} if shape.compilation
+                 else {"albumartist": artist})
+        for disc in range(1, shape.discs + 1):
+            for n in range(1, min(shape.tracks, _PURCHASED_SMALL_TRACKS) + 1 if small else shape.tracks + 1):
+                variant = shape.variants[(n - 1) % len(shape.variants)]
+                low, high = (_PURCHASED_SMALL_SECONDS if small else _PURCHASED_SECONDS)[
+                    "hires" if variant == "hires" else shape.fmt]
+                tags = {**base, "artist": "The " + _name(rng, 2) if shape.compilation else artist,
+                        "title": _name(rng, 3), "track": n}
+                if shape.discs > 1:
+                    tags["disc"] = disc
+                where = f"{folder}/Disc {disc}" if shape.discs > 1 else folder
+                has_art = cover is not None and (n == 1 or not shape.art_on_first_only)
+                specs.append(_Spec(f"{where}/{n:02d} {tags['title']}.{EXTENSIONS[shape.fmt]}", shape.fmt,
+                                   round(float(rng.uniform(low, high)), 2), tags,
+                                   cover if has_art else None, variant=variant, dynamic=True))
+    return specs, side
+
+
 def _write_spec(job: tuple[pathlib.Path, int, _Spec]) -> SynthTrack:
     out, track_seed, spec = job
     return write_track(out / spec.relpath, spec.fmt, spec.seconds, spec.tags, spec.cover,
-                       seed=track_seed, noise=spec.noise, variant=spec.variant)
+                       seed=track_seed, noise=spec.noise, variant=spec.variant, dynamic=spec.dynamic)
 
 
 def synthesize_library(out: pathlib.Path, profile: str = "small", seed: int = 0) -> list[SynthTrack]:
-    """Write a whole library under `out` and its manifest.json; M4A is skipped without ffmpeg."""
+    """Write a whole library under `out` and its manifest.json; M4A is skipped without ffmpeg.
+
+    Returns the tracks; side files (the purchased profile's cover.jpg and
+    folder.jpg) are written too and listed in the manifest only.
+    """
     out = pathlib.Path(out).absolute()
     if profile == "large":
         return _large_library(out, seed)
+    side: dict[str, bytes] = {}
     if profile == "small":
         specs = list(_small_specs())
     elif profile == "bench":
         specs = list(_bench_specs(seed))
+    elif profile in ("purchased", "purchased-small"):
+        specs, side = _purchased_specs(seed, small=profile == "purchased-small")
     else:
-        raise ValueError(f"unknown profile {profile!r} (small, bench, large)")
+        raise ValueError(f"unknown profile {profile!r} ({', '.join(PROFILES)})")
     if FFMPEG is None:
         specs = [s for s in specs if s.fmt not in M4A_FORMATS]
     # Each track's seed mixes the library seed and its index: same run, same
     # bytes; different tracks, different audio.
     jobs = [(out, seed * 100_003 + i, spec) for i, spec in enumerate(specs)]
-    if profile == "bench":
+    if profile in ("bench", "purchased", "purchased-small"):
         with ProcessPoolExecutor(os.cpu_count()) as pool:
-            tracks = list(pool.map(_write_spec, jobs, chunksize=4))
+            tracks = list(pool.map(_write_spec, jobs, chunksize=4 if profile == "bench" else 1))
     else:
         tracks = [_write_spec(job) for job in jobs]
-    write_manifest(out, tracks)
+    for relpath, data in side.items():
+        (out / relpath).write_bytes(data)
+    write_manifest(out, tracks, [out / relpath for relpath in side])
     return tracks
 
 
@@ -584,11 +784,16 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(out: pathlib.Path, tracks: list[SynthTrack]) -> pathlib.Path:
-    """OUT/manifest.json: a JSON list of {path (relative), format, codec, tags, size, sha256}."""
+def write_manifest(out: pathlib.Path, tracks: list[SynthTrack],
+                   side_files: list[pathlib.Path] | None = None) -> pathlib.Path:
+    """OUT/manifest.json: a JSON list of {path (relative), format, codec, tags, size, sha256}
+    per track, then {path, kind: "side", format: "jpeg", size, sha256} per side file
+    (a cover.jpg that is not a track: readers of the manifest skip kind "side")."""
     entries = [{"path": t.path.relative_to(out).as_posix(), "format": t.format, "codec": t.codec,
                 "tags": t.tags, "size": t.path.stat().st_size, "sha256": _sha256(t.path)}
                for t in tracks]
+    entries += [{"path": f.relative_to(out).as_posix(), "kind": "side", "format": "jpeg",
+                 "size": f.stat().st_size, "sha256": _sha256(f)} for f in side_files or []]
     manifest = out / "manifest.json"
     manifest.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
@@ -597,7 +802,7 @@ def write_manifest(out: pathlib.Path, tracks: list[SynthTrack]) -> pathlib.Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=pathlib.Path, help="folder to write (created)")
-    parser.add_argument("--profile", choices=("small", "bench", "large"), default="small")
+    parser.add_argument("--profile", choices=PROFILES, default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--big-flac-mb", type=int, metavar="MB",
                         help="also write OUT/big/big.flac of about MB MiB")
@@ -609,7 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.big_flac_mb:
         big = write_big_flac(args.out / "big" / "big.flac", args.big_flac_mb, args.seed)
         tracks.append(big)
-        write_manifest(args.out.absolute(), tracks)
+        out = args.out.absolute()
+        listed = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        write_manifest(out, tracks, [out / e["path"] for e in listed if e.get("kind") == "side"])
     size = sum(t.path.stat().st_size for t in tracks)
     formats = " ".join(sorted({f"{t.format}/{t.codec}" for t in tracks}))
     print(f"{len(tracks)} files, {size} bytes ({size / 2**20:.1f} MiB) in "

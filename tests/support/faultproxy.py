@@ -434,6 +434,14 @@ class FaultProxy:
                        if (method is None or r.method == method)
                        and (path_contains is None or path_contains in r.path))
 
+    def response_bytes(self, method: str | None = None) -> int:
+        """Bytes sent to clients (heads and bodies) since the last reset, optionally for one method.
+
+        Call wait_idle first for a final figure: a response still being relayed counts what was sent so far.
+        """
+        with self._lock:
+            return sum(r.response_bytes for r in self._records if method is None or r.method == method)
+
     @property
     def connections(self) -> int:
         """Client connections accepted: shows whether keep-alive held or a client reconnected."""
