@@ -27,7 +27,9 @@ tail (ID3v1, APEv2, a trailing moov, the last Ogg page) and the audio between.
   counts as playback are widened by that much (bounded by PROBE_MAX), so
   warmed zones cover a scanner's reads and none of them looks like playback.
 - Playback, a decode or a copy reads on in order past the head zone (the
-  widened one during a scan): then the rest of the track is pulled in one
+  widened one during a scan), or a reader reads at a player's pace (see
+  below; a player that reads a large tag at the pace of its audio is still
+  a player): then the rest of the track is pulled in one
   streamed GET (a track of at most PULL_WHOLE bytes), or in a window running
   ahead of the reader; it arrives at link speed block by block. During a
   scan the pull starts with PROBE_PULL bytes, and only a reader that reads on
@@ -349,8 +351,9 @@ class Prefetcher:
             if state.probing and end >= state.pull_start + PROBE_PULL // 2:  # read on into the probe: a play
                 state.probing = False
             self._extend_pull(state, end)
-        elif (in_order or from_the_start) and zones.head < end < track.size and offset < zones.tail:
-            self._start_pull(state, end)
+        elif (in_order or from_the_start) and end < track.size and (
+                zones.head < end and offset < zones.tail or state.paced_gaps >= PACED_READS):
+            self._start_pull(state, end)  # past the head, or at a player's pace (it will want it all)
         if state.pulling and not state.next_track_warmed and state.pulled_until >= track.size \
                 and self.cache.cached(object_of(track), end, track.size):
             state.next_track_warmed = True
@@ -360,7 +363,7 @@ class Prefetcher:
         """Pull the rest of the track; during a scan, first only PROBE_PULL bytes of it (a scanner
         that read a little further than its zones is not worth the whole track)."""
         state.pulling = True
-        state.probing = self.scanning
+        state.probing = self.scanning and state.paced_gaps < PACED_READS
         state.pull_start = state.pulled_until = position
         self._extend_pull(state, position)
 

@@ -580,6 +580,30 @@ def test_closing_the_file_stops_its_pull() -> None:
     assert (track.key, 128 * KiB, track.size) in cache.cancelled
 
 
+def test_a_reader_at_a_players_pace_gets_the_whole_track_though_still_in_its_head(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A player reading a large tag (embedded art) at the pace of its audio is a player: the
+    rest of the track comes, and the next one is warmed, long before it leaves the head."""
+    clock = [0.0]
+    monkeypatch.setattr(prefetch.time, "monotonic", lambda: clock[0])
+    tracks = [sized(71, 4 * MiB, head=1400 * KiB), sized(72, 4 * MiB)]
+    tree, cache = album_tree({"A": tracks}), RecordingCache()
+
+    async def body(p: Prefetcher) -> None:
+        state = p.opened(node_of(tree, tracks[0]))
+        for offset in range(0, 4 * 64 * KiB, 64 * KiB):
+            p.read(state, offset, 64 * KiB)
+            p.served(state)
+            clock[0] += 1.0  # a read a second: a player's pace
+        await settle()
+        assert cache.whole == [(tracks[0].key, 2 * 64 * KiB, tracks[0].size)]  # at the second read
+        cache.present.append((tracks[0].key, 0, tracks[0].size))
+        p.read(state, 4 * 64 * KiB, 64 * KiB)
+
+    scenario(tree, cache, body)
+    assert cache.of(tracks[1])  # the next track is warmed
+
+
 # --- the next track ------------------------------------------------------------------------------
 
 def test_the_next_track_is_warmed_once_the_rest_of_this_one_has_arrived() -> None:
