@@ -344,6 +344,28 @@ def test_a_short_answer_from_the_store_is_an_error_never_served_or_cached(upload
           f"then every file read back whole")
 
 
+def test_wrong_bytes_of_the_right_length_are_dropped_once_the_object_is_whole(
+        uploaded_corpus, corpus_layout, locker, env, tmp_path, fault_proxy) -> None:
+    """docs/SECURITY.md's promise: what a GET sends is served as sent (the mount cannot tell
+    a damaged body of the right length from a good one block by block), but once an object is
+    whole in the cache it is hashed, and bytes that do not hash to its name are dropped and
+    logged; the next read fetches them again and gets the object's own bytes."""
+    expected = expected_bytes(corpus_layout)
+    name = max((n for n in expected if n.startswith("White Noise/")), key=lambda n: len(expected[n]))
+    key = "/objects/sha256/"
+    cache = tmp_path / "cache"
+    with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), "--cache-dir", str(cache)) as mnt:
+        fault_proxy.fail_next("flip_body", method="GET", path_contains=key)
+        fault_proxy.reset_counts()
+        first = (mnt / name).read_bytes()  # the first GET of the track comes back damaged
+        assert len(first) == len(expected[name]) and first != expected[name]
+        assert wait_until(lambda: "do not hash to its name" in log_of(cache), timeout=10), log_of(cache)[-2000:]
+        gets = fault_proxy.count("GET", key)
+        assert (mnt / name).read_bytes() == expected[name]  # fetched again, whole and right
+        assert fault_proxy.count("GET", key) > gets
+    print(f"\n[wrong bytes] {name}: damaged first read detected once whole, dropped and fetched again")
+
+
 # --- 2. a server that goes away ---------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["down", "stalling"])

@@ -31,6 +31,9 @@ Faults are drawn per request, when its head has arrived:
                        (through its status line when the body's length is
                        unknown or 0), then RST
     short_body         the same cut, then a clean close (FIN)
+    flip_body          forwarded whole, headers untouched, but the first byte of
+                       the body flipped: wrong bytes of the right length (not
+                       in ALL_KINDS: random schedules only break transport)
 
 Besides faults per request, the whole network can fail (tests of life on a
 laptop): `drop_silently` makes every open connection a dead path (never
@@ -689,6 +692,8 @@ class FaultProxy:
             if record.fault == "reset_mid_body":
                 raise _Dropped("injected reset_mid_body")
             return False
+        if record.fault == "flip_body":
+            body = _flip_first_byte(body)
         self._send(client, head, record)
         for piece in body:
             self._send(client, piece, record)
@@ -719,10 +724,18 @@ class FaultProxy:
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
-    unknown = set(kinds) - set(ALL_KINDS)
+    unknown = set(kinds) - set(ALL_KINDS) - {"flip_body"}
     if unknown or not kinds:
-        raise ValueError(f"fault kinds must be some of {ALL_KINDS}, not {list(kinds)}")
+        raise ValueError(f"fault kinds must be some of {ALL_KINDS + ('flip_body',)}, not {list(kinds)}")
     return tuple(kinds)
+
+
+def _flip_first_byte(body: Iterator[bytes]) -> Iterator[bytes]:
+    flipped = False
+    for piece in body:
+        if piece and not flipped:
+            piece, flipped = bytes([piece[0] ^ 0xFF]) + piece[1:], True
+        yield piece
 
 
 def _xml_escape(text: str) -> str:
