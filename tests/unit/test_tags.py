@@ -158,7 +158,7 @@ def test_uppercase_extension(tmp_path: pathlib.Path) -> None:
     (b"fLaC\x00\x00\x00\x22", "flac"),
     (b"OggS\x00\x02" + bytes(20) + b"\x01\x1e\x01vorbis", "ogg"),
     (b"OggS\x00\x02" + bytes(20) + b"\x01\x13OpusHead", "opus"),
-    (b"OggS\x00\x02" + bytes(20) + b"\x01\x33\x7fFLAC", "ogg"),
+    (b"OggS\x00\x02" + bytes(20) + b"\x01\x33\x7fFLAC", "oga"),
     (b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00", "m4a"),
     (b"RIFF\x24\x00\x00\x00WAVEfmt ", "wav"),
     (b"FORM\x00\x00\x00\x2eAIFFCOMM", "aiff"),
