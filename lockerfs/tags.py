@@ -17,6 +17,7 @@ uploaded and named from its path; reading one field never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -87,7 +88,24 @@ def read_track_info(path: pathlib.Path) -> TrackInfo:
         audio, views = _load(fmt, f, path)
         codec = _codec(fmt, audio, reader)
         head, tail = tag_regions(fmt, reader, start)
-    return tagviews.track_info(fmt, codec, audio, views, head, tail)
+        info = tagviews.track_info(fmt, codec, audio, views, head, tail)
+        return _fill_gaps(info, fmt, reader, start)
+
+
+def _fill_gaps(info: TrackInfo, fmt: str, reader: Reader, start: int) -> TrackInfo:
+    """Stream facts mutagen leaves out but the header or the size tell.
+
+    A lossless stream's bitrate is its average, as players show it; TrueAudio's
+    header has the channel count (byte 6) that mutagen does not report.
+    """
+    changes: dict[str, int] = {}
+    if info.bitrate is None and info.duration:
+        changes["bitrate"] = round(reader.size * 8 / info.duration)
+    if fmt == "tta" and info.channels is None:
+        header = reader.at(start, 8)
+        if len(header) == 8 and 0 < (channels := int.from_bytes(header[6:8], "little")) <= 64:
+            changes["channels"] = channels
+    return dataclasses.replace(info, **changes) if changes else info
 
 
 # --------------------------------------------------------------------------
