@@ -1,4 +1,25 @@
-"""Upload: scan -> tags -> hash -> match -> put object -> append record.
+"""Upload: walk -> tags -> hash -> match -> put object -> append record; one read per file.
+
+The pipeline, and why it is shaped so:
+  walk      a thread lists the given folders into a bounded queue (walk.py):
+            the first file is uploading within moments of the start, and a
+            tree of any size costs the same memory;
+  unchanged the main thread stats each file; one already recorded with the
+            same path, size and mtime is done without being opened;
+  read      worker threads (--jobs) read a file once: whole into memory when it
+            is at most MEMORY_THRESHOLD (so at most jobs x MEMORY_THRESHOLD
+            bytes are held), else in chunks; SHA-256 (the key) and MD5 (the
+            Content-MD5 every PUT carries) are computed from those bytes, and
+            hashlib lets go of the GIL while it hashes;
+  tags      mutagen runs in worker processes (tagpool.py): it is pure Python
+            and would hold the GIL; it reads only the head and tail of the
+            file, which the read above has just brought into the page cache;
+  match     the catalog, then a HEAD of the object key;
+  put       from memory, with Content-MD5 and Content-Type; a file above the
+            threshold goes through the multipart upload from the file, whose
+            pages its hashing pass has just cached (docs/UPLOAD-NOTES.md says
+            why this and not a temporary key);
+  record    journal files of up to FLUSH_RECORDS records, then the local state.
 
 Crash safety comes from write order: an object is stored before the journal
 record that names it, and the local state file learns a file only after its
@@ -10,10 +31,16 @@ the file) and records without re-uploading; an object whose ETag is not an MD5
 is sent again or reported as failed, never recorded.
 
 Matching happens at three levels, cheapest first:
-  unchanged - same path, size and mtime as a file already recorded: not even hashed;
+  unchanged - same path, size and mtime as a file already recorded: not even opened;
   matched   - its SHA-256 is already in the catalog (or its object already
               exists in the bucket): nothing uploaded;
   uploaded  - everything else.
+
+What is audio: a file whose extension is an audio one is read as audio (and
+reported if its content is not); any other file is sniffed from its first
+64 KiB and uploaded under its container's canonical extension if it is audio,
+so files named oddly (no extension, "Track.FLAC ", "x.mp3.", a wrong
+extension) are not left behind.
 """
 
 from __future__ import annotations
@@ -21,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import sqlite3
 import stat as stat_module
 import threading
@@ -31,27 +59,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockerfs import catalog
+from lockerfs.containers import (
+    AUDIO_EXTENSIONS,
+    CONTENT_TYPES,
+    SNIFF_SIZE,
+    canonical_extension,
+    name_extension,
+    sniff_format,
+)
 from lockerfs.store import CorruptUpload, Store, StoreError, Unreachable
-from lockerfs.tags import AUDIO_EXTENSIONS, FORMAT_EXTENSIONS, NotAudioError, read_track_info
+from lockerfs.tagpool import TagReader
+from lockerfs.tags import NotAudioError
 from lockerfs.track import Track
+from lockerfs.walk import SourceFile, walk
+
+__all__ = ["SourceFile", "UploadState", "UploadSummary", "Uploader", "digests_of", "prefetched", "walk"]
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1024 * 1024
+HASH_CHUNK = 8 * 1024 * 1024
+# Files up to this size are read into memory once and sent from there; it is
+# also the store's multipart threshold, so everything held in memory goes in
+# one PUT with one Content-MD5.
+MEMORY_THRESHOLD = 16 * 1024 * 1024
 FLUSH_RECORDS = 100  # records per journal file at most
 FLUSH_SECONDS = 5.0  # and no record waits longer than this for its journal file
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    root: Path  # the folder (or file) named on the command line
-    path: Path
-
-    @property
-    def relative(self) -> str:
-        """The path below the given folder, as valid text (undecodable bytes become U+FFFD)."""
-        relative = self.path.name if self.root == self.path else self.path.relative_to(self.root).as_posix()
-        return os.fsencode(relative).decode("utf-8", "replace")
+WALK_AHEAD = 4096  # directory entries the walker may list ahead of the upload
 
 
 @dataclass
@@ -102,26 +135,46 @@ class UploadState:
         self._db.close()
 
 
-def scan(paths: Iterable[Path]) -> Iterator[SourceFile]:
-    """Every file under the given paths, in a stable order; symlinked folders are not followed.
+def prefetched(items: Iterator[SourceFile], ahead: int = WALK_AHEAD) -> Iterator[SourceFile]:
+    """`items`, produced by a thread of its own up to `ahead` entries in advance.
 
-    Entries that are not regular files (FIFOs, sockets, devices, broken
-    symlinks) are yielded too, so that the run reports them as skipped rather
-    than leaving them out without a word; nothing opens them.
+    The walk runs while the upload waits on the network or the disk, and
+    memory stays bounded: the thread blocks when it is `ahead` entries ahead.
+    Closing the returned generator (or dropping it) stops the thread.
     """
-    for given in paths:
-        root = given.absolute()
-        if not root.is_dir():
-            yield SourceFile(root, root)
-            continue
-        for folder, dirnames, filenames in os.walk(root, onerror=_report_walk_error):
-            dirnames.sort()
-            for name in sorted(filenames):
-                yield SourceFile(root, Path(folder, name))
+    buffer: queue.Queue[object] = queue.Queue(maxsize=ahead)
+    done = object()
+    closed = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not closed.is_set():
+                    try:
+                        buffer.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if closed.is_set():
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            buffer.put(exc)
+            return
+        buffer.put(done)
+
+    thread = threading.Thread(target=produce, name="walk", daemon=True)
+    thread.start()
+    return _drain(buffer, done, closed)
 
 
-def _report_walk_error(error: OSError) -> None:
-    log.warning("cannot read folder %s: %s", error.filename, error.strerror)
+def _drain(buffer: queue.Queue[object], done: object, closed: threading.Event) -> Iterator[SourceFile]:
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        closed.set()
 
 
 def sha256_of(path: Path) -> str:
@@ -130,12 +183,29 @@ def sha256_of(path: Path) -> str:
 
 def digests_of(path: Path) -> tuple[str, str]:
     """(SHA-256, MD5) of a file in one read: the key, and what the server is asked to verify."""
-    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            sha256.update(chunk)
-            md5.update(chunk)
-    return sha256.hexdigest(), md5.hexdigest()
+        return _Digests().feed_stream(stream).hexdigests()
+
+
+class _Digests:
+    """SHA-256 and MD5 together; hashlib releases the GIL on each update of more than 2 KiB."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, data: bytes | memoryview) -> _Digests:
+        self.sha256.update(data)
+        self.md5.update(data)
+        return self
+
+    def feed_stream(self, stream: object) -> _Digests:
+        while chunk := stream.read(HASH_CHUNK):  # type: ignore[attr-defined]
+            self.update(chunk)
+        return self
+
+    def hexdigests(self) -> tuple[str, str]:
+        return self.sha256.hexdigest(), self.md5.hexdigest()
 
 
 def _kind_of(mode: int) -> str:
@@ -172,12 +242,14 @@ class Uploader:
 
     def __init__(self, store: Store, state: UploadState, jobs: int = 4,
                  on_bytes: Callable[[int], None] | None = None,
-                 on_file: Callable[[_Outcome], None] | None = None) -> None:
+                 on_file: Callable[[_Outcome], None] | None = None,
+                 tag_reader: TagReader | None = None) -> None:
         self.store = store
         self.state = state
         self.jobs = jobs
         self.on_bytes = on_bytes or (lambda n: None)
         self.on_file = on_file or (lambda outcome: None)
+        self.tag_reader = tag_reader
         self.summary = UploadSummary()
         self._known: set[str] = set()  # sha256 in the catalog (added or removed) or recorded this run
         self._known_lock = threading.Lock()
@@ -190,55 +262,80 @@ class Uploader:
         reader = catalog.load_catalog(self.store)
         self._known = set(reader.state.entries)
 
-    def run(self, sources: list[SourceFile], stop: threading.Event) -> UploadSummary:
-        """Process every source; returns early (interrupted) when `stop` is set."""
-        queue = iter(sources)
+    def run(self, sources: Iterable[SourceFile], stop: threading.Event) -> UploadSummary:
+        """Process every source, pulling them as capacity frees up; returns early when `stop` is set."""
+        queue_ = iter(sources)
+        own_reader = self.tag_reader is None
+        tag_reader = self.tag_reader or TagReader()
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="upload") as pool:
             running: set[Future[_Outcome]] = set()
-            while True:
-                while not stop.is_set() and not self.summary.stopped and len(running) < self.jobs * 2:
-                    source = next(queue, None)
-                    if source is None:
+            try:
+                for source in queue_:
+                    if stop.is_set() or self.summary.stopped:
+                        self.summary.not_attempted += 1
                         break
-                    running.add(pool.submit(self._process, source))
-                if not running:
-                    break
-                done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-                for future in done:
-                    self._finish(future.result())
-                if self._pending and time.monotonic() - self._pending_since > FLUSH_SECONDS:
-                    self._flush()
+                    quick = self._unchanged(source)
+                    if quick is not None:
+                        self._finish(quick)
+                    else:
+                        running.add(pool.submit(self._process, source, tag_reader))
+                    while len(running) >= self.jobs * 2:
+                        running = self._collect(running)
+                    self._flush_if_due()
+                while running:
+                    running = self._collect(running)
+            finally:
+                if own_reader:
+                    tag_reader.close()
         self._flush()
         self.summary.interrupted = stop.is_set()
         if self.summary.stopped:
-            self.summary.not_attempted = sum(1 for _ in queue)
+            self.summary.not_attempted += sum(1 for _ in queue_)
         return self.summary
 
-    def _process(self, source: SourceFile) -> _Outcome:
+    def _collect(self, running: set[Future[_Outcome]]) -> set[Future[_Outcome]]:
+        done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+        for future in done:
+            self._finish(future.result())
+        self._flush_if_due()
+        return running
+
+    def _flush_if_due(self) -> None:
+        if self._pending and time.monotonic() - self._pending_since > FLUSH_SECONDS:
+            self._flush()
+
+    def _unchanged(self, source: SourceFile) -> _Outcome | None:
+        """The outcome of a file that needs no reading (gone, odd, or already recorded), else None."""
         path = source.path
         try:
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                reason = "broken symbolic link" if path.is_symlink() else "vanished before it was read"
-                return _Outcome(source, "skipped", reason)
-            if not stat_module.S_ISREG(stat.st_mode):
-                return _Outcome(source, "skipped", f"not a regular file ({_kind_of(stat.st_mode)})")
-            if self.state.known_sha(path, stat) in self._known:
-                self.on_bytes(stat.st_size)
-                return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
-            ext = path.suffix.lower().lstrip(".")
-            if ext not in AUDIO_EXTENSIONS:
-                return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
-            info = read_track_info(path)
-            sha, md5 = digests_of(path)
-            after = path.stat()
-            if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
-                return _Outcome(source, "failed", "file changed while it was being read")
-            ext = FORMAT_EXTENSIONS.get(info.format, ext)
+            stat = path.stat()
+        except FileNotFoundError:
+            reason = "broken symbolic link" if path.is_symlink() else "vanished before it was read"
+            return _Outcome(source, "skipped", reason)
+        except OSError as exc:
+            return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
+        if not stat_module.S_ISREG(stat.st_mode):
+            return _Outcome(source, "skipped", f"not a regular file ({_kind_of(stat.st_mode)})")
+        if self.state.known_sha(path, stat) in self._known:
+            self.on_bytes(stat.st_size)
+            return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
+        return None
+
+    def _process(self, source: SourceFile, tag_reader: TagReader) -> _Outcome:
+        path = source.path
+        try:
+            stat = path.stat()
+            if stat.st_size == 0:
+                return _Outcome(source, "skipped", "empty file")
+            read = self._read(source, stat, tag_reader)
+            if isinstance(read, _Outcome):
+                return read
+            data, sha, md5, tags = read
+            info = tag_reader.result(tags, path)
+            ext = canonical_extension(info.format, name_extension(path.name))
             track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
                           source=source.relative, mtime=stat.st_mtime, info=info)
-            return self._store_object(source, track, stat, md5)
+            return self._store_object(source, track, stat, md5, data)
         except NotAudioError as exc:
             return _Outcome(source, "skipped", str(exc))
         except FileNotFoundError:
@@ -254,12 +351,43 @@ class Uploader:
         except StoreError as exc:
             return _Outcome(source, "failed", str(exc))
 
-    def _store_object(self, source: SourceFile, track: Track, stat: os.stat_result, md5: str) -> _Outcome:
+    def _read(self, source: SourceFile, stat: os.stat_result, tag_reader: TagReader,
+              ) -> _Outcome | tuple[bytes | None, str, str, Future]:
+        """Read the file once: (bytes if held in memory, sha256, md5, tags) or why not.
+
+        A file whose extension is not audio is sniffed from its first bytes
+        first, so a large non-audio file costs one small read.
+        """
+        ext = name_extension(source.path.name)
+        digests = _Digests()
+        with open(source.path, "rb") as f:
+            first = b""
+            if ext not in AUDIO_EXTENSIONS:
+                first = f.read(SNIFF_SIZE)
+                if not sniff_format(first):
+                    return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
+            tags = tag_reader.submit(source.path)
+            if stat.st_size <= MEMORY_THRESHOLD:
+                data: bytes | None = first + f.read() if first else f.read()
+                digests.update(data)
+            else:
+                data = None
+                digests.update(first).feed_stream(f)
+            after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns) or (
+                data is not None and len(data) != stat.st_size):
+            tags.cancel()
+            return _Outcome(source, "failed", "file changed while it was being read")
+        return (data, *digests.hexdigests(), tags)
+
+    def _store_object(self, source: SourceFile, track: Track, stat: os.stat_result, md5: str,
+                      data: bytes | None) -> _Outcome:
         with self._known_lock:
             if track.sha256 in self._known:
                 self.on_bytes(track.size)
                 return _Outcome(source, "matched", "already in the locker", track, stat, track.size)
             self._known.add(track.sha256)  # a duplicate later in this run matches this one
+        content_type = CONTENT_TYPES.get(track.info.format)
         try:
             # size alone would trust an object a broken upload left behind; the
             # ETag, where it is an MD5, says whether it holds these bytes
@@ -267,11 +395,15 @@ class Uploader:
                 self.on_bytes(track.size)
                 return _Outcome(source, "matched", "object already stored", track, stat, track.size,
                                 needs_record=True)
-            self.store.put_file(track.key, source.path, self.on_bytes, md5=md5)
-            # a single-part PUT is verified against `md5`; the parts of a big
-            # file are verified as sent, so a file changed meanwhile is caught here
-            if _changed(source.path, stat):
-                raise CorruptUpload("file changed while it was being uploaded")
+            if data is not None:  # the very bytes that were hashed: nothing can have changed them
+                self.store.put_bytes(track.key, data, md5=md5, content_type=content_type)
+                self.on_bytes(track.size)
+            else:
+                self.store.put_file(track.key, source.path, self.on_bytes, md5=md5, content_type=content_type)
+                # the parts of a big file are verified as sent, so a file changed
+                # since it was hashed is caught here
+                if _changed(source.path, stat):
+                    raise CorruptUpload("file changed while it was being uploaded")
         except BaseException:
             with self._known_lock:
                 self._known.discard(track.sha256)
