@@ -175,6 +175,11 @@ class S3Store:
             # the whole object; validating it would fail every range read.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # Every PUT and UploadPart carries a Content-MD5 that is signed with
+            # the request (see _send_content_md5), so the server refuses a body
+            # changed on the way. Over https botocore then skips its own SHA-256
+            # of the body; over plain http it would hash every byte once more.
+            s3={"payload_signing_enabled": False},
         )
         session = boto3.session.Session()
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)

@@ -135,46 +135,58 @@ class UploadState:
         self._db.close()
 
 
-def prefetched(items: Iterator[SourceFile], ahead: int = WALK_AHEAD) -> Iterator[SourceFile]:
+class prefetched(Iterator[SourceFile]):  # noqa: N801 - used like a function, as iter() is
     """`items`, produced by a thread of its own up to `ahead` entries in advance.
 
     The walk runs while the upload waits on the network or the disk, and
     memory stays bounded: the thread blocks when it is `ahead` entries ahead.
-    Closing the returned generator (or dropping it) stops the thread.
+    close() stops the thread; an error in the walk is raised to the consumer.
     """
-    buffer: queue.Queue[object] = queue.Queue(maxsize=ahead)
-    done = object()
-    closed = threading.Event()
 
-    def produce() -> None:
+    _DONE = object()
+
+    def __init__(self, items: Iterator[SourceFile], ahead: int = WALK_AHEAD) -> None:
+        self.buffer: queue.Queue[object] = queue.Queue(maxsize=ahead)
+        self._closed = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="walk", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator[SourceFile]) -> None:
         try:
             for item in items:
-                while not closed.is_set():
-                    try:
-                        buffer.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if closed.is_set():
+                if not self._put(item):
                     return
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            buffer.put(exc)
+            self._put(exc)
             return
-        buffer.put(done)
+        self._put(self._DONE)
 
-    thread = threading.Thread(target=produce, name="walk", daemon=True)
-    thread.start()
-    return _drain(buffer, done, closed)
+    def _put(self, item: object) -> bool:
+        while not self._closed.is_set():
+            try:
+                self.buffer.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
+    def __next__(self) -> SourceFile:
+        if self._finished:
+            raise StopIteration
+        item = self.buffer.get()
+        if item is self._DONE:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, Exception):
+            self._finished = True
+            raise item
+        return item  # type: ignore[return-value]
 
-def _drain(buffer: queue.Queue[object], done: object, closed: threading.Event) -> Iterator[SourceFile]:
-    try:
-        while (item := buffer.get()) is not done:
-            if isinstance(item, Exception):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        closed.set()
+    def close(self) -> None:
+        self._closed.set()
+        self._finished = True
+        self._thread.join()
 
 
 def sha256_of(path: Path) -> str:
@@ -229,6 +241,17 @@ class _Outcome:
     unreachable: bool = False  # failed because the bucket could not be reached
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A file read, hashed and tagged, waiting to be matched by HEAD and sent."""
+
+    source: SourceFile
+    stat: os.stat_result
+    track: Track
+    md5: str
+    data: bytes | None  # the file's bytes when held in memory (at most MEMORY_THRESHOLD)
+
+
 def _changed(path: Path, before: os.stat_result) -> bool:
     try:
         after = path.stat()
@@ -263,14 +286,24 @@ class Uploader:
         self._known = set(reader.state.entries)
 
     def run(self, sources: Iterable[SourceFile], stop: threading.Event) -> UploadSummary:
-        """Process every source, pulling them as capacity frees up; returns early when `stop` is set."""
-        queue_ = iter(sources)
-        own_reader = self.tag_reader is None
+        """Process every source, pulling them as capacity frees up; returns early when `stop` is set.
+
+        Two stages of `jobs` threads each: one reads, hashes and tags files,
+        the other matches and sends them, so that the disk and the CPU work
+        on the next files while the network carries the last ones. At most
+        2 x jobs files are held in memory at once (`_held`). Each finished
+        piece of work lands in `_done`, where this thread counts it.
+        """
+        sources = iter(sources)
         tag_reader = self.tag_reader or TagReader()
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="upload") as pool:
-            running: set[Future[_Outcome]] = set()
+        self._held = threading.BoundedSemaphore(2 * self.jobs)
+        self._done: queue.Queue[Future[_Outcome | None]] = queue.Queue()
+        in_flight = 0
+        # senders outlive readers, which hand files on to them
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="send") as senders, \
+                ThreadPoolExecutor(self.jobs, thread_name_prefix="read") as readers:
             try:
-                for source in queue_:
+                for source in sources:
                     if stop.is_set() or self.summary.stopped:
                         self.summary.not_attempted += 1
                         break
@@ -278,27 +311,34 @@ class Uploader:
                     if quick is not None:
                         self._finish(quick)
                     else:
-                        running.add(pool.submit(self._process, source, tag_reader))
-                    while len(running) >= self.jobs * 2:
-                        running = self._collect(running)
-                    self._flush_if_due()
-                while running:
-                    running = self._collect(running)
+                        readers.submit(self._prepare, source, tag_reader, senders).add_done_callback(self._done.put)
+                        in_flight += 1
+                    in_flight -= self._count_done(wait_for_one=in_flight >= 4 * self.jobs)
+                while in_flight:
+                    in_flight -= self._count_done(wait_for_one=True)
             finally:
-                if own_reader:
+                if self.tag_reader is None:
                     tag_reader.close()
         self._flush()
         self.summary.interrupted = stop.is_set()
         if self.summary.stopped:
-            self.summary.not_attempted += sum(1 for _ in queue_)
+            self.summary.not_attempted += sum(1 for _ in sources)
         return self.summary
 
-    def _collect(self, running: set[Future[_Outcome]]) -> set[Future[_Outcome]]:
-        done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-        for future in done:
-            self._finish(future.result())
+    def _count_done(self, wait_for_one: bool) -> int:
+        """Finish the outcomes that are ready (waiting up to a second for one if asked); how many."""
+        finished = 0
+        while True:
+            try:
+                future = self._done.get(timeout=1.0) if wait_for_one and not finished else self._done.get_nowait()
+            except queue.Empty:
+                break
+            outcome = future.result()
+            if outcome is not None:  # None: handed on to the send stage, which reports it
+                self._finish(outcome)
+                finished += 1
         self._flush_if_due()
-        return running
+        return finished
 
     def _flush_if_due(self) -> None:
         if self._pending and time.monotonic() - self._pending_since > FLUSH_SECONDS:
@@ -321,52 +361,51 @@ class Uploader:
             return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
         return None
 
-    def _process(self, source: SourceFile, tag_reader: TagReader) -> _Outcome:
-        path = source.path
+    def _prepare(self, source: SourceFile, tag_reader: TagReader, senders: ThreadPoolExecutor,
+                 ) -> _Outcome | None:
+        """Read stage: stat, read once, hash, tags; then hand the file to the send stage (None).
+
+        A track the catalog already has is matched here, without a request.
+        """
+        stat = None
         try:
-            stat = path.stat()
+            stat = source.path.stat()
             if stat.st_size == 0:
                 return _Outcome(source, "skipped", "empty file")
-            read = self._read(source, stat, tag_reader)
-            if isinstance(read, _Outcome):
-                return read
-            data, sha, md5, tags = read
-            info = tag_reader.result(tags, path)
-            ext = canonical_extension(info.format, name_extension(path.name))
-            track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
-                          source=source.relative, mtime=stat.st_mtime, info=info)
-            return self._store_object(source, track, stat, md5, data)
-        except NotAudioError as exc:
-            return _Outcome(source, "skipped", str(exc))
-        except FileNotFoundError:
-            return _Outcome(source, "skipped", "vanished while it was being read")
-        except OSError as exc:
-            # the user meant this file to be uploaded and it was not: a failure, not a skip
-            return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
-        except Unreachable as exc:
-            return _Outcome(source, "failed", str(exc), unreachable=True)
-        except CorruptUpload as exc:
-            return _Outcome(source, "failed", "file changed while it was being uploaded"
-                            if _changed(path, stat) else str(exc))
-        except StoreError as exc:
-            return _Outcome(source, "failed", str(exc))
+            self._held.acquire()
+            handed_on = False
+            try:
+                prepared = self._read(source, stat, tag_reader)
+                if isinstance(prepared, _Outcome):
+                    return prepared
+                if not self._claim(prepared.track):
+                    self.on_bytes(stat.st_size)
+                    return _Outcome(source, "matched", "already in the locker", prepared.track, stat, stat.st_size)
+                senders.submit(self._send, prepared).add_done_callback(self._done.put)
+                handed_on = True  # _send lets go of the held bytes
+                return None
+            finally:
+                if not handed_on:
+                    self._held.release()
+        except Exception as exc:  # noqa: BLE001 - mapped to a skip or failure with one sentence
+            return self._failure(source, stat, exc)
 
-    def _read(self, source: SourceFile, stat: os.stat_result, tag_reader: TagReader,
-              ) -> _Outcome | tuple[bytes | None, str, str, Future]:
-        """Read the file once: (bytes if held in memory, sha256, md5, tags) or why not.
+    def _read(self, source: SourceFile, stat: os.stat_result, tag_reader: TagReader) -> _Outcome | _Prepared:
+        """Read the file once, hash it, read its tags; or say why it is not uploaded.
 
         A file whose extension is not audio is sniffed from its first bytes
         first, so a large non-audio file costs one small read.
         """
-        ext = name_extension(source.path.name)
+        path = source.path
+        ext = name_extension(path.name)
         digests = _Digests()
-        with open(source.path, "rb") as f:
+        with open(path, "rb") as f:
             first = b""
             if ext not in AUDIO_EXTENSIONS:
                 first = f.read(SNIFF_SIZE)
                 if not sniff_format(first):
                     return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
-            tags = tag_reader.submit(source.path)
+            tags = tag_reader.submit(path)
             if stat.st_size <= MEMORY_THRESHOLD:
                 data: bytes | None = first + f.read() if first else f.read()
                 digests.update(data)
@@ -378,37 +417,73 @@ class Uploader:
                 data is not None and len(data) != stat.st_size):
             tags.cancel()
             return _Outcome(source, "failed", "file changed while it was being read")
-        return (data, *digests.hexdigests(), tags)
+        sha, md5 = digests.hexdigests()
+        info = tag_reader.result(tags, path)
+        ext = canonical_extension(info.format, ext)
+        track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
+                      source=source.relative, mtime=stat.st_mtime, info=info)
+        return _Prepared(source, stat, track, md5, data)
 
-    def _store_object(self, source: SourceFile, track: Track, stat: os.stat_result, md5: str,
-                      data: bytes | None) -> _Outcome:
+    def _claim(self, track: Track) -> bool:
+        """Whether this run is the one to store the track (not in the catalog, not claimed before)."""
         with self._known_lock:
             if track.sha256 in self._known:
-                self.on_bytes(track.size)
-                return _Outcome(source, "matched", "already in the locker", track, stat, track.size)
+                return False
             self._known.add(track.sha256)  # a duplicate later in this run matches this one
-        content_type = CONTENT_TYPES.get(track.info.format)
+            return True
+
+    def _send(self, prepared: _Prepared) -> _Outcome:
+        """Send stage: match by HEAD, else PUT; always lets go of the file's bytes."""
+        source, track, stat = prepared.source, prepared.track, prepared.stat
         try:
-            # size alone would trust an object a broken upload left behind; the
-            # ETag, where it is an MD5, says whether it holds these bytes
-            if self.store.holds(track.key, track.size, md5):
-                self.on_bytes(track.size)
-                return _Outcome(source, "matched", "object already stored", track, stat, track.size,
-                                needs_record=True)
-            if data is not None:  # the very bytes that were hashed: nothing can have changed them
-                self.store.put_bytes(track.key, data, md5=md5, content_type=content_type)
-                self.on_bytes(track.size)
-            else:
-                self.store.put_file(track.key, source.path, self.on_bytes, md5=md5, content_type=content_type)
-                # the parts of a big file are verified as sent, so a file changed
-                # since it was hashed is caught here
-                if _changed(source.path, stat):
-                    raise CorruptUpload("file changed while it was being uploaded")
-        except BaseException:
+            return self._store_object(prepared)
+        except Exception as exc:  # noqa: BLE001 - mapped to a failure with one sentence
             with self._known_lock:
                 self._known.discard(track.sha256)
-            raise
+            return self._failure(source, stat, exc)
+        finally:
+            prepared.data = None
+            self._held.release()
+
+    def _store_object(self, prepared: _Prepared) -> _Outcome:
+        source, track, stat, md5, data = (prepared.source, prepared.track, prepared.stat, prepared.md5,
+                                          prepared.data)
+        # size alone would trust an object a broken upload left behind; the
+        # ETag, where it is an MD5, says whether it holds these bytes
+        if self.store.holds(track.key, track.size, md5):
+            self.on_bytes(track.size)
+            return _Outcome(source, "matched", "object already stored", track, stat, track.size,
+                            needs_record=True)
+        content_type = CONTENT_TYPES.get(track.info.format)
+        if data is not None:  # the very bytes that were hashed: nothing can have changed them
+            self.store.put_bytes(track.key, data, md5=md5, content_type=content_type)
+            self.on_bytes(track.size)
+        else:
+            self.store.put_file(track.key, source.path, self.on_bytes, md5=md5, content_type=content_type)
+            # the parts of a big file are verified as sent, so a file changed
+            # since it was hashed is caught here
+            if _changed(source.path, stat):
+                raise CorruptUpload("file changed while it was being uploaded")
         return _Outcome(source, "uploaded", track=track, stat=stat, size=track.size, needs_record=True)
+
+    @staticmethod
+    def _failure(source: SourceFile, stat: os.stat_result | None, exc: Exception) -> _Outcome:
+        """A file's error as the summary reports it: skipped (not ours to upload) or failed."""
+        if isinstance(exc, NotAudioError):
+            return _Outcome(source, "skipped", str(exc))
+        if isinstance(exc, FileNotFoundError):
+            return _Outcome(source, "skipped", "vanished while it was being read")
+        if isinstance(exc, OSError):
+            # the user meant this file to be uploaded and it was not: a failure, not a skip
+            return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
+        if isinstance(exc, Unreachable):
+            return _Outcome(source, "failed", str(exc), unreachable=True)
+        if isinstance(exc, CorruptUpload):
+            changed = stat is not None and _changed(source.path, stat)
+            return _Outcome(source, "failed", "file changed while it was being uploaded" if changed else str(exc))
+        if isinstance(exc, StoreError):
+            return _Outcome(source, "failed", str(exc))
+        raise exc
 
     def _finish(self, outcome: _Outcome) -> None:
         summary = self.summary

@@ -788,6 +788,36 @@ def _large_library(out: pathlib.Path, seed: int) -> list[SynthTrack]:
     return tracks
 
 
+_PLACEHOLDER = "#" * 12  # a title of fixed length, patched per copy
+
+
+def synthesize_small_files(out: pathlib.Path, count: int = 20_000, seed: int = 0) -> int:
+    """`count` short tagged FLAC and MP3 files (5 to 35 kB) in album folders of 20; returns their bytes.
+
+    Encoding 20,000 files would take minutes, so each folder's files are
+    copies of a few encoded tracks whose title is rewritten in place: the
+    same length, so every copy stays valid, and its own bytes (SHA-256).
+    FLAC's Vorbis comment and ID3v2 text frames carry no checksum.
+    """
+    out = pathlib.Path(out).absolute()
+    templates = []
+    for n, fmt in enumerate(("flac", "mp3", "flac", "mp3")):
+        path = out / ".templates" / f"{n}.{fmt}"
+        write_track(path, fmt, 0.1 + 0.1 * n, {"artist": f"Small Files {n}", "album": "Many",
+                                                "title": _PLACEHOLDER, "track": 1}, seed=seed * 10 + n)
+        templates.append((fmt, path.read_bytes()))
+    shutil.rmtree(out / ".templates")
+    total = 0
+    for index in range(count):
+        fmt, data = templates[index % len(templates)]
+        folder = out / f"Artist {index // 200:03d}" / f"Album {index // 20:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = data.replace(_PLACEHOLDER.encode(), f"{seed:02d}{index:010d}".encode(), 1)
+        (folder / f"{index % 20 + 1:02d} Track {index}.{fmt}").write_bytes(copy)
+        total += len(copy)
+    return total
+
+
 def _sha256(path: pathlib.Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
