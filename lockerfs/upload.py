@@ -11,10 +11,13 @@ The pipeline, and why it is shaped so:
             bytes are held), else in chunks; SHA-256 (the key) and MD5 (the
             Content-MD5 every PUT carries) are computed from those bytes, and
             hashlib lets go of the GIL while it hashes;
-  tags      mutagen runs in worker processes (tagpool.py): it is pure Python
+  tags      mutagen runs in worker processes (tagpool.py, started when the
+            first file needs them): it is pure Python
             and would hold the GIL; it reads only the head and tail of the
             file, which the read above has just brought into the page cache;
-  match     the catalog, then a HEAD of the object key;
+  match     the catalog, then a HEAD of the object key (a locker of at most
+            LISTING_LIMIT objects is listed once instead, and a key missing
+            from that listing needs no HEAD: a first upload sends no HEADs);
   put       from memory, with Content-MD5 and Content-Type; a file above the
             threshold goes through the multipart upload from the file, whose
             pages its hashing pass has just cached (docs/UPLOAD-NOTES.md says
@@ -73,7 +76,7 @@ from lockerfs.tags import NotAudioError
 from lockerfs.track import Track
 from lockerfs.walk import SourceFile, walk
 
-__all__ = ["SourceFile", "UploadState", "UploadSummary", "Uploader", "digests_of", "prefetched", "walk"]
+__all__ = ["SourceFile", "UploadState", "UploadSummary", "Uploader", "prefetched", "walk"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,9 @@ MEMORY_THRESHOLD = 16 * 1024 * 1024
 FLUSH_RECORDS = 100  # records per journal file at most
 FLUSH_SECONDS = 5.0  # and no record waits longer than this for its journal file
 WALK_AHEAD = 4096  # directory entries the walker may list ahead of the upload
+# A locker with at most this many objects is listed once at the start (a
+# request per 1,000), so that objects it does not hold need no HEAD each.
+LISTING_LIMIT = 10_000
 
 
 @dataclass
@@ -189,16 +195,6 @@ class prefetched(Iterator[SourceFile]):  # noqa: N801 - used like a function, as
         self._thread.join()
 
 
-def sha256_of(path: Path) -> str:
-    return digests_of(path)[0]
-
-
-def digests_of(path: Path) -> tuple[str, str]:
-    """(SHA-256, MD5) of a file in one read: the key, and what the server is asked to verify."""
-    with open(path, "rb") as stream:
-        return _Digests().feed_stream(stream).hexdigests()
-
-
 class _Digests:
     """SHA-256 and MD5 together; hashlib releases the GIL on each update of more than 2 KiB."""
 
@@ -278,12 +274,39 @@ class Uploader:
         self._known_lock = threading.Lock()
         self._pending: list[_Outcome] = []
         self._pending_since = 0.0
+        self._stored: set[str] | None = None  # object keys listed at the start, if listed
+        self._tag_reader_lock = threading.Lock()
+        self._own_tag_reader = False
 
     def prepare(self) -> None:
-        """Create the locker if needed and learn which tracks it holds."""
+        """Create the locker if needed, learn which tracks it holds, and list a small locker's objects."""
         catalog.ensure_locker(self.store)
         reader = catalog.load_catalog(self.store)
         self._known = set(reader.state.entries)
+        if len(self._known) <= LISTING_LIMIT:
+            self._stored = self._list_objects()
+
+    def _list_objects(self) -> set[str] | None:
+        """Keys under objects/, or None if there are more than LISTING_LIMIT.
+
+        Matching stays "catalog, then HEAD": only a key missing from this
+        listing skips its HEAD. An object another uploader stores after the
+        listing is then sent once more, which content addressing makes harmless.
+        """
+        keys: set[str] = set()
+        for item in self.store.list("objects/"):
+            keys.add(item.key)
+            if len(keys) > LISTING_LIMIT:
+                return None
+        return keys
+
+    def _tags(self) -> TagReader:
+        """The tag reader processes, started when the first file needs them (a rerun may need none)."""
+        with self._tag_reader_lock:
+            if self.tag_reader is None:
+                self.tag_reader = TagReader()
+                self._own_tag_reader = True
+            return self.tag_reader
 
     def run(self, sources: Iterable[SourceFile], stop: threading.Event) -> UploadSummary:
         """Process every source, pulling them as capacity frees up; returns early when `stop` is set.
@@ -295,7 +318,6 @@ class Uploader:
         piece of work lands in `_done`, where this thread counts it.
         """
         sources = iter(sources)
-        tag_reader = self.tag_reader or TagReader()
         self._held = threading.BoundedSemaphore(2 * self.jobs)
         self._done: queue.Queue[Future[_Outcome | None]] = queue.Queue()
         in_flight = 0
@@ -307,18 +329,19 @@ class Uploader:
                     if stop.is_set() or self.summary.stopped:
                         self.summary.not_attempted += 1
                         break
-                    quick = self._unchanged(source)
-                    if quick is not None:
-                        self._finish(quick)
+                    checked = self._unchanged(source)
+                    if isinstance(checked, _Outcome):
+                        self._finish(checked)
                     else:
-                        readers.submit(self._prepare, source, tag_reader, senders).add_done_callback(self._done.put)
+                        readers.submit(self._prepare, source, checked, senders).add_done_callback(self._done.put)
                         in_flight += 1
                     in_flight -= self._count_done(wait_for_one=in_flight >= 4 * self.jobs)
                 while in_flight:
                     in_flight -= self._count_done(wait_for_one=True)
             finally:
-                if self.tag_reader is None:
-                    tag_reader.close()
+                if self._own_tag_reader:
+                    self.tag_reader.close()
+                    self.tag_reader = None
         self._flush()
         self.summary.interrupted = stop.is_set()
         if self.summary.stopped:
@@ -344,8 +367,8 @@ class Uploader:
         if self._pending and time.monotonic() - self._pending_since > FLUSH_SECONDS:
             self._flush()
 
-    def _unchanged(self, source: SourceFile) -> _Outcome | None:
-        """The outcome of a file that needs no reading (gone, odd, or already recorded), else None."""
+    def _unchanged(self, source: SourceFile) -> _Outcome | os.stat_result:
+        """The outcome of a file that needs no reading (gone, odd, or already recorded), else its stat."""
         path = source.path
         try:
             stat = path.stat()
@@ -359,23 +382,20 @@ class Uploader:
         if self.state.known_sha(path, stat) in self._known:
             self.on_bytes(stat.st_size)
             return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
-        return None
+        return stat
 
-    def _prepare(self, source: SourceFile, tag_reader: TagReader, senders: ThreadPoolExecutor,
-                 ) -> _Outcome | None:
-        """Read stage: stat, read once, hash, tags; then hand the file to the send stage (None).
+    def _prepare(self, source: SourceFile, stat: os.stat_result, senders: ThreadPoolExecutor) -> _Outcome | None:
+        """Read stage: read once, hash, tags; then hand the file to the send stage (None).
 
         A track the catalog already has is matched here, without a request.
         """
-        stat = None
         try:
-            stat = source.path.stat()
             if stat.st_size == 0:
                 return _Outcome(source, "skipped", "empty file")
             self._held.acquire()
             handed_on = False
             try:
-                prepared = self._read(source, stat, tag_reader)
+                prepared = self._read(source, stat)
                 if isinstance(prepared, _Outcome):
                     return prepared
                 if not self._claim(prepared.track):
@@ -390,7 +410,7 @@ class Uploader:
         except Exception as exc:  # noqa: BLE001 - mapped to a skip or failure with one sentence
             return self._failure(source, stat, exc)
 
-    def _read(self, source: SourceFile, stat: os.stat_result, tag_reader: TagReader) -> _Outcome | _Prepared:
+    def _read(self, source: SourceFile, stat: os.stat_result) -> _Outcome | _Prepared:
         """Read the file once, hash it, read its tags; or say why it is not uploaded.
 
         A file whose extension is not audio is sniffed from its first bytes
@@ -405,6 +425,7 @@ class Uploader:
                 first = f.read(SNIFF_SIZE)
                 if not sniff_format(first):
                     return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
+            tag_reader = self._tags()
             tags = tag_reader.submit(path)
             if stat.st_size <= MEMORY_THRESHOLD:
                 data: bytes | None = first + f.read() if first else f.read()
@@ -450,7 +471,8 @@ class Uploader:
                                           prepared.data)
         # size alone would trust an object a broken upload left behind; the
         # ETag, where it is an MD5, says whether it holds these bytes
-        if self.store.holds(track.key, track.size, md5):
+        listed = self._stored is None or track.key in self._stored
+        if listed and self.store.holds(track.key, track.size, md5):
             self.on_bytes(track.size)
             return _Outcome(source, "matched", "object already stored", track, stat, track.size,
                             needs_record=True)

@@ -290,5 +290,43 @@ def test_rerun_over_100k_unchanged_files_keeps_memory_flat(tree_100k: pathlib.Pa
 
     peak = peak_while(rerun)
     assert summary is not None and summary.unchanged == 100_000
-    assert [op for op, key in store.requests if key.startswith("objects/")] == []
+    assert [op for op, key in store.requests if key.startswith("objects/") and op != "LIST"] == []
     assert peak < 8 * 1024 * 1024, peak  # the prefetch queue (4,096 entries) and the thread pool
+
+
+# --------------------------------------------------------------------------
+# matching: catalog, then HEAD, which a small locker's listing spares
+
+
+def test_a_first_upload_sends_no_heads(tmp_path: pathlib.Path, store: MemoryStore, state: UploadState) -> None:
+    for n in range(3):
+        synth.write_track(tmp_path / "lib" / f"{n}.flac", "flac", 0.5, TAGS, seed=n)
+    summary = run_upload(store, state, tmp_path / "lib")
+    assert summary.uploaded == 3
+    object_ops = [op for op, key in store.requests if key.startswith("objects/")]
+    assert sorted(object_ops) == ["LIST", "PUT", "PUT", "PUT"]
+
+
+def test_an_object_stored_before_the_run_is_matched_not_sent(tmp_path: pathlib.Path, store: MemoryStore,
+                                                             state: UploadState) -> None:
+    """What a run killed between its PUT and its record leaves: the listing names it, a HEAD proves it."""
+    track = synth.write_track(tmp_path / "lib" / "left.flac", "flac", 0.5, TAGS, seed=4)
+    sha = hashlib.sha256(track.path.read_bytes()).hexdigest()
+    store.put_bytes(catalog.object_key(sha, "flac"), track.path.read_bytes())
+    store.requests.clear()
+    summary = run_upload(store, state, tmp_path / "lib")
+    assert (summary.uploaded, summary.matched) == (0, 1)
+    assert [op for op, key in store.requests if key.startswith("objects/")] == ["LIST", "HEAD"]
+    assert recorded(store)["left.flac"]["sha256"] == sha
+
+
+def test_a_large_locker_is_not_listed(tmp_path: pathlib.Path, store: MemoryStore, state: UploadState,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upload, "LISTING_LIMIT", 2)
+    for n in range(3):
+        store.put_bytes(f"objects/sha256/00/{n:064d}.flac", b"x")
+    synth.write_track(tmp_path / "lib" / "new.flac", "flac", 0.5, TAGS, seed=5)
+    store.requests.clear()
+    summary = run_upload(store, state, tmp_path / "lib")
+    assert summary.uploaded == 1
+    assert [op for op, key in store.requests if key.startswith("objects/")] == ["LIST", "HEAD", "PUT"]
