@@ -16,8 +16,9 @@ The pipeline, and why it is shaped so:
             and would hold the GIL; it reads only the head and tail of the
             file, which the read above has just brought into the page cache;
   match     the catalog, then a HEAD of the object key (a locker of at most
-            LISTING_LIMIT objects is listed once instead, and a key missing
-            from that listing needs no HEAD: a first upload sends no HEADs);
+            LISTING_LIMIT objects is listed once, when the first file needs
+            it, and a key missing from that listing needs no HEAD: a first
+            upload sends no HEADs);
   put       from memory, with Content-MD5 and Content-Type; a file above the
             threshold goes through the multipart upload from the file, whose
             pages its hashing pass has just cached (docs/UPLOAD-NOTES.md says
@@ -274,17 +275,30 @@ class Uploader:
         self._known_lock = threading.Lock()
         self._pending: list[_Outcome] = []
         self._pending_since = 0.0
-        self._stored: set[str] | None = None  # object keys listed at the start, if listed
+        self._stored: set[str] | None = None  # object keys listed before the first HEAD, if listed
+        self._listing_due = False
+        self._listing_lock = threading.Lock()
         self._tag_reader_lock = threading.Lock()
         self._own_tag_reader = False
 
     def prepare(self) -> None:
-        """Create the locker if needed, learn which tracks it holds, and list a small locker's objects."""
+        """Create the locker if needed and learn which tracks it holds."""
         catalog.ensure_locker(self.store)
         reader = catalog.load_catalog(self.store)
         self._known = set(reader.state.entries)
-        if len(self._known) <= LISTING_LIMIT:
-            self._stored = self._list_objects()
+        self._listing_due = len(self._known) <= LISTING_LIMIT
+
+    def _listed(self, key: str) -> bool:
+        """Whether `key` may be stored: in the listing, or no listing to tell (then HEAD says).
+
+        The listing is made when the first file needs it, so a rerun that
+        sends nothing lists nothing.
+        """
+        with self._listing_lock:
+            if self._listing_due:
+                self._listing_due = False
+                self._stored = self._list_objects()
+        return self._stored is None or key in self._stored
 
     def _list_objects(self) -> set[str] | None:
         """Keys under objects/, or None if there are more than LISTING_LIMIT.
@@ -471,8 +485,7 @@ class Uploader:
                                           prepared.data)
         # size alone would trust an object a broken upload left behind; the
         # ETag, where it is an MD5, says whether it holds these bytes
-        listed = self._stored is None or track.key in self._stored
-        if listed and self.store.holds(track.key, track.size, md5):
+        if self._listed(track.key) and self.store.holds(track.key, track.size, md5):
             self.on_bytes(track.size)
             return _Outcome(source, "matched", "object already stored", track, stat, track.size,
                             needs_record=True)
