@@ -330,3 +330,21 @@ def test_a_large_locker_is_not_listed(tmp_path: pathlib.Path, store: MemoryStore
     summary = run_upload(store, state, tmp_path / "lib")
     assert summary.uploaded == 1
     assert [op for op, key in store.requests if key.startswith("objects/")] == ["LIST", "HEAD", "PUT"]
+
+
+# --------------------------------------------------------------------------
+# progress: the whole job's totals from the count, rate and ETA
+
+
+def test_progress_line_shows_totals_rate_and_eta() -> None:
+    from lockerfs.cli import Progress
+
+    progress = Progress()  # stderr is not a terminal under pytest: the plain line
+    progress.set_totals(500, 10 * 2**20, final=False)
+    progress.add_bytes(2**20)
+    counting = progress.plain_line()
+    assert counting.startswith("upload: 0/500+ files, 1.0 MiB/10.0 MiB+, ") and "ETA" not in counting
+    progress.set_totals(1000, 20 * 2**20, final=True)
+    progress.add_file()
+    counted = progress.plain_line()
+    assert counted.startswith("upload: 1/1000 files, 1.0 MiB/20.0 MiB, ") and ", ETA " in counted
