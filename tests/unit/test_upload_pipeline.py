@@ -348,3 +348,31 @@ def test_progress_line_shows_totals_rate_and_eta() -> None:
     progress.add_file()
     counted = progress.plain_line()
     assert counted.startswith("upload: 1/1000 files, 1.0 MiB/20.0 MiB, ") and ", ETA " in counted
+
+
+def test_a_stopped_run_resumes_without_reading_what_it_finished(
+        tmp_path: pathlib.Path, store: MemoryStore, state: UploadState, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(12):
+        synth.write_track(tmp_path / "lib" / f"{n:02d}.flac", "flac", 0.3, TAGS, seed=100 + n)
+    stop = threading.Event()
+    finished: list[pathlib.Path] = []
+
+    def on_file(outcome: upload._Outcome) -> None:
+        finished.append(outcome.source.path)
+        if len(finished) == 5:
+            stop.set()  # as Ctrl-C does; a SIGKILL after the journal write leaves the same state
+
+    first = Uploader(store, state, jobs=1, on_file=on_file)
+    first.prepare()
+    sources = prefetched(walk([tmp_path / "lib"]))
+    try:
+        summary = first.run(sources, stop)
+    finally:
+        sources.close()
+    assert summary.interrupted and 5 <= summary.uploaded < 12
+    done = set(finished)
+    reads = CountingOpen()
+    monkeypatch.setattr(upload, "open", reads, raising=False)
+    second = run_upload(store, state, tmp_path / "lib")
+    assert (second.unchanged, second.uploaded) == (len(done), 12 - len(done))
+    assert not done & {pathlib.Path(p) for p in reads.opens}
