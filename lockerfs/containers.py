@@ -128,6 +128,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"fLaC", "flac"), (b"MAC ", "ape"), (b"wvpk", "wv"), (b"MPCK", "mpc"),
     (b"TTA1", "tta"), (b"OFR ", "ofr"), (_ASF_HEADER_GUID, "wma"),
 )
+_VIDEO_BRANDS = frozenset({b"qt  ", b"M4V ", b"M4VH", b"M4VP"})
 _OGG_FORMATS = {"vorbis": "ogg", "opus": "opus", "flac": "oga", "speex": "spx"}
 
 
@@ -139,7 +140,10 @@ def container(data: bytes, after_id3: bool = False) -> str:
     if data[:4] == b"OggS":
         return _OGG_FORMATS.get(ogg_codec(data), "ogg")
     if data[4:8] == b"ftyp":
-        return "m4b" if data[8:12] == b"M4B " else "m4a"
+        brand = data[8:12]
+        if brand in _VIDEO_BRANDS or brand[:3] in (b"3gp", b"3g2"):
+            return ""  # a QuickTime movie, an M4V or a phone video: not music to lay out
+        return "m4b" if brand == b"M4B " else "m4a"
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "wav"
     if data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC"):

@@ -210,6 +210,9 @@ def test_uppercase_extension(tmp_path: pathlib.Path) -> None:
     (b"OFR \x0f\x00\x00\x00", "ofr"),
     (b"OggS\x00\x02" + bytes(20) + b"\x01\x50Speex   ", "spx"),
     (b"\x00\x00\x00\x20ftypM4B \x00\x00\x02\x00", "m4b"),
+    (b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00", ""),  # a QuickTime movie
+    (b"\x00\x00\x00\x14ftypM4V \x00\x00\x02\x00", ""),
+    (b"\x00\x00\x00\x14ftyp3gp5\x00\x00\x02\x00", ""),
     # AC-3, 48 kHz, 192 kbit/s: two frames of 768 bytes in a row
     ((b"\x0b\x77\x00\x00\x14\x40" + bytes(762)) * 2, "ac3"),
     (b"\x0b\x77\x00\x00\x14\x40" + bytes(762) + b"junk", ""),  # a lone sync proves nothing
