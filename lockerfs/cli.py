@@ -112,7 +112,7 @@ def open_store(args: argparse.Namespace) -> S3Store:
 
 def run_upload(args: argparse.Namespace) -> int:
     from lockerfs.upload import UploadState, Uploader, prefetched, walk
-    from lockerfs.walk import count
+    from lockerfs.walk import count_in_child
 
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
@@ -122,9 +122,10 @@ def run_upload(args: argparse.Namespace) -> int:
     store = open_store(args)
     store.check()
     progress = Progress()
-    # The count (a stat per file) runs beside the upload so that the bar has
-    # totals early; the walk starts listing while the catalog loads.
-    counter = threading.Thread(target=_count_into, args=(count(args.paths), progress), name="count", daemon=True)
+    # The count (a stat per file, in a helper process) runs beside the upload
+    # so that the bar has totals early; the walk starts listing while the catalog loads.
+    counter = threading.Thread(target=_count_into, args=(count_in_child(args.paths), progress), name="count",
+                               daemon=True)
     counter.start()
     sources = prefetched(walk(args.paths))
     state = UploadState(config.upload_state_path(), config.locker_id(args.locker, store.endpoint))

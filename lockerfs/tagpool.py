@@ -15,63 +15,24 @@ fork server with them.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import select
-import signal
-import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from lockerfs.children import context, start_child
 from lockerfs.tags import read_track_info
 from lockerfs.trackinfo import TrackInfo
 
 log = logging.getLogger(__name__)
 
 
-def _start_worker(uploader: int) -> None:
-    """Ignore Ctrl-C (the uploader decides when to stop), and exit when the uploader is gone.
-
-    A worker waits on a queue whose write end it holds itself, so it would
-    never notice a killed uploader, and the fork server lives as long as any
-    worker: a watcher thread ends the worker when the uploader's pidfd says
-    the uploader has exited.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(uploader,), name="watch-uploader", daemon=True).start()
-
-
-def _exit_with(uploader: int) -> None:
-    try:
-        handle = os.pidfd_open(uploader)
-    except (AttributeError, OSError):  # no pidfd (old kernel), or the uploader is already gone
-        while _alive(uploader):
-            time.sleep(1.0)
-        os._exit(0)
-    select.select([handle], [], [])
-    os._exit(0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class TagReader:
     """A pool of processes running tags.read_track_info; one per core by default."""
 
     def __init__(self, processes: int | None = None) -> None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["lockerfs.tags"])
-        self._pool = ProcessPoolExecutor(max_workers=processes or os.cpu_count() or 1, mp_context=context,
-                                         initializer=_start_worker, initargs=(os.getpid(),))
+        self._pool = ProcessPoolExecutor(max_workers=processes or os.cpu_count() or 1, mp_context=context(),
+                                         initializer=start_child, initargs=(os.getpid(),))
 
     def submit(self, path: Path) -> Future[TrackInfo]:
         """Start reading `path`'s tags; the future raises what read_track_info raises."""

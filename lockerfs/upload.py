@@ -123,16 +123,37 @@ class UploadState:
                          "mtime_ns INTEGER, sha256 TEXT, PRIMARY KEY (locker, path))")
         self._db.commit()
         self._lock = threading.Lock()
+        self._folder = b""  # the folder whose rows _rows holds
+        self._rows: dict[bytes, tuple[int, int, str]] = {}
 
     def known_sha(self, path: Path, stat: os.stat_result) -> str | None:
+        """The SHA-256 recorded for this path, if its size and mtime are still the recorded ones.
+
+        Rows are fetched a folder at a time (the walk yields a folder's files
+        together): one query per folder instead of one per file, which is
+        most of what a rerun over unchanged files costs.
+        """
+        raw = os.fsencode(path)
+        folder = raw[:raw.rfind(b"/") + 1]
         with self._lock:
-            row = self._db.execute(
-                "SELECT sha256 FROM files WHERE locker=? AND path=? AND size=? AND mtime_ns=?",
-                (self.locker, os.fsencode(path), stat.st_size, stat.st_mtime_ns)).fetchone()
-        return row[0] if row else None
+            if folder != self._folder:
+                self._folder, self._rows = folder, self._folder_rows(folder)
+            row = self._rows.get(raw)
+        if row is None or row[:2] != (stat.st_size, stat.st_mtime_ns):
+            return None
+        return row[2]
+
+    def _folder_rows(self, folder: bytes) -> dict[bytes, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, sha256) of the files directly in `folder` (bytes ending in "/")."""
+        upper = folder[:-1] + b"0"  # the byte after "/": every path under the folder sorts below it
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, sha256 FROM files WHERE locker=? AND path>? AND path<? "
+            "AND instr(substr(path, ?), X'2F')=0", (self.locker, folder, upper, len(folder) + 1))
+        return {path: (size, mtime_ns, sha) for path, size, mtime_ns, sha in rows}
 
     def remember(self, entries: Iterable[tuple[Path, os.stat_result, str]]) -> None:
         with self._lock:
+            self._folder = b""  # what known_sha had fetched may be out of date now
             self._db.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
                 [(self.locker, os.fsencode(p), s.st_size, s.st_mtime_ns, sha) for p, s, sha in entries])
@@ -143,30 +164,41 @@ class UploadState:
 
 
 class prefetched(Iterator[SourceFile]):  # noqa: N801 - used like a function, as iter() is
-    """`items`, produced by a thread of its own up to `ahead` entries in advance.
+    """`items`, produced by a thread of its own up to about `ahead` entries in advance.
 
     The walk runs while the upload waits on the network or the disk, and
     memory stays bounded: the thread blocks when it is `ahead` entries ahead.
+    Entries travel in batches (up to BATCH, or what 50 ms gathered), so that
+    a tree of unchanged files does not pay a thread handoff per file.
     close() stops the thread; an error in the walk is raised to the consumer.
     """
 
+    BATCH = 256
     _DONE = object()
 
     def __init__(self, items: Iterator[SourceFile], ahead: int = WALK_AHEAD) -> None:
-        self.buffer: queue.Queue[object] = queue.Queue(maxsize=ahead)
+        self.buffer: queue.Queue[object] = queue.Queue(maxsize=max(1, ahead // self.BATCH))
+        self._batch: Iterator[SourceFile] = iter(())
         self._closed = threading.Event()
         self._finished = False
         self._thread = threading.Thread(target=self._produce, args=(items,), name="walk", daemon=True)
         self._thread.start()
 
     def _produce(self, items: Iterator[SourceFile]) -> None:
+        batch: list[SourceFile] = []
+        started = time.monotonic()
         try:
             for item in items:
-                if not self._put(item):
-                    return
+                batch.append(item)
+                if len(batch) >= self.BATCH or time.monotonic() - started > 0.05:
+                    if not self._put(batch):
+                        return
+                    batch, started = [], time.monotonic()
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(batch)
             self._put(exc)
             return
+        self._put(batch)
         self._put(self._DONE)
 
     def _put(self, item: object) -> bool:
@@ -179,16 +211,19 @@ class prefetched(Iterator[SourceFile]):  # noqa: N801 - used like a function, as
         return False
 
     def __next__(self) -> SourceFile:
-        if self._finished:
-            raise StopIteration
-        item = self.buffer.get()
-        if item is self._DONE:
-            self._finished = True
-            raise StopIteration
-        if isinstance(item, Exception):
-            self._finished = True
-            raise item
-        return item  # type: ignore[return-value]
+        while not self._finished:
+            item = next(self._batch, None)
+            if item is not None:
+                return item
+            got = self.buffer.get()
+            if got is self._DONE:
+                self._finished = True
+            elif isinstance(got, Exception):
+                self._finished = True
+                raise got
+            else:
+                self._batch = iter(got)  # type: ignore[call-overload]
+        raise StopIteration
 
     def close(self) -> None:
         self._closed.set()

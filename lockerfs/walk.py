@@ -10,16 +10,21 @@ folders, never with the number of files.
 Files within one folder come in the order the file system lists them, which
 is stable while the folder is unchanged; subfolders are visited in name order.
 
-count() is the same walk with a stat per file, for the progress bar's totals.
+count() is the same walk with a stat per file, for the progress bar's totals;
+count_in_child() runs it in a helper process, where its stats and its
+Python take nothing from the upload's threads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from multiprocessing.connection import Connection
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from lockerfs import children
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,31 @@ def count(paths: Iterable[Path]) -> Iterator[tuple[int, int]]:
             if files % 500 == 0:
                 yield files, size
     yield files, size
+
+
+def count_in_child(paths: Iterable[Path]) -> Iterator[tuple[int, int]]:
+    """count(paths), computed by a helper process; ends early if that process dies."""
+    context = children.context()
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_count_to, args=([Path(p) for p in paths], send, os.getpid()),
+                            name="count", daemon=True)
+    child.start()
+    send.close()
+    try:
+        while True:
+            try:
+                yield receive.recv()
+            except EOFError:
+                return
+    finally:
+        receive.close()
+
+
+def _count_to(paths: list[Path], send: Connection, uploader: int) -> None:
+    children.start_child(uploader)
+    with send:
+        for totals in count(paths):
+            send.send(totals)
 
 
 def _entries(root: Path) -> Iterator[os.DirEntry[str]]:

@@ -249,17 +249,18 @@ def test_walking_100k_entries_holds_no_list_of_them(tree_100k: pathlib.Path) -> 
 
 
 def test_prefetched_walk_stays_a_bounded_distance_ahead(tree_100k: pathlib.Path) -> None:
-    sources = prefetched(walk([tree_100k]), ahead=100)
+    sources = prefetched(walk([tree_100k]), ahead=1024)
     try:
         first = next(sources)
         assert first.path.is_file()
-        # the walker thread fills its queue and then waits: 100 ahead, not 100,000
+        # the walker thread fills its queue (4 batches of 256) and then waits: 1,024 ahead, not 100,000
         for _ in range(100):
             if sources.buffer.full():
                 break
             threading.Event().wait(0.02)
         threading.Event().wait(0.2)  # time to overrun its bound, if it could
-        assert sources.buffer.qsize() == 100
+        assert sources.buffer.qsize() == 1024 // prefetched.BATCH
+        assert sum(1 for _ in sources) == 100_000 - 1  # and then hands out every entry, once
     finally:
         sources.close()
 
@@ -376,3 +377,20 @@ def test_a_stopped_run_resumes_without_reading_what_it_finished(
     second = run_upload(store, state, tmp_path / "lib")
     assert (second.unchanged, second.uploaded) == (len(done), 12 - len(done))
     assert not done & {pathlib.Path(p) for p in reads.opens}
+
+
+def test_state_knows_a_file_only_with_its_recorded_size_and_mtime(tmp_path: pathlib.Path,
+                                                                   state: UploadState) -> None:
+    """Rows are fetched per folder: names that share a prefix, nested folders and odd bytes stay apart."""
+    names = ["a/1.flac", "a/sub/1.flac", "a 2/1.flac", "a0/1.flac", "1.flac", "a/caf\xe9.flac"]
+    paths = [tmp_path / name for name in names]
+    paths.append(pathlib.Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"a", b"\xff.flac"))))
+    for n, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([n]))
+    state.remember((path, path.stat(), f"sha{n}") for n, path in enumerate(paths))
+    assert [state.known_sha(path, path.stat()) for path in paths] == [f"sha{n}" for n in range(len(paths))]
+    touched = paths[1]
+    os.utime(touched, ns=(0, touched.stat().st_mtime_ns + 1))
+    assert state.known_sha(touched, touched.stat()) is None
+    assert state.known_sha(tmp_path / "a" / "new.flac", paths[0].stat()) is None
