@@ -89,6 +89,7 @@ MEMORY_THRESHOLD = 16 * 1024 * 1024
 FLUSH_RECORDS = 100  # records per journal file at most
 FLUSH_SECONDS = 5.0  # and no record waits longer than this for its journal file
 WALK_AHEAD = 4096  # directory entries the walker may list ahead of the upload
+IN_FLIGHT_PER_JOB = 4  # files handed to the read and send stages per --jobs; a stop lets these finish
 # A locker with at most this many objects is listed once at the start (a
 # request per 1,000), so that objects it does not hold need no HEAD each.
 LISTING_LIMIT = 10_000
@@ -384,7 +385,7 @@ class Uploader:
                     else:
                         readers.submit(self._prepare, source, checked, senders).add_done_callback(self._done.put)
                         in_flight += 1
-                    in_flight -= self._count_done(wait_for_one=in_flight >= 4 * self.jobs)
+                    in_flight -= self._count_done(wait_for_one=in_flight >= IN_FLIGHT_PER_JOB * self.jobs)
                 while in_flight:
                     in_flight -= self._count_done(wait_for_one=True)
             finally:
