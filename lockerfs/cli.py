@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -111,7 +111,8 @@ def open_store(args: argparse.Namespace) -> S3Store:
 # --- upload ---------------------------------------------------------------------
 
 def run_upload(args: argparse.Namespace) -> int:
-    from lockerfs.upload import UploadState, Uploader, scan
+    from lockerfs.upload import UploadState, Uploader, prefetched, walk
+    from lockerfs.walk import count_in_child
 
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
@@ -120,18 +121,25 @@ def run_upload(args: argparse.Namespace) -> int:
         raise UserError("--jobs must be at least 1")
     store = open_store(args)
     store.check()
-    sources = list(scan(args.paths))
-    total_bytes = sum(_size(s.path) for s in sources)
+    progress = Progress()
+    # The count (a stat per file, in a helper process) runs beside the upload
+    # so that the bar has totals early; the walk starts listing while the catalog loads.
+    counter = threading.Thread(target=_count_into, args=(count_in_child(args.paths), progress), name="count",
+                               daemon=True)
+    counter.start()
+    sources = prefetched(walk(args.paths))
     state = UploadState(config.upload_state_path(), config.locker_id(args.locker, store.endpoint))
-    progress = Progress(len(sources), total_bytes)
     uploader = Uploader(store, state, args.jobs, on_bytes=progress.add_bytes,
                         on_file=lambda outcome: progress.add_file())
     stop = threading.Event()
-    with interrupt_sets(stop):
-        uploader.prepare()
-        summary = uploader.run(sources, stop)
-    progress.close()
-    state.close()
+    try:
+        with interrupt_sets(stop):
+            uploader.prepare()
+            summary = uploader.run(sources, stop)
+    finally:
+        sources.close()
+        progress.close()
+        state.close()
     print_summary(summary)
     if summary.stopped:
         print(f"lockerfs: stopped early, {summary.not_attempted} files not attempted: {summary.stopped}; "
@@ -141,11 +149,11 @@ def run_upload(args: argparse.Namespace) -> int:
     return EXIT_FAILED if summary.failed else 0
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+def _count_into(counts: Iterator[tuple[int, int]], progress: Progress) -> None:
+    files = size = 0
+    for files, size in counts:
+        progress.set_totals(files, size, final=False)
+    progress.set_totals(files, size, final=True)
 
 
 class interrupt_sets:
@@ -171,22 +179,34 @@ class interrupt_sets:
 
 
 class Progress:
-    """Files and bytes done: a tqdm bar on a terminal, a plain line every few seconds otherwise."""
+    """Files and bytes done of the whole job, rate and ETA: a tqdm bar on a terminal,
+    a plain line every few seconds otherwise.
+
+    Totals grow while the count runs beside the upload; "+" marks them until it ends.
+    """
 
     PLAIN_EVERY = 5.0
 
-    def __init__(self, files: int, total_bytes: int) -> None:
-        self.files, self.total_bytes = files, total_bytes
+    def __init__(self) -> None:
+        self.files = self.total_bytes = 0
+        self.counted = False
         self.done_files = self.done_bytes = 0
         self._lock = threading.Lock()
-        self._last_line = time.monotonic()
+        self._started = self._last_line = time.monotonic()
         self._bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+            self._bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024,
                              desc="upload", dynamic_ncols=True)
-            self._bar.set_postfix_str(f"0/{files} files")
+
+    def set_totals(self, files: int, total_bytes: int, final: bool) -> None:
+        with self._lock:
+            self.files, self.total_bytes, self.counted = files, total_bytes, final
+            if self._bar is not None:
+                self._bar.total = total_bytes
+                self._bar.set_postfix_str(self._files_text(), refresh=False)
+                self._bar.refresh()
 
     def add_bytes(self, count: int) -> None:
         with self._lock:
@@ -198,11 +218,21 @@ class Progress:
         with self._lock:
             self.done_files += 1
             if self._bar is not None:
-                self._bar.set_postfix_str(f"{self.done_files}/{self.files} files", refresh=False)
+                self._bar.set_postfix_str(self._files_text(), refresh=False)
             elif time.monotonic() - self._last_line >= self.PLAIN_EVERY:
                 self._last_line = time.monotonic()
-                print(f"upload: {self.done_files}/{self.files} files, "
-                      f"{human(self.done_bytes)}/{human(self.total_bytes)}", file=sys.stderr, flush=True)
+                print(self.plain_line(), file=sys.stderr, flush=True)
+
+    def _files_text(self) -> str:
+        return f"{self.done_files}/{self.files}{'' if self.counted else '+'} files"
+
+    def plain_line(self) -> str:
+        elapsed = max(1e-6, time.monotonic() - self._started)
+        rate = self.done_bytes / elapsed
+        left = max(0, self.total_bytes - self.done_bytes)
+        eta = f", ETA {timedelta(seconds=round(left / rate))}" if rate > 0 and self.counted else ""
+        return (f"upload: {self._files_text()}, {human(self.done_bytes)}/{human(self.total_bytes)}"
+                f"{'' if self.counted else '+'}, {human(rate)}/s{eta}")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -118,10 +118,12 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, md5: str | None = None,
+                  content_type: str | None = None) -> None:
+        """Store bytes; `md5` (hex, if the caller has it already) saves hashing them again."""
 
     def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None,
-                 md5: str | None = None) -> None:
+                 md5: str | None = None, content_type: str | None = None) -> None:
         """Store a file; `md5` (hex, of the bytes the caller hashed) makes the server check
         that it stored exactly those bytes. Raises CorruptUpload if it keeps getting others."""
 
@@ -173,6 +175,11 @@ class S3Store:
             # the whole object; validating it would fail every range read.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # Every PUT and UploadPart carries a Content-MD5 that is signed with
+            # the request (see _send_content_md5), so the server refuses a body
+            # changed on the way. Over https botocore then skips its own SHA-256
+            # of the body; over plain http it would hash every byte once more.
+            s3={"payload_signing_enabled": False},
         )
         session = boto3.session.Session()
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
@@ -286,19 +293,24 @@ class S3Store:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, md5: str | None = None,
+                  content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        if md5 is not None:  # the hook below then sends it instead of hashing the body again
+            extra["ContentMD5"] = base64.b64encode(bytes.fromhex(md5)).decode()
         self._verified_put(key, lambda: self._client.put_object(
-            Bucket=self.bucket, Key=self._full(key), Body=data))
+            Bucket=self.bucket, Key=self._full(key), Body=data, **extra))
 
     def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None,
-                 md5: str | None = None) -> None:
+                 md5: str | None = None, content_type: str | None = None) -> None:
         full = self._full(key)
         if md5 is not None:
             with self._expected_lock:
                 self._expected_md5[full] = base64.b64encode(bytes.fromhex(md5)).decode()
+        extra = {"ContentType": content_type} if content_type else None
         try:
             self._verified_put(key, lambda: self._client.upload_file(
-                str(path), self.bucket, full, Config=self._transfer, Callback=progress))
+                str(path), self.bucket, full, ExtraArgs=extra, Config=self._transfer, Callback=progress))
         finally:
             with self._expected_lock:
                 self._expected_md5.pop(full, None)
@@ -512,6 +524,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, datetime]] = {}
+        self.content_types: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
@@ -540,17 +553,22 @@ class MemoryStore:
         except KeyError:
             raise NotFound(f"{key} does not exist") from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, md5: str | None = None,
+                  content_type: str | None = None) -> None:
+        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            raise CorruptUpload(f"the bytes for {key} are not the ones that were hashed")
         self._record("PUT", key)
         with self._lock:
             self.objects[key] = (bytes(data), datetime.now(timezone.utc))
+            if content_type:
+                self.content_types[key] = content_type
 
     def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None,
-                 md5: str | None = None) -> None:
+                 md5: str | None = None, content_type: str | None = None) -> None:
         data = path.read_bytes()
         if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
             raise CorruptUpload(f"{path} changed before it was stored as {key}")
-        self.put_bytes(key, data)
+        self.put_bytes(key, data, content_type=content_type)
         if progress:
             progress(len(data))
 

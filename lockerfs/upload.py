@@ -1,4 +1,29 @@
-"""Upload: scan -> tags -> hash -> match -> put object -> append record.
+"""Upload: walk -> tags -> hash -> match -> put object -> append record; one read per file.
+
+The pipeline, and why it is shaped so:
+  walk      a thread lists the given folders into a bounded queue (walk.py):
+            the first file is uploading within moments of the start, and a
+            tree of any size costs the same memory;
+  unchanged the main thread stats each file; one already recorded with the
+            same path, size and mtime is done without being opened;
+  read      worker threads (--jobs) read a file once: whole into memory when it
+            is at most MEMORY_THRESHOLD (so at most jobs x MEMORY_THRESHOLD
+            bytes are held), else in chunks; SHA-256 (the key) and MD5 (the
+            Content-MD5 every PUT carries) are computed from those bytes, and
+            hashlib lets go of the GIL while it hashes;
+  tags      mutagen runs in worker processes (tagpool.py, started when the
+            first file needs them): it is pure Python
+            and would hold the GIL; it reads only the head and tail of the
+            file, which the read above has just brought into the page cache;
+  match     the catalog, then a HEAD of the object key (a locker of at most
+            LISTING_LIMIT objects is listed once, when the first file needs
+            it, and a key missing from that listing needs no HEAD: a first
+            upload sends no HEADs);
+  put       from memory, with Content-MD5 and Content-Type; a file above the
+            threshold goes through the multipart upload from the file, whose
+            pages its hashing pass has just cached (docs/UPLOAD-NOTES.md says
+            why this and not a temporary key);
+  record    journal files of up to FLUSH_RECORDS records, then the local state.
 
 Crash safety comes from write order: an object is stored before the journal
 record that names it, and the local state file learns a file only after its
@@ -10,10 +35,16 @@ the file) and records without re-uploading; an object whose ETag is not an MD5
 is sent again or reported as failed, never recorded.
 
 Matching happens at three levels, cheapest first:
-  unchanged - same path, size and mtime as a file already recorded: not even hashed;
+  unchanged - same path, size and mtime as a file already recorded: not even opened;
   matched   - its SHA-256 is already in the catalog (or its object already
               exists in the bucket): nothing uploaded;
   uploaded  - everything else.
+
+What is audio: a file whose extension is an audio one is read as audio (and
+reported if its content is not); any other file is sniffed from its first
+64 KiB and uploaded under its container's canonical extension if it is audio,
+so files named oddly (no extension, "Track.FLAC ", "x.mp3.", a wrong
+extension) are not left behind.
 """
 
 from __future__ import annotations
@@ -21,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import sqlite3
 import stat as stat_module
 import threading
@@ -31,27 +63,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockerfs import catalog
+from lockerfs.containers import (
+    AUDIO_EXTENSIONS,
+    CONTENT_TYPES,
+    SNIFF_SIZE,
+    canonical_extension,
+    name_extension,
+    sniff_format,
+)
 from lockerfs.store import CorruptUpload, Store, StoreError, Unreachable
-from lockerfs.tags import AUDIO_EXTENSIONS, FORMAT_EXTENSIONS, NotAudioError, read_track_info
+from lockerfs.tagpool import TagReader
+from lockerfs.tags import NotAudioError
 from lockerfs.track import Track
+from lockerfs.walk import SourceFile, walk
+
+__all__ = ["SourceFile", "UploadState", "UploadSummary", "Uploader", "prefetched", "walk"]
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1024 * 1024
+HASH_CHUNK = 8 * 1024 * 1024
+# Files up to this size are read into memory once and sent from there; it is
+# also the store's multipart threshold, so everything held in memory goes in
+# one PUT with one Content-MD5.
+MEMORY_THRESHOLD = 16 * 1024 * 1024
 FLUSH_RECORDS = 100  # records per journal file at most
 FLUSH_SECONDS = 5.0  # and no record waits longer than this for its journal file
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    root: Path  # the folder (or file) named on the command line
-    path: Path
-
-    @property
-    def relative(self) -> str:
-        """The path below the given folder, as valid text (undecodable bytes become U+FFFD)."""
-        relative = self.path.name if self.root == self.path else self.path.relative_to(self.root).as_posix()
-        return os.fsencode(relative).decode("utf-8", "replace")
+WALK_AHEAD = 4096  # directory entries the walker may list ahead of the upload
+IN_FLIGHT_PER_JOB = 4  # files handed to the read and send stages per --jobs; a stop lets these finish
+# A locker with at most this many objects is listed once at the start (a
+# request per 1,000), so that objects it does not hold need no HEAD each.
+LISTING_LIMIT = 10_000
 
 
 @dataclass
@@ -83,16 +124,37 @@ class UploadState:
                          "mtime_ns INTEGER, sha256 TEXT, PRIMARY KEY (locker, path))")
         self._db.commit()
         self._lock = threading.Lock()
+        self._folder = b""  # the folder whose rows _rows holds
+        self._rows: dict[bytes, tuple[int, int, str]] = {}
 
     def known_sha(self, path: Path, stat: os.stat_result) -> str | None:
+        """The SHA-256 recorded for this path, if its size and mtime are still the recorded ones.
+
+        Rows are fetched a folder at a time (the walk yields a folder's files
+        together): one query per folder instead of one per file, which is
+        most of what a rerun over unchanged files costs.
+        """
+        raw = os.fsencode(path)
+        folder = raw[:raw.rfind(b"/") + 1]
         with self._lock:
-            row = self._db.execute(
-                "SELECT sha256 FROM files WHERE locker=? AND path=? AND size=? AND mtime_ns=?",
-                (self.locker, os.fsencode(path), stat.st_size, stat.st_mtime_ns)).fetchone()
-        return row[0] if row else None
+            if folder != self._folder:
+                self._folder, self._rows = folder, self._folder_rows(folder)
+            row = self._rows.get(raw)
+        if row is None or row[:2] != (stat.st_size, stat.st_mtime_ns):
+            return None
+        return row[2]
+
+    def _folder_rows(self, folder: bytes) -> dict[bytes, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, sha256) of the files directly in `folder` (bytes ending in "/")."""
+        upper = folder[:-1] + b"0"  # the byte after "/": every path under the folder sorts below it
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, sha256 FROM files WHERE locker=? AND path>? AND path<? "
+            "AND instr(substr(path, ?), X'2F')=0", (self.locker, folder, upper, len(folder) + 1))
+        return {path: (size, mtime_ns, sha) for path, size, mtime_ns, sha in rows}
 
     def remember(self, entries: Iterable[tuple[Path, os.stat_result, str]]) -> None:
         with self._lock:
+            self._folder = b""  # what known_sha had fetched may be out of date now
             self._db.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
                 [(self.locker, os.fsencode(p), s.st_size, s.st_mtime_ns, sha) for p, s, sha in entries])
@@ -102,40 +164,93 @@ class UploadState:
         self._db.close()
 
 
-def scan(paths: Iterable[Path]) -> Iterator[SourceFile]:
-    """Every file under the given paths, in a stable order; symlinked folders are not followed.
+class prefetched(Iterator[SourceFile]):  # noqa: N801 - used like a function, as iter() is
+    """`items`, produced by a thread of its own up to about `ahead` entries in advance.
 
-    Entries that are not regular files (FIFOs, sockets, devices, broken
-    symlinks) are yielded too, so that the run reports them as skipped rather
-    than leaving them out without a word; nothing opens them.
+    The walk runs while the upload waits on the network or the disk, and
+    memory stays bounded: the thread blocks when it is `ahead` entries ahead.
+    Entries travel in batches (up to BATCH, or what 50 ms gathered), so that
+    a tree of unchanged files does not pay a thread handoff per file.
+    close() stops the thread; an error in the walk is raised to the consumer.
     """
-    for given in paths:
-        root = given.absolute()
-        if not root.is_dir():
-            yield SourceFile(root, root)
-            continue
-        for folder, dirnames, filenames in os.walk(root, onerror=_report_walk_error):
-            dirnames.sort()
-            for name in sorted(filenames):
-                yield SourceFile(root, Path(folder, name))
+
+    BATCH = 256
+    _DONE = object()
+
+    def __init__(self, items: Iterator[SourceFile], ahead: int = WALK_AHEAD) -> None:
+        self.buffer: queue.Queue[object] = queue.Queue(maxsize=max(1, ahead // self.BATCH))
+        self._batch: Iterator[SourceFile] = iter(())
+        self._closed = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="walk", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator[SourceFile]) -> None:
+        batch: list[SourceFile] = []
+        started = time.monotonic()
+        try:
+            for item in items:
+                batch.append(item)
+                if len(batch) >= self.BATCH or time.monotonic() - started > 0.05:
+                    if not self._put(batch):
+                        return
+                    batch, started = [], time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(batch)
+            self._put(exc)
+            return
+        self._put(batch)
+        self._put(self._DONE)
+
+    def _put(self, item: object) -> bool:
+        while not self._closed.is_set():
+            try:
+                self.buffer.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self) -> SourceFile:
+        while not self._finished:
+            item = next(self._batch, None)
+            if item is not None:
+                return item
+            got = self.buffer.get()
+            if got is self._DONE:
+                self._finished = True
+            elif isinstance(got, Exception):
+                self._finished = True
+                raise got
+            else:
+                self._batch = iter(got)  # type: ignore[call-overload]
+        raise StopIteration
+
+    def close(self) -> None:
+        self._closed.set()
+        self._finished = True
+        self._thread.join()
 
 
-def _report_walk_error(error: OSError) -> None:
-    log.warning("cannot read folder %s: %s", error.filename, error.strerror)
+class _Digests:
+    """SHA-256 and MD5 together; hashlib releases the GIL on each update of more than 2 KiB."""
 
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
 
-def sha256_of(path: Path) -> str:
-    return digests_of(path)[0]
+    def update(self, data: bytes | memoryview) -> _Digests:
+        self.sha256.update(data)
+        self.md5.update(data)
+        return self
 
+    def feed_stream(self, stream: object) -> _Digests:
+        while chunk := stream.read(HASH_CHUNK):  # type: ignore[attr-defined]
+            self.update(chunk)
+        return self
 
-def digests_of(path: Path) -> tuple[str, str]:
-    """(SHA-256, MD5) of a file in one read: the key, and what the server is asked to verify."""
-    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            sha256.update(chunk)
-            md5.update(chunk)
-    return sha256.hexdigest(), md5.hexdigest()
+    def hexdigests(self) -> tuple[str, str]:
+        return self.sha256.hexdigest(), self.md5.hexdigest()
 
 
 def _kind_of(mode: int) -> str:
@@ -159,6 +274,17 @@ class _Outcome:
     unreachable: bool = False  # failed because the bucket could not be reached
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A file read, hashed and tagged, waiting to be matched by HEAD and sent."""
+
+    source: SourceFile
+    stat: os.stat_result
+    track: Track
+    md5: str
+    data: bytes | None  # the file's bytes when held in memory (at most MEMORY_THRESHOLD)
+
+
 def _changed(path: Path, before: os.stat_result) -> bool:
     try:
         after = path.stat()
@@ -172,111 +298,263 @@ class Uploader:
 
     def __init__(self, store: Store, state: UploadState, jobs: int = 4,
                  on_bytes: Callable[[int], None] | None = None,
-                 on_file: Callable[[_Outcome], None] | None = None) -> None:
+                 on_file: Callable[[_Outcome], None] | None = None,
+                 tag_reader: TagReader | None = None) -> None:
         self.store = store
         self.state = state
         self.jobs = jobs
         self.on_bytes = on_bytes or (lambda n: None)
         self.on_file = on_file or (lambda outcome: None)
+        self.tag_reader = tag_reader
         self.summary = UploadSummary()
         self._known: set[str] = set()  # sha256 in the catalog (added or removed) or recorded this run
         self._known_lock = threading.Lock()
         self._pending: list[_Outcome] = []
         self._pending_since = 0.0
+        self._stored: set[str] | None = None  # object keys listed before the first HEAD, if listed
+        self._listing_due = False
+        self._listing_lock = threading.Lock()
+        self._tag_reader_lock = threading.Lock()
+        self._own_tag_reader = False
 
     def prepare(self) -> None:
         """Create the locker if needed and learn which tracks it holds."""
         catalog.ensure_locker(self.store)
         reader = catalog.load_catalog(self.store)
         self._known = set(reader.state.entries)
+        self._listing_due = len(self._known) <= LISTING_LIMIT
 
-    def run(self, sources: list[SourceFile], stop: threading.Event) -> UploadSummary:
-        """Process every source; returns early (interrupted) when `stop` is set."""
-        queue = iter(sources)
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="upload") as pool:
-            running: set[Future[_Outcome]] = set()
-            while True:
-                while not stop.is_set() and not self.summary.stopped and len(running) < self.jobs * 2:
-                    source = next(queue, None)
-                    if source is None:
+    def _listed(self, key: str) -> bool:
+        """Whether `key` may be stored: in the listing, or no listing to tell (then HEAD says).
+
+        The listing is made when the first file needs it, so a rerun that
+        sends nothing lists nothing.
+        """
+        with self._listing_lock:
+            if self._listing_due:
+                self._listing_due = False
+                self._stored = self._list_objects()
+        return self._stored is None or key in self._stored
+
+    def _list_objects(self) -> set[str] | None:
+        """Keys under objects/, or None if there are more than LISTING_LIMIT.
+
+        Matching stays "catalog, then HEAD": only a key missing from this
+        listing skips its HEAD. An object another uploader stores after the
+        listing is then sent once more, which content addressing makes harmless.
+        """
+        keys: set[str] = set()
+        for item in self.store.list("objects/"):
+            keys.add(item.key)
+            if len(keys) > LISTING_LIMIT:
+                return None
+        return keys
+
+    def _tags(self) -> TagReader:
+        """The tag reader processes, started when the first file needs them (a rerun may need none)."""
+        with self._tag_reader_lock:
+            if self.tag_reader is None:
+                self.tag_reader = TagReader()
+                self._own_tag_reader = True
+            return self.tag_reader
+
+    def run(self, sources: Iterable[SourceFile], stop: threading.Event) -> UploadSummary:
+        """Process every source, pulling them as capacity frees up; returns early when `stop` is set.
+
+        Two stages of `jobs` threads each: one reads, hashes and tags files,
+        the other matches and sends them, so that the disk and the CPU work
+        on the next files while the network carries the last ones. At most
+        2 x jobs files are held in memory at once (`_held`). Each finished
+        piece of work lands in `_done`, where this thread counts it.
+        """
+        sources = iter(sources)
+        self._held = threading.BoundedSemaphore(2 * self.jobs)
+        self._done: queue.Queue[Future[_Outcome | None]] = queue.Queue()
+        in_flight = 0
+        # senders outlive readers, which hand files on to them
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="send") as senders, \
+                ThreadPoolExecutor(self.jobs, thread_name_prefix="read") as readers:
+            try:
+                for source in sources:
+                    if stop.is_set() or self.summary.stopped:
+                        self.summary.not_attempted += 1
                         break
-                    running.add(pool.submit(self._process, source))
-                if not running:
-                    break
-                done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-                for future in done:
-                    self._finish(future.result())
-                if self._pending and time.monotonic() - self._pending_since > FLUSH_SECONDS:
-                    self._flush()
+                    checked = self._unchanged(source)
+                    if isinstance(checked, _Outcome):
+                        self._finish(checked)
+                    else:
+                        readers.submit(self._prepare, source, checked, senders).add_done_callback(self._done.put)
+                        in_flight += 1
+                    in_flight -= self._count_done(wait_for_one=in_flight >= IN_FLIGHT_PER_JOB * self.jobs)
+                while in_flight:
+                    in_flight -= self._count_done(wait_for_one=True)
+            finally:
+                if self._own_tag_reader:
+                    self.tag_reader.close()
+                    self.tag_reader = None
         self._flush()
         self.summary.interrupted = stop.is_set()
         if self.summary.stopped:
-            self.summary.not_attempted = sum(1 for _ in queue)
+            self.summary.not_attempted += sum(1 for _ in sources)
         return self.summary
 
-    def _process(self, source: SourceFile) -> _Outcome:
+    def _count_done(self, wait_for_one: bool) -> int:
+        """Finish the outcomes that are ready (waiting up to a second for one if asked); how many."""
+        finished = 0
+        while True:
+            try:
+                future = self._done.get(timeout=1.0) if wait_for_one and not finished else self._done.get_nowait()
+            except queue.Empty:
+                break
+            outcome = future.result()
+            if outcome is not None:  # None: handed on to the send stage, which reports it
+                self._finish(outcome)
+                finished += 1
+        self._flush_if_due()
+        return finished
+
+    def _flush_if_due(self) -> None:
+        if self._pending and time.monotonic() - self._pending_since > FLUSH_SECONDS:
+            self._flush()
+
+    def _unchanged(self, source: SourceFile) -> _Outcome | os.stat_result:
+        """The outcome of a file that needs no reading (gone, odd, or already recorded), else its stat."""
         path = source.path
         try:
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                reason = "broken symbolic link" if path.is_symlink() else "vanished before it was read"
-                return _Outcome(source, "skipped", reason)
-            if not stat_module.S_ISREG(stat.st_mode):
-                return _Outcome(source, "skipped", f"not a regular file ({_kind_of(stat.st_mode)})")
-            if self.state.known_sha(path, stat) in self._known:
-                self.on_bytes(stat.st_size)
-                return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
-            ext = path.suffix.lower().lstrip(".")
-            if ext not in AUDIO_EXTENSIONS:
-                return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
-            info = read_track_info(path)
-            sha, md5 = digests_of(path)
-            after = path.stat()
-            if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
-                return _Outcome(source, "failed", "file changed while it was being read")
-            ext = FORMAT_EXTENSIONS.get(info.format, ext)
-            track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
-                          source=source.relative, mtime=stat.st_mtime, info=info)
-            return self._store_object(source, track, stat, md5)
-        except NotAudioError as exc:
-            return _Outcome(source, "skipped", str(exc))
+            stat = path.stat()
         except FileNotFoundError:
-            return _Outcome(source, "skipped", "vanished while it was being read")
+            reason = "broken symbolic link" if path.is_symlink() else "vanished before it was read"
+            return _Outcome(source, "skipped", reason)
         except OSError as exc:
-            # the user meant this file to be uploaded and it was not: a failure, not a skip
             return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
-        except Unreachable as exc:
-            return _Outcome(source, "failed", str(exc), unreachable=True)
-        except CorruptUpload as exc:
-            return _Outcome(source, "failed", "file changed while it was being uploaded"
-                            if _changed(path, stat) else str(exc))
-        except StoreError as exc:
-            return _Outcome(source, "failed", str(exc))
+        if not stat_module.S_ISREG(stat.st_mode):
+            return _Outcome(source, "skipped", f"not a regular file ({_kind_of(stat.st_mode)})")
+        if self.state.known_sha(path, stat) in self._known:
+            self.on_bytes(stat.st_size)
+            return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
+        return stat
 
-    def _store_object(self, source: SourceFile, track: Track, stat: os.stat_result, md5: str) -> _Outcome:
+    def _prepare(self, source: SourceFile, stat: os.stat_result, senders: ThreadPoolExecutor) -> _Outcome | None:
+        """Read stage: read once, hash, tags; then hand the file to the send stage (None).
+
+        A track the catalog already has is matched here, without a request.
+        """
+        try:
+            if stat.st_size == 0:
+                return _Outcome(source, "skipped", "empty file")
+            self._held.acquire()
+            handed_on = False
+            try:
+                prepared = self._read(source, stat)
+                if isinstance(prepared, _Outcome):
+                    return prepared
+                if not self._claim(prepared.track):
+                    self.on_bytes(stat.st_size)
+                    return _Outcome(source, "matched", "already in the locker", prepared.track, stat, stat.st_size)
+                senders.submit(self._send, prepared).add_done_callback(self._done.put)
+                handed_on = True  # _send lets go of the held bytes
+                return None
+            finally:
+                if not handed_on:
+                    self._held.release()
+        except Exception as exc:  # noqa: BLE001 - mapped to a skip or failure with one sentence
+            return self._failure(source, stat, exc)
+
+    def _read(self, source: SourceFile, stat: os.stat_result) -> _Outcome | _Prepared:
+        """Read the file once, hash it, read its tags; or say why it is not uploaded.
+
+        A file whose extension is not audio is sniffed from its first bytes
+        first, so a large non-audio file costs one small read.
+        """
+        path = source.path
+        ext = name_extension(path.name)
+        digests = _Digests()
+        with open(path, "rb") as f:
+            first = b""
+            if ext not in AUDIO_EXTENSIONS:
+                first = f.read(SNIFF_SIZE)
+                if not sniff_format(first):
+                    return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
+            tag_reader = self._tags()
+            tags = tag_reader.submit(path)
+            if stat.st_size <= MEMORY_THRESHOLD:
+                data: bytes | None = first + f.read() if first else f.read()
+                digests.update(data)
+            else:
+                data = None
+                digests.update(first).feed_stream(f)
+            after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns) or (
+                data is not None and len(data) != stat.st_size):
+            tags.cancel()
+            return _Outcome(source, "failed", "file changed while it was being read")
+        sha, md5 = digests.hexdigests()
+        info = tag_reader.result(tags, path)
+        ext = canonical_extension(info.format, ext)
+        track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
+                      source=source.relative, mtime=stat.st_mtime, info=info)
+        return _Prepared(source, stat, track, md5, data)
+
+    def _claim(self, track: Track) -> bool:
+        """Whether this run is the one to store the track (not in the catalog, not claimed before)."""
         with self._known_lock:
             if track.sha256 in self._known:
-                self.on_bytes(track.size)
-                return _Outcome(source, "matched", "already in the locker", track, stat, track.size)
+                return False
             self._known.add(track.sha256)  # a duplicate later in this run matches this one
+            return True
+
+    def _send(self, prepared: _Prepared) -> _Outcome:
+        """Send stage: match by HEAD, else PUT; always lets go of the file's bytes."""
+        source, track, stat = prepared.source, prepared.track, prepared.stat
         try:
-            # size alone would trust an object a broken upload left behind; the
-            # ETag, where it is an MD5, says whether it holds these bytes
-            if self.store.holds(track.key, track.size, md5):
-                self.on_bytes(track.size)
-                return _Outcome(source, "matched", "object already stored", track, stat, track.size,
-                                needs_record=True)
-            self.store.put_file(track.key, source.path, self.on_bytes, md5=md5)
-            # a single-part PUT is verified against `md5`; the parts of a big
-            # file are verified as sent, so a file changed meanwhile is caught here
-            if _changed(source.path, stat):
-                raise CorruptUpload("file changed while it was being uploaded")
-        except BaseException:
+            return self._store_object(prepared)
+        except Exception as exc:  # noqa: BLE001 - mapped to a failure with one sentence
             with self._known_lock:
                 self._known.discard(track.sha256)
-            raise
+            return self._failure(source, stat, exc)
+        finally:
+            prepared.data = None
+            self._held.release()
+
+    def _store_object(self, prepared: _Prepared) -> _Outcome:
+        source, track, stat, md5, data = (prepared.source, prepared.track, prepared.stat, prepared.md5,
+                                          prepared.data)
+        # size alone would trust an object a broken upload left behind; the
+        # ETag, where it is an MD5, says whether it holds these bytes
+        if self._listed(track.key) and self.store.holds(track.key, track.size, md5):
+            self.on_bytes(track.size)
+            return _Outcome(source, "matched", "object already stored", track, stat, track.size,
+                            needs_record=True)
+        content_type = CONTENT_TYPES.get(track.info.format)
+        if data is not None:  # the very bytes that were hashed: nothing can have changed them
+            self.store.put_bytes(track.key, data, md5=md5, content_type=content_type)
+            self.on_bytes(track.size)
+        else:
+            self.store.put_file(track.key, source.path, self.on_bytes, md5=md5, content_type=content_type)
+            # the parts of a big file are verified as sent, so a file changed
+            # since it was hashed is caught here
+            if _changed(source.path, stat):
+                raise CorruptUpload("file changed while it was being uploaded")
         return _Outcome(source, "uploaded", track=track, stat=stat, size=track.size, needs_record=True)
+
+    @staticmethod
+    def _failure(source: SourceFile, stat: os.stat_result | None, exc: Exception) -> _Outcome:
+        """A file's error as the summary reports it: skipped (not ours to upload) or failed."""
+        if isinstance(exc, NotAudioError):
+            return _Outcome(source, "skipped", str(exc))
+        if isinstance(exc, FileNotFoundError):
+            return _Outcome(source, "skipped", "vanished while it was being read")
+        if isinstance(exc, OSError):
+            # the user meant this file to be uploaded and it was not: a failure, not a skip
+            return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
+        if isinstance(exc, Unreachable):
+            return _Outcome(source, "failed", str(exc), unreachable=True)
+        if isinstance(exc, CorruptUpload):
+            changed = stat is not None and _changed(source.path, stat)
+            return _Outcome(source, "failed", "file changed while it was being uploaded" if changed else str(exc))
+        if isinstance(exc, StoreError):
+            return _Outcome(source, "failed", str(exc))
+        raise exc
 
     def _finish(self, outcome: _Outcome) -> None:
         summary = self.summary

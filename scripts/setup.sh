@@ -16,6 +16,7 @@ dpkg -s libnss-wrapper >/dev/null 2>&1 || need_apt+=(libnss-wrapper)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v mpd >/dev/null || need_apt+=(mpd)         # a real media player's library update (tests, bench)
 command -v mpc >/dev/null || need_apt+=(mpc)         # its client: `mpc update --wait`, `mpc stats`
+command -v mpcenc >/dev/null || need_apt+=(musepack-tools)   # Musepack SV8 test files
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

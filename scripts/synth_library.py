@@ -56,6 +56,8 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
+import synth_formats
+
 log = logging.getLogger("synth_library")
 
 FFMPEG = shutil.which("ffmpeg")
@@ -74,6 +76,9 @@ FORMATS: dict[str, tuple[str, str]] = {
 M4A_FORMATS = frozenset({"m4a", "alac"})
 EXTENSIONS = {"flac": "flac", "mp3": "mp3", "ogg": "ogg", "opus": "opus",
               "wav": "wav", "aiff": "aiff", "m4a": "m4a", "alac": "m4a"}
+# The other containers (WMA, APE, WavPack, Musepack, DSD, TTA, ...) come from synth_formats.
+FORMATS |= {fmt: (container, codec) for fmt, (container, codec, _) in synth_formats.FORMATS.items()}
+EXTENSIONS |= {fmt: ext for fmt, (_, _, ext) in synth_formats.FORMATS.items()}
 
 _SOUNDFILE_ARGS = {  # fmt -> (libsndfile format, subtype)
     "flac": ("FLAC", "PCM_16"),
@@ -421,12 +426,19 @@ def write_track(path: pathlib.Path, fmt: str, seconds: float, tags: dict,
     VBR frame sizes and FLAC frames vary as in real music (else `noise`). A str
     track or disc is written verbatim ("A1", "3/12"; not in MP4, whose numbers
     are integers). ID3v1 and APEv2 carry no cover; ID3v1 keeps what fits.
+    The containers of synth_formats.FORMATS are written there (mpc "sv7":
+    Musepack SV7).
     """
     path = pathlib.Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = _OPUS_RATE if fmt == "opus" else _HIRES_RATE if variant == "hires" else _RATE
     frames = max(1, int(seconds * rate))
     audio = _dynamic_samples(frames, rate, seed) if dynamic else _samples(frames, rate, seed, noise)
+    if fmt in synth_formats.FORMATS:
+        clean = {k: v for k, v in tags.items() if v is not None}
+        written = synth_formats.write(path, fmt, audio, seconds, seed, variant, clean, cover)
+        container, codec = FORMATS[fmt]
+        return SynthTrack(path=path, format=container, codec=codec, tags=written)
     _encode(path, fmt, audio, rate, seed, variant)
     written = _write_tags(path, fmt, {k: v for k, v in tags.items() if v is not None}, cover, variant)
     container, codec = FORMATS[fmt]
@@ -774,6 +786,36 @@ def _large_library(out: pathlib.Path, seed: int) -> list[SynthTrack]:
               write_big_mp3(out / "Big Files" / "long mix.mp3", LARGE_MP3_MB, seed)]
     write_manifest(out, tracks)
     return tracks
+
+
+_PLACEHOLDER = "#" * 12  # a title of fixed length, patched per copy
+
+
+def synthesize_small_files(out: pathlib.Path, count: int = 20_000, seed: int = 0) -> int:
+    """`count` short tagged FLAC and MP3 files (5 to 35 kB) in album folders of 20; returns their bytes.
+
+    Encoding 20,000 files would take minutes, so each folder's files are
+    copies of a few encoded tracks whose title is rewritten in place: the
+    same length, so every copy stays valid, and its own bytes (SHA-256).
+    FLAC's Vorbis comment and ID3v2 text frames carry no checksum.
+    """
+    out = pathlib.Path(out).absolute()
+    templates = []
+    for n, fmt in enumerate(("flac", "mp3", "flac", "mp3")):
+        path = out / ".templates" / f"{n}.{fmt}"
+        write_track(path, fmt, 0.1 + 0.1 * n, {"artist": f"Small Files {n}", "album": "Many",
+                                                "title": _PLACEHOLDER, "track": 1}, seed=seed * 10 + n)
+        templates.append((fmt, path.read_bytes()))
+    shutil.rmtree(out / ".templates")
+    total = 0
+    for index in range(count):
+        fmt, data = templates[index % len(templates)]
+        folder = out / f"Artist {index // 200:03d}" / f"Album {index // 20:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = data.replace(_PLACEHOLDER.encode(), f"{seed:02d}{index:010d}".encode(), 1)
+        (folder / f"{index % 20 + 1:02d} Track {index}.{fmt}").write_bytes(copy)
+        total += len(copy)
+    return total
 
 
 def _sha256(path: pathlib.Path) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from lockerfs.upload import IN_FLIGHT_PER_JOB
 from tests.support.faultproxy import FaultProxy
 from tests.support.mounting import LOCKERFS, lockerfs, wait_until
 from tests.support.s3server import S3Server
@@ -117,8 +118,8 @@ def test_interrupt_stops_after_the_files_in_flight_and_rerun_finishes(tmp_path, 
     assert run.returncode == 130, output
     assert "stopping after the files in flight" in output and "interrupted" in output, output
     puts_after = proxy.count("PUT", "/objects/") - at_signal
-    # in flight: the file each worker has, and the one queued behind it (Uploader.run keeps 2 per job)
-    assert puts_after <= 2 * jobs, f"{puts_after} objects started after Ctrl-C"
+    # in flight: the files already handed to the read and send stages (IN_FLIGHT_PER_JOB per job)
+    assert puts_after <= IN_FLIGHT_PER_JOB * jobs, f"{puts_after} objects started after Ctrl-C"
     records = assert_consistent(locker, env, s3_server, bucket)
     prefix = locker.split("/", 3)[3]
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/objects/")

@@ -101,6 +101,7 @@ class RequestRecord:
     fault: str | None = None
     request_bytes: int = 0  # head and body as received from the client
     response_bytes: int = 0  # everything sent to the client, 100 Continue included
+    content_type: str | None = None  # the request's Content-Type header, if any
 
 
 @dataclass
@@ -529,6 +530,7 @@ class FaultProxy:
                 method, target, version = (request.first_line + ["HTTP/1.0"])[:3]
                 path, _, query = target.partition("?")
                 record = self._arrived(method, path, query, len(head))
+                record.content_type = request.headers.get("content-type")
                 self._delay()
                 try:
                     if record.fault in _S3_ERRORS:
