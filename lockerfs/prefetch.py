@@ -271,11 +271,14 @@ class Prefetcher:
             return
         self._warmed[node.inode] = (max(head, zones.head), min(tail, zones.tail), read)
         obj = object_of(track)
-        if zones.tail <= zones.head:
-            self._spawn(None, obj, head, tail, after, exact=True)  # the zones meet: everything between
-            return
-        self._spawn(None, obj, head, zones.head, after, exact=True)
-        self._spawn(None, obj, zones.tail, tail, after, exact=True)
+        if not warmed:
+            for start, end in zones.ranges(track.size):
+                self._spawn(None, obj, start, end, after, exact=True)
+        elif zones.tail <= zones.head:
+            self._spawn(None, obj, head, tail, after, exact=True)  # they meet now: what lies between
+        else:
+            self._spawn(None, obj, head, zones.head, after, exact=True)
+            self._spawn(None, obj, zones.tail, tail, after, exact=True)
 
     # --- events from fs.py ------------------------------------------------------
 
@@ -390,11 +393,7 @@ class Prefetcher:
         if node.parent not in tree.nodes:
             return
         siblings = tree.siblings(node)
-        names = [sibling.name for sibling in siblings]
-        try:
-            position = names.index(node.name)
-        except ValueError:
-            return
+        position = next((i for i, sibling in enumerate(siblings) if sibling.inode == node.inode), len(siblings))
         if position + 1 < len(siblings):
             following = siblings[position + 1].track
             obj = object_of(following)
