@@ -428,6 +428,7 @@ class BlockCache:
                 # the bytes needed, when asked for exactly or when the disk has them (a part of
                 # the block there serves them); otherwise the whole block
                 start, end = (a, b) if exact or self.disk.has(key, a, b) else (0, self._block_length(obj, index))
+                start, end = self._meeting(obj, index, start, end)
                 pending = self._pending[key] = _Pending(urgent, start, end)
                 mine.append(index)
             elif not pending.brings(a, b):
@@ -442,6 +443,21 @@ class BlockCache:
             trio.lowlevel.spawn_system_task(self._load, obj, mine, per_request or self._blocks_per_request,
                                             name=f"lockerfs.cache load {obj.key}")
         return waits, elsewhere
+
+    def _meeting(self, obj: ObjectRef, index: int, start: int, end: int) -> tuple[int, int]:
+        """[start, end) widened to meet the bytes of the block already held, so the two join.
+
+        A block is held as one run of bytes (a Part), in memory and on disk: a
+        load that left a hole would make the join keep only the newer run, and
+        bytes a reader already had would be fetched again. Filling the hole
+        costs less than a block.
+        """
+        key = (obj.sha256, index)
+        piece = self._memory.get(key)
+        held = piece_range(piece) if piece is not None else self.disk.held(key, self._block_length(obj, index))
+        if held is None:
+            return start, end
+        return min(start, held[1]), max(end, held[0])
 
     async def _load(self, obj: ObjectRef, indices: list[int], per_request: int) -> None:
         """Bring claimed blocks in from the disk, or start GETs for them.

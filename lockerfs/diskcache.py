@@ -226,6 +226,12 @@ class DiskCache:
         part = self._parts.get(key)
         return part is None or (end is not None and part[0] <= start and end <= part[1])
 
+    def held(self, key: BlockKey, block_length: int) -> tuple[int, int] | None:
+        """The bytes of the block the disk holds, as [start, end), or None."""
+        if key not in self._index:
+            return None
+        return self._parts.get(key, (0, block_length))
+
     def holds_whole(self, key: BlockKey) -> bool:
         return key in self._index and key not in self._parts
 

@@ -560,6 +560,35 @@ def test_parts_that_meet_are_joined(store: TestStore, cache_dir: Path) -> None:
         assert store.ranges == []
 
 
+def test_a_part_that_would_leave_a_hole_fills_it_and_nothing_held_is_lost(store: TestStore, cache_dir: Path) -> None:
+    """A scan warms a small file's tail, then its head, then a player reads it all (one block)."""
+    obj, data = put(store, BS - 10)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.warm(obj, BS - 200, BS - 10, exact=True))
+        run(lambda: cache.warm(obj, 0, 100, exact=True))
+        assert store.ranges == [(obj.key, BS - 200, BS - 10), (obj.key, 0, BS - 200)]
+        assert run(lambda: cache.read(obj, 0, BS)) == data
+        run(cache.settle)
+    store.ranges.clear()
+    with new_cache(store, cache_dir) as cache:  # the disk kept every byte the first cache had
+        assert run(lambda: cache.read(obj, 0, BS)) == data
+    assert store.ranges == []
+
+
+def test_a_part_is_widened_to_a_part_held_on_disk(store: TestStore, cache_dir: Path) -> None:
+    obj, data = put(store, 2 * BS)
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.warm(obj, 100, 200, exact=True))
+        run(cache.settle)
+    store.ranges.clear()
+    with new_cache(store, cache_dir) as cache:
+        run(lambda: cache.warm(obj, 500, 600, exact=True))
+        assert store.ranges == [(obj.key, 200, 600)]
+        assert cache.cached(obj, 100, 600)
+        run(cache.settle)
+    assert [p.name.split("-", 1)[1] for p in block_files(cache_dir)] == ["0@100"]
+
+
 def test_a_reader_needing_more_than_a_part_in_flight_waits_and_fetches_the_rest(cache_dir: Path) -> None:
     store = TricklingStore()
     store.more.set()
