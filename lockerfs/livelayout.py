@@ -38,7 +38,7 @@ from lockerfs.catalog import CatalogState, PlacedAsset, PlacedPlaylist
 from lockerfs.extras import PLAYLISTS_FOLDER, ExtraFile, place_folder, place_playlists
 from lockerfs.layout import (EXT_MAX, NAME_MAX, UNKNOWN_ALBUM, UNKNOWN_ARTIST, VARIOUS_ARTISTS, Template, _clean,
                              _cut, _fold, _Memo, _most_common, _render, _sanitize, _strip_end, _suffixed,
-                             split_template)
+                             split_template, unique_name)
 from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
 from lockerfs.tracktable import NONE
@@ -82,8 +82,7 @@ class LiveLayout:
         self.children: dict[Key, set[Key]] = {(): set()}
         self.folder_heads: dict[Key, set[str]] = {(): set()}
         self.shown: dict[Key, Path] = {(): ()}
-        self._names: dict[Key, list[tuple[str, int]]] = {}  # folders named so far: their tracks' names
-        self._listings: dict[Key, list[tuple[str, FileRef]]] = {}
+        self._names: dict[Key, list[tuple[str, int]]] = {}  # track names of folders others point into
         self._depends: dict[Key, set[Key]] = {}  # folder -> folders whose extras read its names
         self._mtimes: dict[Key, float] = {}
         # Assets: each placed one's tracks, and which assets each row carries.
@@ -94,7 +93,7 @@ class LiveLayout:
         self._asset_stamps: dict[str, object] = {}
         self.playlists: list[PlacedPlaylist] = []
         self.playlists_name: str | None = None  # the playlists folder's name, once the root is listed
-        self._playlist_files: dict[str, ExtraFile] = {}
+        self._root_taken: set[str] = set()  # the root's names before the playlists folder took its own
         self._counted = array("q")  # per row, the size counted in total_size (0: not counted)
         # Under templates whose folders read album fields only (the default), the folders
         # are one rendering per album.
@@ -138,27 +137,23 @@ class LiveLayout:
         return [row for head in self.folder_heads.get(key, ()) for row in self.head_rows[head]]
 
     def mtime(self, key: Key) -> float:
-        """The newest track (or other file attached to one) below the folder."""
+        """The newest track below the folder (the playlists folder: the newest playlist)."""
         found = self._mtimes.get(key)
         if found is None:
             if key == PLAYLISTS:
                 found = max((p.playlist.mtime or _stamp_time(p.stamp) for p in self.playlists), default=0.0)
             else:
-                mtimes = self.table.mtime
-                found = 0.0
-                for row in self.rows(key):
-                    found = max(found, mtimes[row], *(self._asset_mtime(a) for a in self._assets_of(row)))
+                mtimes = self.table.mtime.__getitem__
+                found = max((max(map(mtimes, self.head_rows[head]), default=0.0)
+                             for head in self.folder_heads.get(key, ())), default=0.0)
                 for child in self.subfolders(key):
                     found = max(found, self.mtime(child))
             self._mtimes[key] = found
         return found
 
     def files(self, key: Key) -> list[tuple[str, FileRef]]:
-        """The folder's files (tracks and others) and their names, made on first demand."""
-        listing = self._listings.get(key)
-        if listing is None:
-            listing = self._listings[key] = self._list(key)
-        return listing
+        """The folder's files (tracks and others) and their names; the tree keeps them."""
+        return self._list(key)
 
     # --- naming a folder --------------------------------------------------------------
 
@@ -190,19 +185,22 @@ class LiveLayout:
 
     def _list(self, key: Key) -> list[tuple[str, FileRef]]:
         if key == PLAYLISTS:
-            self.files(())  # names the playlists folder
-            return list(self._playlist_files.items())
-        listing: list[tuple[str, FileRef]] = list(self._track_names(key))
+            if self.playlists_name is None:
+                self.files(())  # names the playlists folder
+            _, files = place_playlists(self.playlists, self._track_of, _Where(self, PLAYLISTS),
+                                       set(self._root_taken), self.template)
+            return list(files.items())
+        named = self._names.get(key)  # kept only for folders other folders' files point into
+        listing: list[tuple[str, FileRef]] = list(named if named is not None else self._name_tracks(key))
         taken = {child[-1] for child in self.children.get(key, ())} | {_fold(name) for name, _ in listing}
         assets = self._folder_assets(key)
         if assets:
             where = _Where(self, key)
             extras = place_folder(self.shown[key], assets, where, self._info_of, taken, self.template)
             listing.extend((path[-1], file) for path, file in extras.items())
-        if key == () and self.playlists:
-            where = _Where(self, PLAYLISTS)
-            self.playlists_name, self._playlist_files = place_playlists(
-                self.playlists, self._track_of, where, taken, self.template)
+        if key == () and self.playlists:  # its name now; its files when it is listed
+            self._root_taken = set(taken)
+            self.playlists_name = unique_name(PLAYLISTS_FOLDER, "", PLAYLISTS_SHA, taken)
         return listing
 
     def path_of(self, sha: str, asking: Key) -> Path | None:
@@ -237,10 +235,6 @@ class LiveLayout:
         if first is None:
             return []
         return [first, *self.row_more.get(row, ())]
-
-    def _asset_mtime(self, ident: str) -> float:
-        placed = self.placed[ident]
-        return placed.asset.mtime or _stamp_time(placed.stamp)
 
     # --- a track's values -------------------------------------------------------------
 
@@ -335,6 +329,8 @@ class LiveLayout:
             self.row_asset.extend([None] * grow)
             self._counted.extend(bytes(8 * grow))
         affected: set[Key] = set()
+        if everything and not self.albums:
+            return self._load()
         albums: set[AlbumKey] = set()
         removed = False
         for row in changed:
@@ -387,6 +383,41 @@ class LiveLayout:
         affected |= self._place_assets(changed, removed or everything)
         self._place_playlists(affected)
         self._forget(affected)
+        return affected
+
+    def _load(self) -> set[Key]:
+        """update() of every row into an empty layout: the same steps in tight loops (a
+        300,000-track mount runs them before it is ready)."""
+        table = self.table
+        live, sizes = table.live, table.size
+        album_of, albums = self._album_of, self.albums
+        row_album, counted = self.row_album, self._counted
+        total = count = 0
+        for row in range(len(live)):
+            if live[row]:
+                key = album_of(row)[2]
+                album = albums.get(key)
+                if album is None:
+                    album = albums[key] = _Album(set())
+                album.rows.add(row)
+                row_album[row] = key
+                counted[row] = size = sizes[row]
+                total += size
+                count += 1
+        self.total_size, self.track_count = total, count
+        for album in albums.values():
+            self._album_facts(album)
+        head_of, row_head, head_rows = self._head, self.row_head, self.head_rows
+        for album in albums.values():
+            for row in album.rows:
+                head = row_head[row] = head_of(row)
+                rows = head_rows.get(head)
+                if rows is None:
+                    rows = head_rows[head] = set()
+                rows.add(row)
+        affected = self._count_heads({head: len(rows) for head, rows in head_rows.items()})
+        affected |= self._place_assets(set(), True)
+        self._place_playlists(affected)
         return affected
 
     def _album_facts(self, album: _Album) -> None:
@@ -470,7 +501,6 @@ class LiveLayout:
                     pending.append(dependent)
         for key in affected:
             self._names.pop(key, None)
-            self._listings.pop(key, None)
             for depth in range(len(key), -1, -1):
                 self._mtimes.pop(key[:depth], None)
         if affected and self.playlists:
@@ -481,6 +511,7 @@ class LiveLayout:
     def _place_assets(self, changed: set[int], all_of_them: bool) -> set[Key]:
         state = self.state
         shas = self.table.shas
+        rows_of, alive = self.table.row, self.table.live
         if all_of_them:
             idents = set(state.assets) | set(self.placed) | set(self._asset_stamps)
         else:
@@ -502,7 +533,8 @@ class LiveLayout:
                 continue
             live = set()
             for sha in asset.tracks:
-                current = state.current(sha)
+                row = rows_of(sha)
+                current = sha if row is not None and alive[row] else state.current(sha)
                 if current is None:
                     self._pending.setdefault(sha, set()).add(ident)
                 else:
@@ -568,6 +600,7 @@ class LiveLayout:
 
 
 _ALL_FIELDS = tuple(sorted(layout.FIELDS))
+PLAYLISTS_SHA = hashlib.sha256(PLAYLISTS_FOLDER.encode()).hexdigest()  # as extras names the folder
 _ALBUM_FIELDS = frozenset({"albumartist", "album", "year"})
 
 
@@ -596,4 +629,3 @@ class _Where(Mapping[str, Path]):
         return self.live.track_count
 
 
-PLAYLISTS_SHA = hashlib.sha256(PLAYLISTS_FOLDER.encode()).hexdigest()

@@ -305,8 +305,11 @@ class Tree:
         reused: set[int] = set()
         for key in sorted(source.folders(), key=len):
             parent = self._by_key.get(source.parent(key)) if key else None
-            path = (*self._path(parent), source.name(key)) if parent is not None else ()
-            old = old_paths.get(path)
+            if len(old_paths) > 1 or not key:  # a first use has only the root to reuse
+                path = (*self._path(parent), source.name(key)) if parent is not None else ()
+                old = old_paths.get(path)
+            else:
+                old = None
             if old is not None:
                 old.key = key
                 self._by_key[key] = old
@@ -450,7 +453,7 @@ class Tree:
                                           for key in source.subfolders(folder.key) if key in self._by_key]
         entries.extend(source.files(folder.key))
         entries.sort(key=lambda entry: entry[0])
-        slots = array("Q")
+        slots = array("I")
         for name, ref in entries:
             if isinstance(ref, _Sub):
                 slots.append(0)
