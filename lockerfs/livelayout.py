@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from lockerfs import layout
@@ -99,6 +99,7 @@ class LiveLayout:
         # are one rendering per album.
         self._album_level = self.split is not None and set(self.split.head_fields) <= _ALBUM_FIELDS
         self._album_head: dict[AlbumKey, str] = {}
+        self._getters = self._make_getters()
         self.total_size = 0
         self.track_count = 0
         self.update(self.table.take_changed(), everything=True)
@@ -191,11 +192,13 @@ class LiveLayout:
                                        set(self._root_taken), self.template)
             return list(files.items())
         named = self._names.get(key)  # kept only for folders other folders' files point into
-        listing: list[tuple[str, FileRef]] = list(named if named is not None else self._name_tracks(key))
+        if named is None:
+            named = self._name_tracks(key)
+        listing: list[tuple[str, FileRef]] = list(named)
         taken = {child[-1] for child in self.children.get(key, ())} | {_fold(name) for name, _ in listing}
         assets = self._folder_assets(key)
         if assets:
-            where = _Where(self, key)
+            where = _Where(self, key, named)
             extras = place_folder(self.shown[key], assets, where, self._info_of, taken, self.template)
             listing.extend((path[-1], file) for path, file in extras.items())
         if key == () and self.playlists:  # its name now; its files when it is listed
@@ -203,9 +206,9 @@ class LiveLayout:
             self.playlists_name = unique_name(PLAYLISTS_FOLDER, "", PLAYLISTS_SHA, taken)
         return listing
 
-    def path_of(self, sha: str, asking: Key) -> Path | None:
+    def path_of(self, sha: str, asking: Key, own: list[tuple[str, int]] | None = None) -> Path | None:
         """Where a live track is shown (naming its folder if need be); `asking` is
-        recorded as depending on that folder's names."""
+        recorded as depending on that folder's names (`own`: the asking folder's)."""
         row = self.table.row(sha)
         head = self.row_head[row] if row is not None and row < len(self.row_head) else None
         if head is None:
@@ -213,7 +216,7 @@ class LiveLayout:
         key = self._head_folder[head][0]
         if key != asking:
             self._depends.setdefault(key, set()).add(asking)
-        for name, named_row in self._track_names(key):
+        for name, named_row in (own if own is not None and key == asking else self._track_names(key)):
             if named_row == row:
                 return (*self.shown[key], name)
         return None
@@ -258,36 +261,46 @@ class LiveLayout:
 
     def _values(self, row: int, fields: tuple[str, ...]) -> dict[str, str | int | None]:
         """layout._track_values, for the fields asked only."""
-        table, clean = self.table, self.clean
-        albumartist, album_name, key = self._album_of(row)
-        album = self.albums[key]
-        values: dict[str, str | int | None] = {}
-        for name in fields:
-            if name == "albumartist":
-                values[name] = albumartist
-            elif name == "album":
-                values[name] = album_name
-            elif name == "artist":
-                values[name] = (clean[table.text["artist"][row] or ""] or clean[table.text["albumartist"][row] or ""]
-                                or UNKNOWN_ARTIST)
-            elif name == "title":
-                title = table.title[row]
-                text = clean.function(title) if title else ""
-                if not text:
-                    source = table.source[row].rpartition("/")[2]
-                    text = clean.function(source.rpartition(".")[0] or source)
-                values[name] = text
-            elif name == "disc":
-                values[name] = self._number("disc", row) if album.multi_disc else None
-            elif name == "year":
-                values[name] = album.year
-            elif name in ("track", "tracktotal", "disctotal"):
-                values[name] = self._number(name, row)
-            elif name in ("genre", "format"):
-                values[name] = clean[table.text[name][row] or ""]
-            elif name == "ext":
-                values[name] = self.extension[table.ext[row]]
-        return values
+        getters = self._getters
+        return {name: getters[name](row) for name in fields}
+
+    def _make_getters(self) -> dict[str, Callable[[int], str | int | None]]:
+        """Per field, its value for a row as layout._track_values makes it (the table's columns
+        are looked up on each call: a first snapshot may replace them)."""
+        table, clean, albums, row_album = self.table, self.clean, self.albums, self.row_album
+
+        def title(row: int) -> str:
+            raw = table.title[row]
+            text = clean.function(raw) if raw else ""
+            if not text:
+                source = table.source[row].rpartition("/")[2]
+                text = clean.function(source.rpartition(".")[0] or source)
+            return text
+
+        def number(name: str) -> Callable[[int], int | None]:
+            def value(row: int) -> int | None:
+                stored = table.numbers[name][row]
+                return None if stored == NONE else stored - 1
+            return value
+
+        track_number, disc_number = number("track"), number("disc")
+
+        def disc(row: int) -> int | None:
+            return disc_number(row) if albums[row_album[row]].multi_disc else None  # type: ignore[index]
+
+        return {
+            "albumartist": lambda row: self._album_of(row)[0],
+            "album": lambda row: self._album_of(row)[1],
+            "artist": lambda row: (clean[table.text["artist"][row] or ""] or clean[table.text["albumartist"][row] or ""]
+                                   or UNKNOWN_ARTIST),
+            "title": title,
+            "track": track_number, "tracktotal": number("tracktotal"), "disctotal": number("disctotal"),
+            "disc": disc,
+            "year": lambda row: albums[row_album[row]].year,  # type: ignore[index]
+            "genre": lambda row: clean[table.text["genre"][row] or ""],
+            "format": lambda row: clean[table.text["format"][row] or ""],
+            "ext": lambda row: self.extension[table.ext[row]],
+        }
 
     def _head(self, row: int) -> str:
         if self.split is None:
@@ -612,12 +625,13 @@ def _stamp_time(stamp: tuple[str, int]) -> float:
 class _Where(Mapping[str, Path]):
     """sha256 -> path as shown, for the extras of one folder: names other folders on demand."""
 
-    def __init__(self, live: LiveLayout, asking: Key) -> None:
+    def __init__(self, live: LiveLayout, asking: Key, own: list[tuple[str, int]] | None = None) -> None:
         self.live = live
         self.asking = asking
+        self.own = own
 
     def __getitem__(self, sha: str) -> Path:
-        path = self.live.path_of(sha, self.asking)
+        path = self.live.path_of(sha, self.asking, self.own)
         if path is None:
             raise KeyError(sha)
         return path

@@ -541,11 +541,9 @@ class _Nodes(Mapping[int, Node]):
                     yield _inode_at(folder, listing, index)
 
     def __len__(self) -> int:
-        """Folders and tracks; other files where their folder was listed (statfs's count)."""
-        tree = self.tree
-        extras = sum(1 for folder in tree._dirs.values() if folder.listing is not None
-                     for ref in folder.listing.refs if not isinstance(ref, _Sub) and type(ref) is not int)
-        return len(tree._dirs) + tree.track_count + extras
+        """Folders and tracks (statfs's count, asked once per folder by find: it must cost
+        nothing; the other files are made only when their folder is listed)."""
+        return len(self.tree._dirs) + self.tree.track_count
 
 
 class _StaticLayout:

@@ -16,7 +16,8 @@ from typing import Any
 
 from lockerfs.asset import Asset, asset_id_for_embedded, asset_id_for_file, stored_object
 from lockerfs.catalog import (add_record, append_records, asset_record, compact, ensure_locker, object_key,
-                              playlist_record)
+                              playlist_record, track_from_dict)
+from lockerfs.layout import DEFAULT_TEMPLATE, VARIOUS_ARTISTS, build_paths, parse_template
 from lockerfs.playlist import Playlist, PlaylistEntry
 from lockerfs.store import Store
 from lockerfs.track import Track
@@ -29,7 +30,8 @@ BATCH = 10_000  # records per journal file, as one upload run writes them
 
 
 def _sha(kind: str, number: int) -> str:
-    return f"{kind}{number:060x}"[:64].rjust(64, "0")
+    """A valid sha256 for generated object `number` of a kind ("c" cover, "e" embedded, "a" lyrics)."""
+    return f"{kind}{number:060x}"[-64:].rjust(64, "0")
 
 
 def track_sha(number: int) -> str:
@@ -47,7 +49,7 @@ def scale_records(count: int, seed: int = 0, first: int = 0) -> Iterator[dict[st
     rng = random.Random(seed * 1_000_003 + first)
     number = first
     end = first + count
-    album_number = first // 12
+    album_number = first  # albums (and so artists) of a later batch never meet an earlier batch's
     recent: list[str] = []
     while number < end:
         album_number += 1
@@ -117,7 +119,12 @@ def write_scale_catalog(store: Store, count: int, seed: int = 0) -> None:
     compact(store, grace=timedelta(0))
 
 
-def append_new_tracks(store: Store, count: int, first: int, seed: int = 1) -> list[str]:
+def append_new_tracks(store: Store, count: int, first: int, seed: int = 1) -> tuple[list[str], tuple[str, ...]]:
     """One journal of `count` new tracks numbered from `first` (and their covers): what an
-    upload on another machine adds. Returns the keys written."""
-    return append_records(store, list(scale_records(count, seed, first)))
+    upload on another machine adds. Returns the keys written, and the folder (as the
+    default layout shows it) of the last new album that is not a compilation."""
+    records = list(scale_records(count, seed, first))
+    tracks = [track_from_dict(record["track"]) for record in records if record["op"] == "add"]
+    paths = build_paths(tracks, parse_template(DEFAULT_TEMPLATE))
+    folder = max(path[:-1] for path in paths if path[0] != VARIOUS_ARTISTS)
+    return append_records(store, records), folder
