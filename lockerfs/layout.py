@@ -283,6 +283,34 @@ def split_template(template: Template) -> SplitTemplate | None:
     return SplitTemplate(head, stem, head_fields, stem_fields)
 
 
+def compile_render(template: Template, fields: tuple[str, ...]) -> Callable[..., str]:
+    """_render as one Python function of the `fields`' values, in that order: what a
+    folder of a large catalog calls once per file when it is first listed (a third of
+    the cost of filling a dict and formatting it piece by piece).
+
+    Generated from the parsed template: names are ours (fields, "track_2", "_g0"),
+    template text enters only as repr() literals."""
+    lines = [f"def render({', '.join(fields)}):"]
+    for key, name, spec in template.numbers:
+        lines.append(f"    {key} = '' if {name} is None else format({name}, {spec!r})")
+
+    def concat(fmt: str) -> str:
+        parts = []
+        for literal, key, _, _ in string.Formatter().parse(fmt):
+            if literal:
+                parts.append(repr(literal))
+            if key is not None:
+                parts.append(key)
+        return " + ".join(parts) or "''"
+
+    for key, group_format, own in template.groups:  # innermost first, as _render
+        lines.append(f"    {key} = ({concat(group_format)}) if ({' and '.join(own)}) else ''")
+    lines.append(f"    return {concat(template.format)}")
+    namespace: dict[str, object] = {}
+    exec(compile("\n".join(lines), "<layout template>", "exec"), {"format": format}, namespace)  # noqa: S102
+    return namespace["render"]  # type: ignore[return-value]
+
+
 def build_paths(tracks: Iterable[Track], template: Template) -> dict[tuple[str, ...], Track]:
     """Map each distinct track to its path (folders..., file name) in the mounted tree.
 

@@ -38,7 +38,7 @@ from lockerfs.catalog import CatalogState, PlacedAsset, PlacedPlaylist
 from lockerfs.extras import PLAYLISTS_FOLDER, ExtraFile, place_folder, place_playlists
 from lockerfs.layout import (EXT_MAX, NAME_MAX, UNKNOWN_ALBUM, UNKNOWN_ARTIST, VARIOUS_ARTISTS, Template, _clean,
                              _cut, _fold, _Memo, _most_common, _render, _sanitize, _strip_end, _suffixed,
-                             split_template, unique_name)
+                             compile_render, split_template, unique_name)
 from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
 from lockerfs.tracktable import NONE
@@ -100,6 +100,10 @@ class LiveLayout:
         self._album_level = self.split is not None and set(self.split.head_fields) <= _ALBUM_FIELDS
         self._album_head: dict[AlbumKey, str] = {}
         self._getters = self._make_getters()
+        if self.split is not None:
+            stem_getters = [self._getters[name] for name in self.split.stem_fields]
+            render_stem = compile_render(self.split.stem, self.split.stem_fields)
+            self._render_stem: Callable[[int], str] = lambda row: render_stem(*[get(row) for get in stem_getters])
         self.total_size = 0
         self.track_count = 0
         self.update(self.table.take_changed(), everything=True)
@@ -326,7 +330,7 @@ class LiveLayout:
         if self.split is None:
             last = _render(self.template, self._values(row, _ALL_FIELDS)).rpartition("/")[2]
         else:
-            last = _render(self.split.stem, self._values(row, self.split.stem_fields))
+            last = self._render_stem(row)
         return _sanitize(last, NAME_MAX - len(suffix.encode()), self.template.names), suffix
 
     # --- keeping up with the catalog ----------------------------------------------------

@@ -101,6 +101,7 @@ class DirNode:
     subdirs: int = 0  # for st_nlink, which find uses to skip stat calls
     listing: _Listing | None = field(default=None, repr=False)
     next_slot: int = 1
+    view: _Children | None = field(default=None, repr=False)  # children, made once per listing
 
     @property
     def names(self) -> list[str]:
@@ -109,7 +110,10 @@ class DirNode:
 
     @property
     def children(self) -> Mapping[str, int]:
-        return _Children(self, self._listed())
+        listing = self._listed()
+        if self.view is None or self.view.listing is not listing:
+            self.view = _Children(self, listing)
+        return self.view
 
     def _listed(self) -> _Listing:
         if self.listing is None:
@@ -151,10 +155,13 @@ class FileNode:
     name: str
     table: TrackTable = field(repr=False)
     row: int
+    made: Track | None = field(default=None, repr=False)  # the Track, once asked for
 
     @property
     def track(self) -> Track:
-        return self.table.track(self.row)
+        if self.made is None:
+            self.made = self.table.track(self.row)
+        return self.made
 
     @property
     def size(self) -> int:
