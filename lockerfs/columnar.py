@@ -147,7 +147,8 @@ def _asset_sections(assets: list[tuple[Stamp, Asset]], index: Callable[[str | No
 
 
 def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], bytes],
-                   strings: list[str | None], files: list[str]) -> tuple[list[tuple[Stamp, Asset]], int]:
+                   strings: list[str | None], files: list[str],
+                   same: dict[str, str]) -> tuple[list[tuple[Stamp, Asset]], int]:
     """Assets from their columns, each validated as asset_from_dict would; bad ones are counted."""
     count, refs = header.get("assets", 0), header.get("refs", 0)
     if type(count) is not int or type(refs) is not int or not 0 <= count <= MAX_ROWS or not 0 <= refs <= MAX_ROWS:
@@ -176,7 +177,8 @@ def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], by
                 kinds = objects[(ext[n], kind[n])] = _object_kinds(strings[ext[n]], strings[kind[n]])
             if kinds is None or not 0 <= size[n] <= MAX_OBJECT_SIZE or stamp_file[n] >= len(files) or stamp_pos[n] < 0:
                 raise ValueError
-            tracks = tuple(sorted({digests[i * 64:i * 64 + 64] for i in range(offsets[n], offsets[n + 1])}))
+            refs = {digests[i * 64:i * 64 + 64] for i in range(offsets[n], offsets[n + 1])}
+            tracks = tuple(sorted(same.get(sha, sha) for sha in refs))
             if not tracks or len(tracks) > MAX_ATTACHED or (role == "lyrics" and len(tracks) != 1):
                 raise ValueError
             own = names.get(name[n])
@@ -312,7 +314,9 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
             columns[name] = list(map(strings.__getitem__, columns[name]))
     except IndexError:
         raise ColumnError(f"column {name} points past the strings") from None
-    assets, bad_assets = _decode_assets(header, sized, strings, files)
+    same = dict(zip(shas, shas))  # an asset's tracks share the table's strings instead of copies
+    assets, bad_assets = _decode_assets(header, sized, strings, files, same)
+    del same
     return Decoded(header, rows, shas, columns, other, rejected, assets, bad_assets)
 
 

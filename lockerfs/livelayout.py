@@ -344,7 +344,7 @@ class LiveLayout:
             self.row_album.extend([None] * grow)
             self.row_head.extend([None] * grow)
             self.row_asset.extend([None] * grow)
-            self._counted.extend(bytes(8 * grow))
+            self._counted.frombytes(bytes(8 * grow))
         affected: set[Key] = set()
         if everything and not self.albums:
             return self._load()
@@ -463,15 +463,13 @@ class LiveLayout:
                 if spelling is None:
                     spelling = self.spellings[folder] = Counter()
                     self.children.setdefault(folder[:-1], set()).add(folder)
-                    self.children.setdefault(folder, set())
-                    self.folder_heads.setdefault(folder, set())
                     affected.add(folder[:-1])
                 spelling[names[depth - 1]] += delta
                 if spelling[names[depth - 1]] <= 0:
                     del spelling[names[depth - 1]]
                 touched.add(folder)
             if self.head_rows.get(head):
-                self.folder_heads[key].add(head)
+                self.folder_heads.setdefault(key, set()).add(head)
             else:
                 self.folder_heads.get(key, set()).discard(head)
                 self.head_rows.pop(head, None)
