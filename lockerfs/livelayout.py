@@ -50,9 +50,17 @@ PLAYLISTS: Key = ("\0playlists",)  # no folded name holds a NUL: never a layout 
 FileRef = int | ExtraFile  # a track's row, or another file
 
 
+def _discard(rows: array[int], row: int) -> None:
+    """Take a row out of an album's or folder's rows (a few dozen, as a rule)."""
+    try:
+        rows.remove(row)
+    except ValueError:
+        pass
+
+
 @dataclass(slots=True)
 class _Album:
-    rows: set[int]
+    rows: array[int]
     year: int | None = None
     multi_disc: bool = False
 
@@ -76,7 +84,7 @@ class LiveLayout:
         self.row_album: list[AlbumKey | None] = []
         self.row_head: list[str | None] = []
         self.albums: dict[AlbumKey, _Album] = {}
-        self.head_rows: dict[str, set[int]] = {}
+        self.head_rows: dict[str, array[int]] = {}  # rows as 32-bit numbers: no int object per row
         self._head_folder: dict[str, tuple[Key, tuple[str, ...]]] = {}  # head -> (key, sanitized names)
         self.spellings: dict[Key, Counter[str]] = {}
         self.children: dict[Key, set[Key]] = {(): set()}
@@ -353,7 +361,7 @@ class LiveLayout:
         for row in changed:
             old = self.row_album[row]
             if old is not None:
-                self.albums[old].rows.discard(row)
+                _discard(self.albums[old].rows, row)
                 albums.add(old)
                 self.track_count -= 1
                 self.total_size -= self._counted[row]
@@ -363,8 +371,8 @@ class LiveLayout:
                 key = self._album_of(row)[2]
                 album = self.albums.get(key)
                 if album is None:
-                    album = self.albums[key] = _Album(set())
-                album.rows.add(row)
+                    album = self.albums[key] = _Album(array("I"))
+                album.rows.append(row)
                 self.row_album[row] = key
                 albums.add(key)
                 self.track_count += 1
@@ -382,19 +390,22 @@ class LiveLayout:
             before = (album.year, album.multi_disc)
             self._album_facts(album)
             if (album.year, album.multi_disc) != before:
-                render |= album.rows
+                render.update(album.rows)
                 self._album_head.pop(key, None)
         heads: dict[str, int] = {}  # head -> change in its number of tracks
         for row in render:
             old_head = self.row_head[row]
             new_head = self._head(row) if table.live[row] else None
             if old_head is not None:
-                self.head_rows[old_head].discard(row)
+                _discard(self.head_rows[old_head], row)
                 heads[old_head] = heads.get(old_head, 0) - 1
                 affected.add(self._head_folder[old_head][0])
             self.row_head[row] = new_head
             if new_head is not None:
-                self.head_rows.setdefault(new_head, set()).add(row)
+                rows = self.head_rows.get(new_head)
+                if rows is None:
+                    rows = self.head_rows[new_head] = array("I")
+                rows.append(row)
                 heads[new_head] = heads.get(new_head, 0) + 1
         affected |= self._count_heads(heads)
         affected |= self._place_assets(changed, removed or everything)
@@ -415,8 +426,8 @@ class LiveLayout:
                 key = album_of(row)[2]
                 album = albums.get(key)
                 if album is None:
-                    album = albums[key] = _Album(set())
-                album.rows.add(row)
+                    album = albums[key] = _Album(array("I"))
+                album.rows.append(row)
                 row_album[row] = key
                 counted[row] = size = sizes[row]
                 total += size
@@ -430,8 +441,8 @@ class LiveLayout:
                 head = row_head[row] = head_of(row)
                 rows = head_rows.get(head)
                 if rows is None:
-                    rows = head_rows[head] = set()
-                rows.add(row)
+                    rows = head_rows[head] = array("I")
+                rows.append(row)
         affected = self._count_heads({head: len(rows) for head, rows in head_rows.items()})
         affected |= self._place_assets(set(), True)
         self._place_playlists(affected)
