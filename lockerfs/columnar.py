@@ -146,7 +146,7 @@ def _asset_sections(assets: list[tuple[Stamp, Asset]], index: Callable[[str | No
     ]
 
 
-def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], bytes],
+def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], memoryview],
                    strings: list[str | None], files: list[str],
                    same: dict[str, str]) -> tuple[list[tuple[Stamp, Asset]], int]:
     """Assets from their columns, each validated as asset_from_dict would; bad ones are counted."""
@@ -210,7 +210,7 @@ def _little(values: array[Any]) -> bytes:
     return values.tobytes()
 
 
-def _from_little(typecode: str, data: bytes) -> array[Any]:
+def _from_little(typecode: str, data: bytes | memoryview) -> array[Any]:
     values = array(typecode)
     values.frombytes(data)
     if sys.byteorder != "little":
@@ -261,30 +261,32 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
         raise ColumnError("bad stamp files or string count")
     if not isinstance(layout, list):
         raise ColumnError("no section list")
-    sections: dict[str, bytes] = {}
+    sections: dict[str, memoryview] = {}  # views: the columns are copied once, into their arrays
+    view = memoryview(data)
     offset = end + 1
     for item in layout:
         if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
                 or type(item[1]) is not int or item[1] < 0):
             raise ColumnError("bad section entry")
-        sections[item[0]] = data[offset:offset + item[1]]
+        sections[item[0]] = view[offset:offset + item[1]]
         offset += item[1]
     if offset != len(data):
         raise ColumnError("the sections do not add up to the stream")
 
-    def sized(name: str, items: int, width: int) -> bytes:
+    def sized(name: str, items: int, width: int) -> memoryview:
         blob = sections.get(name)
         if blob is None or len(blob) != items * width:
             raise ColumnError(f"section {name} is missing or of the wrong length")
         return blob
 
-    def section(name: str, width: int) -> bytes:
+    def section(name: str, width: int) -> memoryview:
         return sized(name, rows, width)
 
-    digests = section("sha256", 32)
-    shas = [digests[i:i + 32].hex() for i in range(0, len(digests), 32)]
+    digests = section("sha256", 32).hex()
+    shas = [digests[i:i + 64] for i in range(0, len(digests), 64)]
+    del digests
     try:
-        strings: list[str | None] = [None, *sections.get("strings", b"").decode("utf-8").split("\0")]
+        strings: list[str | None] = [None, *str(sections.get("strings", b""), "utf-8").split("\0")]
     except UnicodeDecodeError:
         raise ColumnError("the strings are not UTF-8") from None
     if strings.pop() != "" or len(strings) != count + 1:
@@ -303,7 +305,7 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
     if rows and (max(columns["stamp_file"]) >= len(files) or min(columns["stamp_file"]) < 0):
         raise ColumnError("a stamp points past the file ids")
     try:
-        other = json.loads(sections.get("other", b"[]"))
+        other = json.loads(bytes(sections.get("other", b"[]")))
     except (ValueError, RecursionError):
         raise ColumnError("the other entries are not valid JSON") from None
     if not isinstance(other, list):
@@ -320,13 +322,13 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
     return Decoded(header, rows, shas, columns, other, rejected, assets, bad_assets)
 
 
-def _below_2_40(blob: bytes, rows: int) -> bool:
+def _below_2_40(blob: memoryview, rows: int) -> bool:
     """Whether every little-endian int64 in blob is in [0, 2**40): its top three bytes are zero.
     Byte slices and counts run in C; max() over 300,000 boxed numbers would not."""
-    return all(blob[i::8].count(0) == rows for i in (5, 6, 7))
+    return all(bytes(blob[i::8]).count(0) == rows for i in (5, 6, 7))
 
 
-def _clean(rows: int, columns: dict[str, Any], strings: list[str | None], raw: dict[str, bytes]) -> set[int]:
+def _clean(rows: int, columns: dict[str, Any], strings: list[str | None], raw: dict[str, memoryview]) -> set[int]:
     """Drop what the record reader drops; return the rows that must be skipped whole.
 
     The common case (a well-formed file) costs a few passes in C per column; a
@@ -341,7 +343,7 @@ def _clean(rows: int, columns: dict[str, Any], strings: list[str | None], raw: d
         rejected.update(row for row, index in enumerate(columns["ext"]) if live[row] and index in bad_ext)
     if not _below_2_40(raw["size"], rows):
         rejected.update(row for row in range(rows) if live[row] and not 0 <= size[row] <= MAX_OBJECT_SIZE)
-    if raw["stamp_pos"][7::8].translate(None, bytes(range(128))):  # a negative position
+    if bytes(raw["stamp_pos"][7::8]).translate(None, bytes(range(128))):  # a negative position
         rejected.update(row for row in range(rows) if columns["stamp_pos"][row] < 0)
     for name in NUMBERS:  # value + 1, as the table keeps them; 0: unknown
         if not _below_2_40(raw[name], rows):
