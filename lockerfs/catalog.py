@@ -59,7 +59,7 @@ from lockerfs.playlist import Playlist, playlist_from_dict, playlist_key, playli
 from lockerfs.store import NotFound, Store
 from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
-from lockerfs.tracktable import Entry, TrackTable
+from lockerfs.tracktable import Entry, TrackTable  # noqa: F401 - Entry: catalog.Entry, as before
 
 log = logging.getLogger(__name__)
 

@@ -72,9 +72,9 @@ def is_columnar(raw: bytes) -> bool:
 
 def encode(table: TrackTable, snapshot_id: str, assets: list[tuple[Stamp, Asset]], other: list[dict[str, Any]],
            extra_header: dict[str, Any] | None = None, level: int = 6) -> bytes:
-    """The table's rows in sha256 order, the assets (but cue sheets) in columns, and the
-    other entries, as one gzip'd stream."""
-    order = sorted(range(len(table.shas)), key=table.shas.__getitem__)
+    """The table's rows, the assets (but cue sheets) in columns, and the other entries, as
+    one gzip'd stream. Columns are written as the table holds them (no per-row work but for
+    text): a mount saves its local copy this way after every refresh."""
     strings: dict[str, int] = {}
 
     def index(value: str | None) -> int:
@@ -85,26 +85,25 @@ def encode(table: TrackTable, snapshot_id: str, assets: list[tuple[Stamp, Asset]
             found = strings[value] = len(strings) + 1
         return found
 
-    sections: list[tuple[str, bytes]] = [("sha256", bytes.fromhex("".join(table.shas[row] for row in order)))]
+    sections: list[tuple[str, bytes]] = [("sha256", bytes.fromhex("".join(table.shas)))]
     columns: dict[str, list[Any]] = {
         "ext": table.ext, "source": table.source, "title": table.title, **table.text}
     for name in TEXT_COLUMNS:
-        column = columns[name]
-        sections.append((name, _little(array("I", [index(column[row]) for row in order]))))
+        sections.append((name, _little(array("I", map(index, columns[name])))))
     ints: dict[str, Any] = {"stamp_file": table.stamp_file, "stamp_pos": table.stamp_pos, "size": table.size,
                             **table.numbers}  # tag numbers as value + 1 (0: unknown), as the table keeps them
     for name in INT_COLUMNS:
-        sections.append((name, _little(array("q", [ints[name][row] for row in order]))))
+        sections.append((name, _little(array("q", ints[name]))))
     floats = {"mtime": table.mtime, "duration": table.duration}
     for name in FLOAT_COLUMNS:
-        sections.append((name, _little(array("d", [floats[name][row] for row in order]))))
-    for name, column in (("live", table.live), ("compilation", table.compilation)):
-        sections.append((name, bytes(column[row] for row in order)))
+        sections.append((name, _little(array("d", floats[name]))))
+    sections.append(("live", bytes(table.live)))
+    sections.append(("compilation", bytes(table.compilation)))
     sections.extend(_asset_sections(assets, index, table))
     sections.append(("strings", b"".join(text.encode("utf-8", "surrogatepass").replace(b"\0", b"") + b"\0"
-                                         for text in strings)))
+                                         for text in strings)))  # a tag may hold a lone surrogate
     sections.append(("other", json.dumps(other, separators=(",", ":")).encode()))
-    header = {"kind": "snapshot", "version": VERSION, "id": snapshot_id, "rows": len(order),
+    header = {"kind": "snapshot", "version": VERSION, "id": snapshot_id, "rows": len(table.shas),
               "files": table.files, "strings": len(strings), "assets": len(assets),
               "refs": sum(len(asset.tracks) for _, asset in assets),
               "sections": [[name, len(data)] for name, data in sections], **(extra_header or {})}
@@ -286,7 +285,7 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
     shas = [digests[i:i + 64] for i in range(0, len(digests), 64)]
     del digests
     try:
-        strings: list[str | None] = [None, *str(sections.get("strings", b""), "utf-8").split("\0")]
+        strings: list[str | None] = [None, *str(sections.get("strings", b""), "utf-8", "surrogatepass").split("\0")]
     except UnicodeDecodeError:
         raise ColumnError("the strings are not UTF-8") from None
     if strings.pop() != "" or len(strings) != count + 1:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from lockerfs import layout
 from lockerfs.catalog import CatalogState, PlacedAsset, PlacedPlaylist
-from lockerfs.extras import PLAYLISTS_FOLDER, ExtraFile, place_folder, place_playlists
+from lockerfs.extras import PLAYLISTS_FOLDER, ExtraFile, _stamp_time, place_folder, place_playlists
 from lockerfs.layout import (EXT_MAX, NAME_MAX, UNKNOWN_ALBUM, UNKNOWN_ARTIST, VARIOUS_ARTISTS, Template, _clean,
                              _cut, _fold, _Memo, _most_common, _render, _sanitize, _strip_end, _suffixed,
                              compile_render, split_template, unique_name)
@@ -266,10 +266,6 @@ class LiveLayout:
             album = clean[raw[2] or ""] or UNKNOWN_ALBUM
             found = self._album_names[raw] = (albumartist, album, (self.fold[albumartist], self.fold[album]))
         return found
-
-    def _number(self, name: str, row: int) -> int | None:
-        value = self.table.numbers[name][row]
-        return None if value == NONE else value - 1
 
     def _values(self, row: int, fields: tuple[str, ...]) -> dict[str, str | int | None]:
         """layout._track_values, for the fields asked only."""
@@ -628,11 +624,6 @@ class LiveLayout:
 _ALL_FIELDS = tuple(sorted(layout.FIELDS))
 PLAYLISTS_SHA = hashlib.sha256(PLAYLISTS_FOLDER.encode()).hexdigest()  # as extras names the folder
 _ALBUM_FIELDS = frozenset({"albumartist", "album", "year"})
-
-
-def _stamp_time(stamp: tuple[str, int]) -> float:
-    head = stamp[0][:13]
-    return int(head) / 1000 if head.isdigit() else 0.0
 
 
 class _Where(Mapping[str, Path]):

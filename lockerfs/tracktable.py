@@ -134,6 +134,9 @@ class TrackTable(Mapping[str, Entry]):
         """Keep the record if it is newer than the row's; True if it was."""
         row = self._rows.get(sha)
         if row is None:
+            if track is not None:  # the common case of a merge: a new track
+                self._append_track(sha, stamp, track)
+                return True
             row = self._append(sha)
         elif self.stamp(row) >= stamp:
             return False
@@ -168,6 +171,38 @@ class TrackTable(Mapping[str, Entry]):
         self.duration.append(math.nan)
         self.compilation.append(0)
         return row
+
+    def _append_track(self, sha: str, stamp: Stamp, track: Track) -> None:
+        """A new live row, each column appended once (half the work of _append and _fill)."""
+        row = len(self.shas)
+        info = track.info
+        self.shas.append(sha)
+        self._rows[sha] = row
+        self.stamp_file.append(self._file(stamp[0]))
+        self.stamp_pos.append(stamp[1])
+        self.live.append(1)
+        self.size.append(track.size)
+        self.mtime.append(track.mtime)
+        share = self._shared.setdefault
+        self.ext.append(share(track.ext, track.ext))
+        self.source.append(track.source)
+        self.title.append(info.title)
+        text = self.text
+        for name, value in (("format", info.format), ("codec", info.codec), ("artist", info.artist),
+                            ("albumartist", info.albumartist), ("album", info.album), ("date", info.date),
+                            ("genre", info.genre)):
+            text[name].append(None if value is None else share(value, value))
+        numbers = self.numbers
+        for name, value in (("track", info.track), ("tracktotal", info.tracktotal), ("disc", info.disc),
+                            ("disctotal", info.disctotal), ("year", info.year), ("bitrate", info.bitrate),
+                            ("sample_rate", info.sample_rate), ("channels", info.channels)):
+            numbers[name].append(NONE if value is None else value + 1)
+        numbers["head_size"].append(info.head_size)
+        numbers["tail_size"].append(info.tail_size)
+        self.duration.append(math.nan if info.duration is None else info.duration)
+        self.compilation.append(1 if info.compilation else 0)
+        self.live_count += 1
+        self.changed.add(row)
 
     def _file(self, file_id: str) -> int:
         index = self._file_index.get(file_id)

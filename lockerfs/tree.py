@@ -557,23 +557,21 @@ class _StaticLayout:
     """Explicit paths as a FolderSource (tests, and callers that lay out whole catalogs)."""
 
     def __init__(self, paths: Mapping[tuple[str, ...], Track], extras: Mapping[tuple[str, ...], ExtraFile]) -> None:
-        self.table = TrackTable()
+        tracks = list(paths.values())
+        self.table = _TrackList(tracks)  # type: ignore[assignment]
         self._files: dict[Key, list[tuple[str, Any]]] = {}
         self._children: dict[Key, set[Key]] = {(): set()}
         self._mtimes: dict[Key, float] = {(): 0.0}
         self._tracks: dict[Key, bool] = {}
         self.track_count = len(paths)
         self.total_size = 0
-        for path, track in paths.items():
-            self.table.put(track.sha256, ("", 0), track)
-            row = self.table.row(track.sha256)
+        for row, (path, track) in enumerate(paths.items()):
             self._add(path, row, track.mtime)
             self._tracks[path[:-1]] = True
             self.total_size += track.size
         for path, extra in extras.items():
             self._add(path, extra, extra.mtime)
             self.total_size += extra.size
-        self.table.take_changed()
 
     def _add(self, path: tuple[str, ...], ref: Any, mtime: float) -> None:
         for depth in range(len(path)):
@@ -607,3 +605,17 @@ class _StaticLayout:
 
     def files(self, key: Key) -> list[tuple[str, Any]]:
         return self._files.get(key, [])
+
+
+class _TrackList:
+    """Given Track objects as the columns a FileNode reads (size, mtime, sha256, ext by row)."""
+
+    def __init__(self, tracks: list[Track]) -> None:
+        self.tracks = tracks
+        self.shas = [track.sha256 for track in tracks]
+        self.size = [track.size for track in tracks]
+        self.mtime = [track.mtime for track in tracks]
+        self.ext = [track.ext for track in tracks]
+
+    def track(self, row: int) -> Track:
+        return self.tracks[row]
