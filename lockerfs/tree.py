@@ -112,7 +112,7 @@ class DirNode:
     def children(self) -> Mapping[str, int]:
         listing = self._listed()
         if self.view is None or self.view.listing is not listing:
-            self.view = _Children(self, listing)
+            self.view = _Children(self.inode, listing)
         return self.view
 
     def _listed(self) -> _Listing:
@@ -124,17 +124,18 @@ class DirNode:
 
 
 class _Children(Mapping[str, int]):
-    """name -> inode over a folder's listing, without a dict per folder."""
+    """name -> inode over a folder's listing, without a dict per folder (and without a
+    reference back to the folder: no cycle for the collector to find)."""
 
-    def __init__(self, folder: DirNode, listing: _Listing) -> None:
-        self.folder = folder
+    def __init__(self, inode: int, listing: _Listing) -> None:
+        self.inode = inode
         self.listing = listing
 
     def __getitem__(self, name: str) -> int:
         index = _index(self.listing.names, name)
         if index is None:
             raise KeyError(name)
-        return _inode_at(self.folder, self.listing, index)
+        return _inode_of(self.inode, self.listing, index)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.listing.names)
@@ -513,10 +514,14 @@ def _index(names: list[str], name: str) -> int | None:
 
 
 def _inode_at(folder: DirNode, listing: _Listing, index: int) -> int:
+    return _inode_of(folder.inode, listing, index)
+
+
+def _inode_of(folder: int, listing: _Listing, index: int) -> int:
     ref = listing.refs[index]
     if isinstance(ref, _Sub):
         return ref.inode
-    return FILE_BIT | (folder.inode << SLOT_BITS) | listing.slots[index]
+    return FILE_BIT | (folder << SLOT_BITS) | listing.slots[index]
 
 
 class _Nodes(Mapping[int, Node]):
