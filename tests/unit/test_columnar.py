@@ -264,3 +264,13 @@ def test_a_track_with_nothing_known_comes_back_as_it_went_in() -> None:
     table = TrackTable()
     table.put(bare.sha256, ("1", 0), bare)
     assert table.track(0) == bare
+
+
+def test_a_copy_of_the_table_is_left_alone_by_merges_into_the_original() -> None:
+    table = TrackTable()
+    table.put(make_track(1).sha256, ("1", 0), make_track(1))
+    copy = table.copy()
+    table.put(make_track(2).sha256, ("2", 0), make_track(2))
+    table.put(make_track(1).sha256, ("3", 0), None)
+    assert copy.tracks() == [make_track(1)] and len(copy) == 1
+    assert table.live_count == 1 and copy.live_count == 1
