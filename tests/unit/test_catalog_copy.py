@@ -3,7 +3,6 @@ killed midway leaves the previous copy whole."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
