@@ -292,7 +292,7 @@ def compile_render(template: Template, fields: tuple[str, ...]) -> Callable[...,
     template text enters only as repr() literals."""
     lines = [f"def render({', '.join(fields)}):"]
     for key, name, spec in template.numbers:
-        lines.append(f"    {key} = '' if {name} is None else format({name}, {spec!r})")
+        lines.append(f"    {key} = '' if {name} is None else _format({name}, {spec!r})")  # 'format' is a field
 
     def concat(fmt: str) -> str:
         parts = []
@@ -307,7 +307,7 @@ def compile_render(template: Template, fields: tuple[str, ...]) -> Callable[...,
         lines.append(f"    {key} = ({concat(group_format)}) if ({' and '.join(own)}) else ''")
     lines.append(f"    return {concat(template.format)}")
     namespace: dict[str, object] = {}
-    exec(compile("\n".join(lines), "<layout template>", "exec"), {"format": format}, namespace)  # noqa: S102
+    exec(compile("\n".join(lines), "<layout template>", "exec"), {"_format": format}, namespace)  # noqa: S102
     return namespace["render"]  # type: ignore[return-value]
 
 

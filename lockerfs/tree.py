@@ -24,6 +24,7 @@ playlist: extras.py) is an ExtraNode. The queries prefetch relies on
 from __future__ import annotations
 
 import bisect
+import logging
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from lockerfs.tracktable import TrackTable
 
 if TYPE_CHECKING:
     from lockerfs.extras import ExtraFile
+
+log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 FILE_BIT = 1 << 62
@@ -459,7 +462,11 @@ class Tree:
                     for name, ref, slot in zip(old.names, old.refs, old.slots) if slot}
         entries: list[tuple[str, Any]] = [(self._by_key[key].name, _Sub(self._by_key[key].inode))
                                           for key in source.subfolders(folder.key) if key in self._by_key]
-        entries.extend(source.files(folder.key))
+        try:
+            entries.extend(source.files(folder.key))
+        except Exception:  # noqa: BLE001 - naming runs inside a request: a bug must cost a folder, not the mount
+            log.exception("naming the files of %s failed; the folder shows its subfolders only",
+                          "/".join(self._path(folder)) or "/")
         entries.sort(key=lambda entry: entry[0])
         slots = array("I")
         for name, ref in entries:

@@ -22,7 +22,8 @@ from tests.unit.test_extras import cue_asset, embedded, lyrics, side, track
 from tests.unit.test_layout import HOSTILE_TITLES, _varied_library, make_track
 
 TEMPLATES = [DEFAULT_TEMPLATE, "{artist} - {title}", "[{genre}/]{album}/{title}",
-             "{albumartist}/[{year} - ]{album}/[{disc}/]{title}", "{title}", "{format}/{artist}/{album}/{track:03} {title}"]
+             "{albumartist}/[{year} - ]{album}/[{disc}/]{title}", "{title}", "{format}/{artist}/{album}/{track:03} {title}",
+             "{genre}/{artist}/{albumartist} - {album}[ ({year})]/[{disc}-][{track:02} ]{title} [{format}]"]
 
 
 def state_of(records: list[dict[str, Any]]) -> CatalogState:
@@ -221,3 +222,20 @@ def test_hostile_catalog_from_the_bucket_lays_out_like_the_reference() -> None:
     assert any(key.startswith(catalog.SNAPSHOT3_PREFIX) for key in store.objects)
     _, tree = live_tree(reader.state, parse_template(DEFAULT_TEMPLATE))
     assert comparable(shown(tree)) == reference(reader.state, parse_template(DEFAULT_TEMPLATE))
+
+
+def test_a_naming_bug_costs_its_folder_not_the_mount(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Names are made inside requests now: only FUSEError may leave a pyfuse3 handler."""
+    state = state_of(list(scale_records(50, seed=1)))
+    live, tree = live_tree(state, parse_template(DEFAULT_TEMPLATE))
+    artist = tree.lookup(ROOT_INODE, tree.nodes[ROOT_INODE].names[0])  # type: ignore[union-attr]
+    assert isinstance(artist, DirNode)
+
+    def broken(row: int) -> tuple[str, str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(live, "_stem", broken)
+    album = tree.lookup(artist.inode, artist.names[0])
+    assert isinstance(album, DirNode) and album.names == []
+    assert "naming the files of" in caplog.text
