@@ -616,7 +616,8 @@ class LiveLayout:
                                     tuple(state.current(entry.sha256) if entry.sha256 else None
                                           for entry in versioned.value.entries))
                      for versioned in state.playlists.values() if versioned.value is not None]
-        if playlists != self.playlists or (affected and playlists):
+        # A renamed folder they point into reaches them through _depends (see _forget).
+        if playlists != self.playlists:
             self.playlists = playlists
             affected.update((PLAYLISTS, ()))
 

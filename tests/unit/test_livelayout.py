@@ -4,6 +4,7 @@ and refreshes that re-file only what changed."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from typing import Any
 
@@ -48,7 +49,8 @@ def shown(tree: Tree) -> dict[tuple[str, ...], object]:
                 assert tree.nodes[node.inode] == node
             else:
                 assert isinstance(node, ExtraNode)
-                identity = node.content.sha256 if isinstance(node.content, ObjectRef) else None
+                content = node.content
+                identity = content.sha256 if isinstance(content, ObjectRef) else hashlib.sha256(content).hexdigest()
                 found[(*path, name)] = ("extra", identity)
 
     walk(tree.nodes[ROOT_INODE], ())  # type: ignore[arg-type]
@@ -56,17 +58,16 @@ def shown(tree: Tree) -> dict[tuple[str, ...], object]:
 
 
 def comparable(found: dict[tuple[str, ...], object]) -> dict[tuple[str, ...], object]:
-    """Generated files (cue sheets, playlists) compare by path: their identity is their bytes' hash."""
-    return {path: value if not (isinstance(value, tuple) and value[1] is None) else "generated"
-            for path, value in found.items()}
+    """Paths -> what is there: a track's sha256, another file's content hash (generated cue
+    sheets and playlists by the hash of their bytes, so their content is compared too)."""
+    return found
 
 
 def reference(state: CatalogState, template: Template) -> dict[tuple[str, ...], object]:
     paths, files = extras.lay_out(state, template)
     found: dict[tuple[str, ...], object] = {path: track.sha256 for path, track in paths.items()}
-    found.update((path, ("extra", file.content.sha256 if isinstance(file.content, ObjectRef) else None))
-                 for path, file in files.items())
-    return comparable(found)
+    found.update((path, ("extra", file.identity)) for path, file in files.items())
+    return found
 
 
 def live_tree(state: CatalogState, template: Template) -> tuple[LiveLayout, Tree]:
@@ -142,7 +143,10 @@ def changes_of(rng: random.Random, state: CatalogState, step: int) -> list[dict[
     """A random batch: new tracks (some into existing albums), removals, retags, covers."""
     live = state.tracks()
     records: list[dict[str, Any]] = list(scale_records(rng.randint(0, 40), seed=step, first=100_000 * step))
-    for old in rng.sample(live, min(len(live), rng.randint(0, 6))):
+    listed = {entry.sha256 for versioned in state.playlists.values() if versioned.value is not None
+              for entry in versioned.value.entries}
+    in_playlists = [track for track in live if track.sha256 in listed]
+    for old in rng.sample(live, min(len(live), rng.randint(0, 6))) + rng.sample(in_playlists, min(2, len(in_playlists))):
         kind = rng.random()
         if kind < 0.4:
             records.append(catalog.remove_record(old.sha256))
@@ -161,7 +165,7 @@ def changes_of(rng: random.Random, state: CatalogState, step: int) -> list[dict[
 def test_refreshes_give_what_a_fresh_layout_gives(template_text: str) -> None:
     template = parse_template(template_text)
     rng = random.Random(5)
-    state = state_of(list(scale_records(600, seed=9)))
+    state = state_of(list(scale_records(2100, seed=9)))  # one playlist, whose tracks the changes may hit
     live, tree = live_tree(state, template)
     shown(tree)  # the kernel has seen everything: every change must be reported
     for step in range(1, 8):
