@@ -41,7 +41,8 @@ MAX_CUE_FILES = 1000
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
-_CONTENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}/[a-z0-9][a-z0-9.+-]{0,63}(; ?charset=[a-z0-9_-]{1,32})?$",
+_HEX_RUN = re.compile(r"[0-9a-f]*")
+CONTENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}/[a-z0-9][a-z0-9.+-]{0,63}(; ?charset=[a-z0-9_-]{1,32})?$",
                               re.IGNORECASE)
 # Controls, and the separators some programs split lines at: no text of ours spans two lines.
 _CONTROLS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029])
@@ -85,6 +86,8 @@ def clean_text(value: object, limit: int) -> str:
     """A display string from untrusted input: no controls (so no line breaks), NFC, capped."""
     if not isinstance(value, str):
         return ""
+    if value.isascii() and value.isprintable():  # most names: nothing to remove, already NFC
+        return value[:limit].strip()
     text = value[: limit * 2].translate(_CONTROLS)
     text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
     return unicodedata.normalize("NFC", text)[:limit].strip()
@@ -94,6 +97,14 @@ def base_name(value: object) -> str:
     """The last component of a path (either separator), cleaned: a name never carries folders."""
     text = value.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(value, str) else ""
     return clean_text(text, MAX_NAME)
+
+
+def _all_shas(values: list[Any]) -> bool:
+    """Whether every item is a sha256 in hex: one regex over all of them (an album's cover
+    names a dozen tracks, and a large catalog has tens of thousands of covers)."""
+    if not all(type(value) is str and len(value) == 64 for value in values):
+        return False
+    return _HEX_RUN.fullmatch("".join(values)) is not None
 
 
 def _sha(value: object, what: str) -> str:
@@ -145,7 +156,7 @@ def object_from_dict(raw: Any) -> StoredObject:
     if type(size) is not int or not 0 <= size <= MAX_OBJECT_SIZE:
         raise ValueError("bad object size")
     content_type = raw.get("content_type")
-    if not isinstance(content_type, str) or not _CONTENT_TYPE_RE.match(content_type):
+    if not isinstance(content_type, str) or not CONTENT_TYPE_RE.match(content_type):
         content_type = CONTENT_TYPES.get(ext, "application/octet-stream")  # a label, not worth a rejection
     return StoredObject(sha, object_key(sha, ext), size, sys.intern(ext), content_type.lower())
 
@@ -218,7 +229,7 @@ def asset_from_dict(raw: Any) -> Asset:
     tracks = raw.get("tracks")
     if not isinstance(tracks, list) or len(tracks) > MAX_ATTACHED:
         raise ValueError(f"asset tracks must be a list of at most {MAX_ATTACHED} sha256s")
-    attached = {_sha(sha, "track sha256") for sha in tracks}
+    attached = set(tracks) if _all_shas(tracks) else {_sha(sha, "track sha256") for sha in tracks}
     cue = None
     if role == "cue":
         cue = _cue_from_dict(raw.get("cue"))

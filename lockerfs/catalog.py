@@ -35,7 +35,6 @@ the same code, so a writer cannot write what a reader would refuse.
 
 from __future__ import annotations
 
-import gc
 import gzip
 import io
 import json
@@ -54,16 +53,20 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from lockerfs import columnar
 from lockerfs.asset import SHA_RE, Asset, asset_from_dict, asset_to_dict, object_key
 from lockerfs.playlist import Playlist, playlist_from_dict, playlist_key, playlist_name, playlist_to_dict
 from lockerfs.store import NotFound, Store
 from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
+from lockerfs.tracktable import Entry, TrackTable  # noqa: F401 - Entry: catalog.Entry, as before
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # the newest catalog format this code reads and writes
+FORMAT_VERSION = 3  # the newest catalog format this code reads and writes
 TRACK_FORMAT_VERSION = 1  # files of track records only: what version 1 reads
+EXTRAS_FORMAT_VERSION = 2  # journal2/ and snapshot2/: the record kinds format 2 added
+COLUMNAR_FORMAT_VERSION = columnar.VERSION  # snapshot3/ and the local catalog copy
 LOCKER_VERSION = 1  # locker.json: the oldest lockerfs that may read and write this locker
 LOCKER_KEY = "locker.json"
 CATALOG_PREFIX = "catalog/"
@@ -71,11 +74,12 @@ JOURNAL_PREFIX = "catalog/journal/"
 SNAPSHOT_PREFIX = "catalog/snapshot/"
 JOURNAL2_PREFIX = "catalog/journal2/"
 SNAPSHOT2_PREFIX = "catalog/snapshot2/"
+SNAPSHOT3_PREFIX = "catalog/snapshot3/"  # the columnar snapshot (format 3) of what snapshot/ and snapshot2/ hold
 # Listing these prefixes (no trailing slash) finds journal/ and journal2/ in one
 # request, and snapshot/ and snapshot2/ in another: all journals are listed
 # before all snapshots, as the compaction rule needs.
 _LISTED = ("catalog/journal", "catalog/snapshot")
-_FOLDERS = frozenset({"journal", "journal2", "snapshot", "snapshot2"})
+_FOLDERS = frozenset({"journal", "journal2", "snapshot", "snapshot2", "snapshot3"})
 MAX_CHAIN = 64  # replacements followed from a removed track to its successor
 
 MAX_CATALOG_FILE_BYTES = 512 * 1024 * 1024  # refuse to inflate a snapshot past this
@@ -291,12 +295,6 @@ def _checked_sha(value: object, what: str) -> str:
 # --- the merged catalog ---------------------------------------------------------
 
 @dataclass(slots=True)
-class Entry:
-    stamp: Stamp
-    track: Track | None  # None: removed
-
-
-@dataclass(slots=True)
 class Versioned(Generic[T]):
     """The newest record of one asset or playlist; value None: removed (a tombstone)."""
 
@@ -343,7 +341,7 @@ class Library:
 class CatalogState:
     """Per record kind, id -> newest-stamped record. Merging is order-independent (last writer wins)."""
 
-    entries: dict[str, Entry] = field(default_factory=dict)  # tracks, by sha256
+    entries: TrackTable = field(default_factory=TrackTable)  # tracks, by sha256, in columns
     removals: dict[str, Removal] = field(default_factory=dict)  # remove details, by sha256
     assets: dict[str, Versioned[Asset]] = field(default_factory=dict)  # by asset id
     playlists: dict[str, Versioned[Playlist]] = field(default_factory=dict)  # by playlist_key(name)
@@ -362,10 +360,10 @@ class CatalogState:
         op = record.get("op")
         if op == "add":
             track = track_from_dict(record.get("track"))
-            self._put(track.sha256, Entry(stamp, track))
+            self.entries.put(track.sha256, stamp, track)
         elif op == "remove":
             sha, removal = _parse_remove(stamp, record)
-            self._put(sha, Entry(stamp, None))
+            self.entries.put(sha, stamp, None)
             if removal is not None:
                 current = self.removals.get(sha)
                 if current is None or current.stamp < stamp:
@@ -383,13 +381,16 @@ class CatalogState:
         else:
             raise ValueError(f"unknown op {str(op)[:40]!r}")
 
-    def _put(self, sha: str, entry: Entry) -> None:
-        current = self.entries.get(sha)
-        if current is None or current.stamp < entry.stamp:
-            self.entries[sha] = entry
-
-    def merge_file(self, file_id: str, document: dict[str, Any]) -> None:
+    def merge_file(self, file_id: str, document: dict[str, Any] | columnar.Decoded) -> None:
         """Apply a journal file or snapshot document (validated here)."""
+        if isinstance(document, columnar.Decoded):
+            self.entries.merge_columns(document.shas, document.columns, document.header["files"],
+                                       document.rejected)
+            self.rejected += len(document.rejected) + document.bad_assets
+            for stamp, asset in document.assets:
+                _put_versioned(self.assets, asset.id, stamp, asset)
+            self._merge_entries(file_id, document.other)
+            return
         kind = document.get("kind")
         if kind == "journal":
             records = document.get("records")
@@ -401,18 +402,22 @@ class CatalogState:
             entries = document.get("entries")
             if not isinstance(entries, list):
                 raise CorruptCatalogFile(f"snapshot {file_id} has no entry list")
-            for item in entries:
-                stamp = item.get("stamp") if isinstance(item, dict) else None
-                if (not isinstance(stamp, list) or len(stamp) != 2 or not isinstance(stamp[0], str)
-                        or not isinstance(stamp[1], int)):
-                    self.rejected += 1
-                    continue
-                self.apply((stamp[0], stamp[1]), item.get("record"))
+            self._merge_entries(file_id, entries)
         else:
             raise CorruptCatalogFile(f"catalog file {file_id} is of unknown kind {kind!r}")
 
+    def _merge_entries(self, file_id: str, entries: list[Any]) -> None:
+        """Apply a snapshot's entries: each a record with the stamp it was first written under."""
+        for item in entries:
+            stamp = item.get("stamp") if isinstance(item, dict) else None
+            if (not isinstance(stamp, list) or len(stamp) != 2 or not isinstance(stamp[0], str)
+                    or not isinstance(stamp[1], int)):
+                self.rejected += 1
+                continue
+            self.apply((stamp[0], stamp[1]), item.get("record"))
+
     def tracks(self) -> list[Track]:
-        return [entry.track for entry in self.entries.values() if entry.track is not None]
+        return self.entries.tracks()
 
     # --- following removals ---------------------------------------------------------
 
@@ -421,11 +426,12 @@ class CatalogState:
         replacements; None if it (or where its chain leads) is not in the locker."""
         seen: set[str] = set()
         sha = sha256
+        entries = self.entries
         while len(seen) < MAX_CHAIN:
-            entry = self.entries.get(sha)
-            if entry is None:
+            row = entries.row(sha)
+            if row is None:
                 return None
-            if entry.track is not None:
+            if entries.live[row]:
                 return sha
             successor = self._current_removal(sha)
             if successor is None or successor.replaced_by is None:
@@ -442,9 +448,11 @@ class CatalogState:
         return removal.track if removal is not None else None
 
     def _current_removal(self, sha: str) -> Removal | None:
-        entry = self.entries.get(sha)
         removal = self.removals.get(sha)
-        if entry is None or entry.track is not None or removal is None or removal.stamp != entry.stamp:
+        if removal is None:
+            return None
+        row = self.entries.row(sha)
+        if row is None or self.entries.live[row] or removal.stamp != self.entries.stamp(row):
             return None
         return removal
 
@@ -467,31 +475,43 @@ class CatalogState:
 
     # --- snapshots ------------------------------------------------------------------
 
-    def to_snapshot(self, snapshot_id: str) -> dict[str, Any]:
-        """Everything in one document (the local catalog copy; never written to the bucket)."""
-        tracks, extras = self.snapshots(snapshot_id)
-        tracks["version"] = FORMAT_VERSION
-        tracks["entries"] += extras["entries"]
-        return tracks
+    def to_columnar(self, snapshot_id: str, extra_header: dict[str, Any] | None = None, level: int = 6) -> bytes:
+        """Everything as one columnar snapshot (snapshot3/, and the local catalog copy)."""
+        assets = [(versioned.stamp, versioned.value) for _, versioned in sorted(self.assets.items())
+                  if versioned.value is not None and versioned.value.role in columnar.ROLE_CODES]
+        return columnar.encode(self.entries, snapshot_id, assets, self._other_entries(in_columns=True),
+                               extra_header, level)
 
     def snapshots(self, snapshot_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The compacted catalog as two documents: the tracks (format 1, for snapshot/) and
         everything format 2 added (for snapshot2/). Together they hold every current record."""
+        entries = self.entries
         track_entries = []
-        extra_entries = []
-        for sha, entry in sorted(self.entries.items()):
-            record = ({"op": "add", "track": track_to_dict(entry.track)} if entry.track  # valid: it was read
+        for row in sorted(range(len(entries.shas)), key=entries.shas.__getitem__):
+            sha = entries.shas[row]
+            record = ({"op": "add", "track": track_to_dict(entries.track(row))} if entries.live[row]  # valid: read
                       else {"op": "remove", "sha256": sha})
-            track_entries.append({"stamp": list(entry.stamp), "record": record})
+            track_entries.append({"stamp": list(entries.stamp(row)), "record": record})
+        return ({"kind": "snapshot", "version": TRACK_FORMAT_VERSION, "id": snapshot_id, "entries": track_entries},
+                {"kind": "snapshot", "version": EXTRAS_FORMAT_VERSION, "id": snapshot_id,
+                 "entries": self._other_entries()})
+
+    def _other_entries(self, in_columns: bool = False) -> list[dict[str, Any]]:
+        """Snapshot entries of everything but the tracks: current removal details, assets, playlists
+        (`in_columns`: but the assets a columnar snapshot holds in columns)."""
+        extra_entries = []
+        for sha in sorted(self.removals):
             removal = self._current_removal(sha)
             if removal is not None:  # the details; stale ones (a later add or remove) are dropped
-                detailed = dict(record)
+                detailed: dict[str, Any] = {"op": "remove", "sha256": sha}
                 if removal.replaced_by is not None:
                     detailed["replaced_by"] = removal.replaced_by
                 if removal.track is not None:
                     detailed["track"] = track_to_dict(removal.track)
                 extra_entries.append({"stamp": list(removal.stamp), "record": detailed})
         for ident, versioned in sorted(self.assets.items()):
+            if in_columns and versioned.value is not None and versioned.value.role in columnar.ROLE_CODES:
+                continue
             record = ({"op": "asset", "asset": asset_to_dict(versioned.value)} if versioned.value is not None
                       else {"op": "remove_asset", "id": ident})
             extra_entries.append({"stamp": list(versioned.stamp), "record": record})
@@ -499,8 +519,7 @@ class CatalogState:
             record = ({"op": "playlist", "playlist": playlist_to_dict(playlist.value)} if playlist.value is not None
                       else {"op": "remove_playlist", "name": key})
             extra_entries.append({"stamp": list(playlist.stamp), "record": record})
-        return ({"kind": "snapshot", "version": TRACK_FORMAT_VERSION, "id": snapshot_id, "entries": track_entries},
-                {"kind": "snapshot", "version": FORMAT_VERSION, "id": snapshot_id, "entries": extra_entries})
+        return extra_entries
 
 
 def _put_versioned(table: dict[str, Versioned[T]], key: str, stamp: Stamp, value: T | None) -> None:
@@ -538,8 +557,13 @@ def _file_id(key: str) -> str | None:
     return stem if _ID_RE.match(stem) else None
 
 
-def decode_catalog_file(key: str, raw: bytes) -> dict[str, Any]:
+def decode_catalog_file(key: str, raw: bytes) -> dict[str, Any] | columnar.Decoded:
     """Parse (and for snapshots, inflate with a size cap) one catalog file."""
+    if key.startswith(SNAPSHOT3_PREFIX) or columnar.is_columnar(raw):
+        try:
+            return columnar.decode(raw, MAX_CATALOG_FILE_BYTES, lambda version: _check_version(version, key))
+        except columnar.ColumnError as exc:
+            raise CorruptCatalogFile(f"{key}: {exc}") from None
     if key.endswith(".gz"):
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
@@ -587,7 +611,7 @@ def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
             extras.append(record)
     keys = []
     for prefix, version, batch in ((JOURNAL_PREFIX, TRACK_FORMAT_VERSION, tracks),
-                                   (JOURNAL2_PREFIX, FORMAT_VERSION, extras)):
+                                   (JOURNAL2_PREFIX, EXTRAS_FORMAT_VERSION, extras)):
         if batch:
             file_id = new_id()
             key = f"{prefix}{file_id}.json"
@@ -638,6 +662,22 @@ class CatalogReader:
                 yield CatalogFile(item.key, item.last_modified)
 
     def _apply_all(self, files: list[CatalogFile]) -> list[CatalogFile]:
+        """Apply the columnar snapshots first: the JSON snapshots written with the same id
+        hold nothing more, so they count as applied without being fetched."""
+        columns = [item for item in files if item.key.startswith(SNAPSHOT3_PREFIX)]
+        vanished = self._fetch_and_apply(columns)
+        covered = {_file_id(key) for key in self.seen if key.startswith(SNAPSHOT3_PREFIX) and key not in self.corrupt}
+        rest = []
+        for item in files:
+            if item.key.startswith(SNAPSHOT3_PREFIX):
+                continue
+            if item.key.startswith((SNAPSHOT_PREFIX, SNAPSHOT2_PREFIX)) and _file_id(item.key) in covered:
+                self.seen[item.key] = item
+            else:
+                rest.append(item)
+        return vanished + self._fetch_and_apply(rest)
+
+    def _fetch_and_apply(self, files: list[CatalogFile]) -> list[CatalogFile]:
         def fetch(item: CatalogFile) -> tuple[CatalogFile, dict[str, Any] | None | CorruptCatalogFile]:
             try:
                 return item, decode_catalog_file(item.key, self.store.get(item.key))
@@ -669,41 +709,27 @@ class CatalogReader:
     # --- the local copy that lets a mount start and list offline ---------------
 
     def save(self, path: Path) -> None:
-        """Write the merged catalog and the list of applied files, atomically and durably.
+        """Write the merged catalog (a columnar snapshot) and the list of applied files,
+        atomically and durably.
 
         Temp file, fsync, rename, fsync of the folder: a crash or a power cut at
-        any moment leaves either the previous copy or this one, whole. The JSON
-        is encoded a slice at a time (the C encoder on a few hundred entries),
-        so a thread saving a large catalog never holds the GIL for long against
-        a mount's other threads (json.dump of a 100k-track catalog held it for
-        seconds), and gives it up between slices.
+        any moment leaves either the previous copy or this one, whole. The columns
+        are written as the table holds them (C-level copies, zlib without the GIL);
+        only the text columns take a pass in Python, during which the mount's
+        threads take turns with this one at the interpreter's switch interval.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
-        collecting = gc.isenabled()
-        document: dict[str, Any] | None = None
-        # The document is acyclic and short-lived, but its hundreds of thousands of
-        # containers would set off full collections that stop every thread for
-        # hundreds of milliseconds each; reference counting frees it all anyway.
-        gc.disable()
+        seen = [[item.key, item.last_modified.isoformat()] for item in self.seen.values()]
         try:
-            document = self.state.to_snapshot("local")
-            document["seen"] = [[item.key, item.last_modified.isoformat()] for item in self.seen.values()]
-            with open(temporary, "wb") as raw:
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out:
-                    for piece in _json_slices(document):
-                        out.write(piece)
-                        time.sleep(0)  # let a waiting thread have the GIL
+            with open(temporary, "wb") as raw:  # made first: a save cut short leaves only it behind
+                raw.write(self.state.to_columnar("local", {"seen": seen}, level=1))
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        finally:
-            del document
-            if collecting:
-                gc.enable()
         _fsync_folder(path.parent)
 
     def load_local(self, path: Path) -> bool:
@@ -712,32 +738,13 @@ class CatalogReader:
             document = decode_catalog_file(str(path), path.read_bytes())
             state = CatalogState()
             state.merge_file("local", document)
-            seen = {key: CatalogFile(key, datetime.fromisoformat(stamp))
-                    for key, stamp in document.get("seen", [])}
+            listed = document.header.get("seen", []) if isinstance(document, columnar.Decoded) else document.get("seen", [])
+            seen = {key: CatalogFile(key, datetime.fromisoformat(stamp)) for key, stamp in listed}
         except (OSError, ValueError, FormatError, TypeError, EOFError) as exc:
             log.info("no usable local catalog copy at %s (%s)", path, exc)
             return False
         self.state, self.seen = state, seen
         return True
-
-
-_SLICE_ITEMS = 256  # list items encoded at once by save(): about a millisecond of GIL each
-
-
-def _json_slices(document: dict[str, Any]) -> Iterator[bytes]:
-    """The compact JSON of `document`, in pieces of at most _SLICE_ITEMS list items."""
-    yield b"{"
-    for n, (name, value) in enumerate(document.items()):
-        yield (b"," if n else b"") + json.dumps(name).encode() + b":"
-        if not isinstance(value, list):
-            yield json.dumps(value, separators=(",", ":")).encode()
-            continue
-        yield b"["
-        for start in range(0, len(value), _SLICE_ITEMS):
-            text = json.dumps(value[start:start + _SLICE_ITEMS], separators=(",", ":"))[1:-1]
-            yield (b"," if start else b"") + text.encode()
-        yield b"]"
-    yield b"}"
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -764,6 +771,7 @@ class CompactResult:
     files_merged: int
     files_deleted: int
     extras_key: str | None = None  # the snapshot2/ file, when there is anything format 2 to keep
+    columns_key: str | None = None  # the snapshot3/ file: everything, in columns
     assets: int = 0
     playlists: int = 0
 
@@ -786,6 +794,9 @@ def compact(store: Store, grace: timedelta = timedelta(hours=1)) -> CompactResul
     if extras["entries"]:
         extras_key = f"{SNAPSHOT2_PREFIX}{snapshot_id}.json.gz"
         store.put_bytes(extras_key, gzip.compress(json.dumps(extras, separators=(",", ":")).encode()))
+    # Last: a reader that finds it skips the two above, so they must exist before it does.
+    columns_key = f"{SNAPSHOT3_PREFIX}{snapshot_id}.columns.gz"
+    store.put_bytes(columns_key, reader.state.to_columnar(snapshot_id))
     cutoff = datetime.now(timezone.utc) - grace
     deleted = 0
     for item in reader.seen.values():
@@ -793,6 +804,6 @@ def compact(store: Store, grace: timedelta = timedelta(hours=1)) -> CompactResul
             store.delete(item.key)
             deleted += 1
     state = reader.state
-    return CompactResult(key, len(reader.tracks()), len(reader.seen), deleted, extras_key,
+    return CompactResult(key, state.entries.live_count, len(reader.seen), deleted, extras_key, columns_key,
                          sum(v.value is not None for v in state.assets.values()),
                          sum(v.value is not None for v in state.playlists.values()))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from lockerfs import cuesheet
@@ -41,6 +41,7 @@ from lockerfs.cache import ObjectRef
 from lockerfs.catalog import CatalogState, Library, PlacedAsset, PlacedPlaylist, Stamp
 from lockerfs.layout import Template, build_paths, file_stem, fold, unique_name
 from lockerfs.track import Track
+from lockerfs.trackinfo import TrackInfo
 
 Path = tuple[str, ...]
 
@@ -88,11 +89,26 @@ def lay_out_extras(library: Library, paths: Mapping[Path, Track], template: Temp
         for folder in sorted({where[sha][:-1] for sha in placed.tracks if sha in where}):
             by_folder[folder].append(placed)
     taken = _taken_names(paths, {*by_folder, *([()] if library.playlists else [])})
+
+    def info_of(sha: str) -> TrackInfo:
+        return paths[where[sha]].info
+
     for folder in sorted(by_folder):
-        album = _AlbumFolder(folder, paths, where, taken[folder], template)
-        album.place(by_folder[folder], extras)
+        extras.update(place_folder(folder, by_folder[folder], where, info_of, taken[folder], template))
     if library.playlists:
-        _place_playlists(library.playlists, paths, where, taken[()], template, extras)
+        folder_name, files = place_playlists(library.playlists, lambda sha: paths[where[sha]], where, taken[()],
+                                             template)
+        extras.update(((folder_name, name), file) for name, file in files.items())
+    return extras
+
+
+def place_folder(folder: Path, assets: list[PlacedAsset], where: Mapping[str, Path],
+                 info_of: Callable[[str], TrackInfo], taken: set[str], template: Template) -> dict[Path, ExtraFile]:
+    """The other files of one folder of tracks, from the assets attached to its tracks.
+    `where` maps a live track to its path (the mount computes it lazily); `taken` holds
+    the folded names the folder's tracks and subfolders have, and gets these files' names."""
+    extras: dict[Path, ExtraFile] = {}
+    _AlbumFolder(folder, where, info_of, taken, template).place(assets, extras)
     return extras
 
 
@@ -140,10 +156,10 @@ def cover_rank(name: str) -> int:
 class _AlbumFolder:
     """The extras of one folder of tracks."""
 
-    def __init__(self, folder: Path, paths: Mapping[Path, Track], where: Mapping[str, Path],
+    def __init__(self, folder: Path, where: Mapping[str, Path], info_of: Callable[[str], TrackInfo],
                  taken: set[str], template: Template) -> None:
         self.folder = folder
-        self.paths = paths
+        self.info_of = info_of
         self.where = where
         self.taken = taken
         self.rules = template.names
@@ -231,38 +247,42 @@ class _AlbumFolder:
 
     def _track_order(self, sha: str) -> tuple[int, int, str]:
         path = self.where[sha]
-        info = self.paths[path].info
+        info = self.info_of(sha)
         return info.disc or 0, info.track or 0, path[-1]
 
     def _mtime(self, placed: PlacedAsset) -> float:
         return placed.asset.mtime or _stamp_time(placed.stamp)
 
 
-def _place_playlists(playlists: list[PlacedPlaylist], paths: Mapping[Path, Track], where: Mapping[str, Path],
-                     root_taken: set[str], template: Template, extras: dict[Path, ExtraFile]) -> None:
+def place_playlists(playlists: list[PlacedPlaylist], track_of: Callable[[str], Track], where: Mapping[str, Path],
+                    root_taken: set[str], template: Template) -> tuple[str, dict[str, ExtraFile]]:
+    """The playlists folder's name (claimed in `root_taken`) and its .m3u8 files."""
+    files: dict[str, ExtraFile] = {}
     folder_name = unique_name(PLAYLISTS_FOLDER, "", hashlib.sha256(PLAYLISTS_FOLDER.encode()).hexdigest(),
                               root_taken)
     taken: set[str] = set()
     for placed in sorted(playlists, key=lambda p: (fold(p.playlist.name), p.playlist.name)):
         key_sha = hashlib.sha256(fold(placed.playlist.name).encode()).hexdigest()
         name = unique_name(file_stem(placed.playlist.name, template.names, ".m3u8"), ".m3u8", key_sha, taken)
-        data = render_m3u8(placed, paths, where)
+        data = render_m3u8(placed, track_of, where)
         mtime = placed.playlist.mtime or _stamp_time(placed.stamp)
-        extras[(folder_name, name)] = ExtraFile.of_bytes(data, mtime, "playlist")
+        files[name] = ExtraFile.of_bytes(data, mtime, "playlist")
+    return folder_name, files
 
 
-def render_m3u8(placed: PlacedPlaylist, paths: Mapping[Path, Track], where: Mapping[str, Path]) -> bytes:
+def render_m3u8(placed: PlacedPlaylist, track_of: Callable[[str], Track], where: Mapping[str, Path]) -> bytes:
     """An extended M3U in UTF-8 whose entries lead from the Playlists folder to the mounted tracks."""
     lines = ["#EXTM3U", f"#PLAYLIST:{clean_text(placed.playlist.name, 255)}"]
     for entry, sha in zip(placed.playlist.entries, placed.tracks, strict=True):
         path = where.get(sha) if sha is not None else None
-        if path is None:
+        if path is None or sha is None:
             lines.append(f"# not in the locker: {entry.line or entry.sha256}")
             continue
-        info = paths[path].info
+        track = track_of(sha)
+        info = track.info
         seconds = round(info.duration) if info.duration is not None else -1
         artist = clean_text(info.artist or info.albumartist or "", 1024) or "Unknown Artist"
-        source_name = paths[path].source.rpartition("/")[2]
+        source_name = track.source.rpartition("/")[2]
         title = clean_text(info.title or source_name.rpartition(".")[0] or source_name, 1024)
         lines.append(f"#EXTINF:{seconds},{artist} - {title}")
         lines.append("../" + "/".join(path))

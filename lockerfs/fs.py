@@ -102,16 +102,11 @@ class LockerOperations(pyfuse3.Operations):
             attrs.st_nlink = 2 + node.subdirs
             attrs.st_size = 4096
             mtime = node.mtime
-        elif isinstance(node, ExtraNode):
+        else:  # a track or another file: FileNode.size and .mtime read the catalog's columns
             attrs.st_mode = stat.S_IFREG | 0o444
             attrs.st_nlink = 1
             attrs.st_size = node.size
             mtime = node.mtime
-        else:
-            attrs.st_mode = stat.S_IFREG | 0o444
-            attrs.st_nlink = 1
-            attrs.st_size = node.track.size
-            mtime = node.track.mtime
         attrs.st_blocks = (attrs.st_size + 511) // 512
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = int(mtime * 1e9)
         return attrs

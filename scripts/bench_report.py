@@ -110,12 +110,18 @@ def scale_table(results: dict[str, Any]) -> str:
         return ""
     if not scale.get("ok"):
         return f"Scale (lockerfs): FAIL: {scale.get('error')}"
+    catalog_mb = sum(scale["catalog_bytes"].values()) / 1e6
+    columnar_mb = sum(size for key, size in scale["catalog_bytes"].items() if "/snapshot3/" in key) / 1e6
+    applied = scale.get("refresh_applied_s")
     return "\n".join([
-        _row(["catalog tracks", "mount ready s", "find s", "entries", "mount RSS MB", "catalog MB read"]),
-        _row(["---"] * 6),
-        _row([f"{scale['tracks']:,}", f"{scale['mount_s']:.2f}", f"{scale['find_s']:.2f}",
-              f"{scale['entries']:,}", f"{scale['rss_mb']:.0f}",
-              f"{scale['traffic']['bytes_down'] / 1e6:.1f}"]),
+        _row(["catalog tracks", "mount ready s", "ls -l album ms", "find -type f s", "files", "RSS MB",
+              "refresh 1,000 s", "refresh as logged s", "catalog MB (columnar)", "read at mount MB"]),
+        _row(["---"] * 10),
+        _row([f"{scale['tracks']:,}", f"{scale['mount_ready_s']:.2f}", f"{scale['ls_album_ms']:.0f}",
+              f"{scale['find_s']:.2f}", f"{scale['files']:,}", f"{scale['rss_mb']:.0f}",
+              f"{scale['refresh_s']:.2f} (polling every {scale['refresh_interval_s']:g})",
+              "—" if applied is None else f"{applied:.3f}", f"{catalog_mb:.1f} ({columnar_mb:.1f})",
+              f"{scale['startup_traffic']['bytes_down'] / 1e6:.1f}"]),
     ])
 
 
@@ -192,6 +198,10 @@ def ratios(results: dict[str, Any], subject: str = "lockerfs") -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     settings = results["settings"]
+    if "library" not in results:  # --steps scale alone
+        return (f"WAN: RTT {settings['rtt_ms']:g} ms, {settings['mbit']:g} Mbit/s (self-check: "
+                f"{results['selfcheck']['rtt_ms']:.1f} ms, {results['selfcheck']['rate_mbit']:.1f} Mbit/s)\n\n"
+                + scale_table(results) + "\n")
     parts = [
         f"WAN: RTT {settings['rtt_ms']:g} ms, {settings['mbit']:g} Mbit/s "
         f"(self-check: {results['selfcheck']['rtt_ms']:.1f} ms, {results['selfcheck']['rate_mbit']:.1f} Mbit/s); "

@@ -46,6 +46,48 @@ def find(root: str) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "entries": done.stdout.count(b"\n")}
 
 
+def ready(root: str, timeout: float) -> dict[str, Any]:
+    """Lists the mount's root until it shows something: when the mount answers `ls`.
+    The wall clock time is returned, to be set against the mount process's start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = os.listdir(root)
+        if entries:
+            return {"wall": time.time(), "entries": len(entries)}
+        time.sleep(0.005)
+    raise SystemExit(f"the mount listed nothing for {timeout:.0f} s")
+
+
+def find_files(root: str) -> dict[str, Any]:
+    """`find MNT -type f | wc -l`: every file of the mount, counted."""
+    start = time.perf_counter()
+    done = subprocess.run(["find", root, "-type", "f"], capture_output=True, check=True)
+    return {"seconds": time.perf_counter() - start, "files": done.stdout.count(b"\n")}
+
+
+def ls_album(root: str) -> dict[str, Any]:
+    """A cold `ls -l` of one album folder, timed around the command; the folders above
+    it are listed first (untimed) to find it: the middle artist's first album."""
+    artists = sorted(os.listdir(root))
+    artist = os.path.join(root, artists[len(artists) // 2])
+    album = os.path.join(artist, sorted(os.listdir(artist))[0])
+    start = time.perf_counter()
+    done = subprocess.run(["ls", "-l", album], capture_output=True, check=True)
+    return {"ms": _ms(time.perf_counter() - start), "entries": done.stdout.count(b"\n") - 1,
+            "album": os.path.relpath(album, root)}
+
+
+def appear(path: str, timeout: float) -> dict[str, Any]:
+    """Polls (every 10 ms, a lookup each) until the path exists: when a refresh has been
+    applied and its folders invalidated. The wall clock time is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return {"wall": time.time()}
+        time.sleep(0.01)
+    raise SystemExit(f"{path} did not appear within {timeout:.0f} s")
+
+
 def first_byte(paths: list[str]) -> dict[str, Any]:
     """Open each track and read its first 64 KiB: what starting playback costs."""
     times = []
@@ -180,6 +222,7 @@ def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str,
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "discover": discover, "find": find, "first_byte": first_byte, "scan": scan,
     "sequential": sequential, "seek": seek, "ffmpeg": ffmpeg, "copy": copy, "playback": playback,
+    "ready": ready, "find_files": find_files, "ls_album": ls_album, "appear": appear,
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from lockerfs import catalog
+from lockerfs import catalog, columnar
 from lockerfs.asset import (Asset, CueSheet, asset_from_dict, asset_id_for_embedded, asset_id_for_file, image_type,
                             stored_object)
 from lockerfs.catalog import CatalogReader, CatalogState
@@ -418,11 +418,11 @@ def test_version_2_reads_a_version_1_locker_and_its_local_copy(store: MemoryStor
     assert [p.asset.name for p in upgraded.state.library().assets] == ["cover.jpg"]
 
 
-def test_version_1_refuses_a_copy_written_by_version_2_and_starts_afresh(store: MemoryStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_version_1_refuses_a_copy_written_by_version_3_and_starts_afresh(store: MemoryStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
     format2_locker(store)
     load(store).save(tmp_path / "copy.json.gz")
-    with gzip.open(tmp_path / "copy.json.gz") as stream:
-        assert json.load(stream)["version"] == 2
+    decoded = columnar.decode((tmp_path / "copy.json.gz").read_bytes(), 1 << 30, lambda version: None)
+    assert decoded.header["version"] == 3
     assert not catalog_v1.CatalogReader(store).load_local(tmp_path / "copy.json.gz")
 
 
@@ -432,7 +432,7 @@ def test_compaction_splits_tracks_and_format2_records(store: MemoryStore) -> Non
     result = catalog.compact(store, grace=timedelta(0))
     assert result.extras_key is not None and result.extras_key.startswith(catalog.SNAPSHOT2_PREFIX)
     assert (result.tracks, result.assets, result.playlists) == (4, 3, 1)
-    assert sorted(info.key.split("/")[1] for info in store.list("catalog/")) == ["snapshot", "snapshot2"]
+    assert sorted(info.key.split("/")[1] for info in store.list("catalog/")) == ["snapshot", "snapshot2", "snapshot3"]
     after = load(store).state.library()
     assert sorted(t.sha256 for t in after.tracks) == sorted(t.sha256 for t in before.tracks)
     assert sorted(after.assets, key=lambda p: p.asset.id) == sorted(before.assets, key=lambda p: p.asset.id)
@@ -442,7 +442,7 @@ def test_compaction_splits_tracks_and_format2_records(store: MemoryStore) -> Non
 def test_a_locker_without_format2_records_writes_no_snapshot2(store: MemoryStore) -> None:
     catalog.append_records(store, [catalog.add_record(make_track(1))])
     assert catalog.compact(store, grace=timedelta(0)).extras_key is None
-    assert [info.key.split("/")[1] for info in store.list("catalog/")] == ["snapshot"]
+    assert [info.key.split("/")[1] for info in store.list("catalog/")] == ["snapshot", "snapshot3"]
 
 
 def test_refresh_lists_journals_before_snapshots_in_two_requests(store: MemoryStore) -> None:
