@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
-from lockerfs import __version__, catalog, config
+from lockerfs import __version__, catalog, config, layout
 from lockerfs.store import S3Store, StoreError, UPLOAD_RETRIES
 
 log = logging.getLogger("lockerfs")
@@ -90,10 +90,52 @@ def build_parser() -> argparse.ArgumentParser:
     compact.add_argument("locker", metavar="LOCKER")
     compact.set_defaults(run=run_compact)
 
-    from lockerfs import mount  # imported here: pyfuse3 is only needed to mount
-
-    mount.add_mount_commands(commands, add_endpoint)
+    add_mount_commands(commands)
     return parser
+
+
+def add_mount_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    mount = commands.add_parser("mount", help="mount a locker as Album Artist/Album/Track folders")
+    add_endpoint(mount)
+    mount.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="block and catalog cache (default: ~/.cache/lockerfs/<locker>)")
+    mount.add_argument("--cache-size", default="10G", metavar="SIZE",
+                       help="disk cache bound, e.g. 500M or 20G (default 10G)")
+    mount.add_argument("--memory-cache", default="128M", metavar="SIZE",
+                       help="memory cache bound, e.g. 32M on a small machine (default 128M)")
+    mount.add_argument("--layout", default=layout.DEFAULT_TEMPLATE, metavar="TEMPLATE",
+                       help=f"folder and file names (default {layout.DEFAULT_TEMPLATE!r})")
+    mount.add_argument("--names", choices=layout.NAME_MODES, default="default",
+                       help="names mode: 'windows' also turns : * ? \" < > | into look-alikes and puts '_' "
+                            "after device names (CON, AUX, ...), for re-sharing the mount to Windows machines "
+                            "and TVs over Samba or NFS (default: 'default')")
+    mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
+                       help="how often to look for tracks added elsewhere (default 60)")
+    mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    mount.add_argument("--page-cache", action="store_true",
+                       help="read through the kernel's page cache, for software that maps files "
+                            "(scans then cost more bytes; see docs/DESIGN-NOTES.md)")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    mount.add_argument("--debug", action="store_true", help="log every request (implies nothing else)")
+    mount.add_argument("locker", metavar="LOCKER")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.set_defaults(run=run_mount)
+
+    umount = commands.add_parser("umount", help="unmount a lockerfs mount and wait for it to stop")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.set_defaults(run=run_umount)
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    from lockerfs import mount  # imported here: pyfuse3 and trio take half a second to load
+
+    return mount.run_mount(args)
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    from lockerfs import mount
+
+    return mount.run_umount(args)
 
 
 def add_endpoint(parser: argparse.ArgumentParser) -> None:

@@ -91,38 +91,6 @@ class MountOptions:
                    args.names)
 
 
-def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Callable) -> None:  # type: ignore[type-arg]
-    mount = commands.add_parser("mount", help="mount a locker as Album Artist/Album/Track folders")
-    add_endpoint(mount)
-    mount.add_argument("--cache-dir", type=Path, metavar="DIR",
-                       help="block and catalog cache (default: ~/.cache/lockerfs/<locker>)")
-    mount.add_argument("--cache-size", default="10G", metavar="SIZE",
-                       help="disk cache bound, e.g. 500M or 20G (default 10G)")
-    mount.add_argument("--memory-cache", default="128M", metavar="SIZE",
-                       help="memory cache bound, e.g. 32M on a small machine (default 128M)")
-    mount.add_argument("--layout", default=layout.DEFAULT_TEMPLATE, metavar="TEMPLATE",
-                       help=f"folder and file names (default {layout.DEFAULT_TEMPLATE!r})")
-    mount.add_argument("--names", choices=layout.NAME_MODES, default="default",
-                       help="names mode: 'windows' also turns : * ? \" < > | into look-alikes and puts '_' "
-                            "after device names (CON, AUX, ...), for re-sharing the mount to Windows machines "
-                            "and TVs over Samba or NFS (default: 'default')")
-    mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
-                       help="how often to look for tracks added elsewhere (default 60)")
-    mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
-    mount.add_argument("--page-cache", action="store_true",
-                       help="read through the kernel's page cache, for software that maps files "
-                            "(scans then cost more bytes; see docs/DESIGN-NOTES.md)")
-    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    mount.add_argument("--debug", action="store_true", help="log every request (implies nothing else)")
-    mount.add_argument("locker", metavar="LOCKER")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
-    mount.set_defaults(run=run_mount)
-
-    umount = commands.add_parser("umount", help="unmount a lockerfs mount and wait for it to stop")
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
-    umount.set_defaults(run=run_umount)
-
-
 # --- `lockerfs mount` ----------------------------------------------------------------
 
 def run_mount(args: argparse.Namespace) -> int:
