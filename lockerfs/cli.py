@@ -85,10 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     compact = commands.add_parser("compact", help="merge the catalog journal into a snapshot")
     add_endpoint(compact)
-    compact.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
-                         help="keep merged journal files younger than this (default 3600)")
+    compact.add_argument("--grace", type=duration_arg, default="1h", metavar="DURATION",
+                         help="keep merged journal files younger than this, e.g. 0, 90s, 12h (default 1h)")
     compact.add_argument("locker", metavar="LOCKER")
     compact.set_defaults(run=run_compact)
+
+    gc = commands.add_parser("gc", help="delete the stored objects no track, cover or playlist needs any more")
+    add_endpoint(gc)
+    gc.add_argument("--grace", type=duration_arg, default="7d", metavar="DURATION",
+                    help="keep unneeded objects younger than this, e.g. 0, 90s, 12h, 7d (default 7d): an upload "
+                         "stores its objects before its records, and mounts that have not refreshed yet may still "
+                         "read a removed track")
+    gc.add_argument("--dry-run", "-n", action="store_true", help="say what would be deleted, and delete nothing")
+    gc.add_argument("locker", metavar="LOCKER")
+    gc.set_defaults(run=run_gc)
 
     add_mount_commands(commands)
     return parser
@@ -136,6 +146,14 @@ def run_umount(args: argparse.Namespace) -> int:
     from lockerfs import mount
 
     return mount.run_umount(args)
+
+
+def duration_arg(text: str) -> float:
+    """argparse type for every duration a command takes: parse_duration's sentence on bad input."""
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_endpoint(parser: argparse.ArgumentParser) -> None:
@@ -369,7 +387,39 @@ def run_compact(args: argparse.Namespace) -> int:
     result = catalog.compact(open_store(args), timedelta(seconds=args.grace))
     print(f"snapshot {result.snapshot_key}: {result.tracks} tracks, {result.assets} covers/images/lyrics/cue "
           f"sheets, {result.playlists} playlists from {result.files_merged} catalog files; "
-          f"deleted {result.files_deleted} older than {args.grace:.0f} s")
+          f"deleted {result.files_deleted} older than {config.format_duration(args.grace)}")
+    return 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    from lockerfs import gc
+
+    verb = "would delete" if args.dry_run else "deleted"
+
+    def report(item: gc.Garbage) -> None:
+        was = f"  ({printable(item.was)})" if item.was else ""
+        print(f"{verb} {item.key}  {human(item.size)}{was}", flush=True)
+
+    try:
+        result = gc.collect(open_store(args), timedelta(seconds=args.grace), dry_run=args.dry_run, on_deleted=report)
+    except gc.GcRefused as exc:
+        print(f"lockerfs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.dry_run:
+        for item in result.deleted:
+            report(item)
+    count = len(result.deleted)
+    print(f"{verb} {count} object{'s' * (count != 1)}, "
+          f"{'freeing' if args.dry_run else 'freed'} {human(result.freed)} "
+          f"({result.objects} stored, {result.named} named by the catalog)")
+    if result.young:
+        print(f"kept {len(result.young)} unneeded objects ({human(sum(item.size for item in result.young))}) "
+              f"younger than {config.format_duration(args.grace)}")
+    if result.put_back:
+        print(f"put back {len(result.put_back)} objects that records written while gc ran name")
+    if result.trash_restored or result.trash_cleared:
+        print(f"a gc that stopped midway had left objects aside: {len(result.trash_restored)} put back, "
+              f"{result.trash_cleared} copies deleted")
     return 0
 
 
