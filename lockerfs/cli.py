@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("locker", metavar="LOCKER")
     gc.set_defaults(run=run_gc)
 
+    share = commands.add_parser("share", help="write an M3U8 of links to tracks of a mounted locker that anyone "
+                                              "can play, without credentials, until they expire")
+    share.add_argument("--expires", type=duration_arg, default="7d", metavar="DURATION",
+                       help="how long the links work, e.g. 12h or 3d (default and longest: 7d)")
+    share.add_argument("-o", "--output", metavar="FILE.m3u8",
+                       help="where to write the playlist ('-': standard output; default: NAME.m3u8 here, "
+                            "after the first PATH)")
+    share.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="tracks or folders in a mounted locker")
+    share.set_defaults(run=run_share)
+
     add_mount_commands(commands)
     return parser
 
@@ -134,6 +144,26 @@ def add_mount_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     umount = commands.add_parser("umount", help="unmount a lockerfs mount and wait for it to stop")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
     umount.set_defaults(run=run_umount)
+
+
+def run_share(args: argparse.Namespace) -> int:
+    from lockerfs import share
+
+    try:
+        shared = share.share(args.paths, args.expires)
+        if args.output == "-":
+            sys.stdout.write(shared.text)
+            where = "standard output"
+        else:
+            output = Path(args.output) if args.output else share.default_output(args.paths)
+            share.write_playlist(output, shared.text)
+            where = str(output)
+    except share.ShareError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{shared.tracks} track{'s' * (shared.tracks != 1)} in {printable(where)}; the links work until "
+          f"{shared.expires_at:%Y-%m-%d %H:%M} UTC ({config.format_duration(args.expires)})",
+          file=sys.stderr if args.output == "-" else sys.stdout)
+    return 0
 
 
 def run_mount(args: argparse.Namespace) -> int:

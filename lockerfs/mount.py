@@ -36,7 +36,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lockerfs import catalog, config, extras, layout, mountpoints
+from lockerfs import catalog, config, extras, layout, mountpoints, mountregistry
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader, CatalogState
 from lockerfs.diskcache import claim_private_dir
@@ -193,6 +193,7 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     # Anything that looks at the mount point must happen before it is mounted:
     # until pyfuse3.main runs, nobody answers the kernel, and we would hang.
     registry = _registry(options.mountpoint)
+    canonical_mountpoint = str(options.mountpoint.resolve())
     try:
         mounted = _prepare(options, cache_dir)
     except (MountError, StoreError, catalog.FormatError, CacheInUse, UnsafeCacheDir, ValueError) as exc:
@@ -210,6 +211,9 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         return 1
     make_private_dir(registry.parent)
     registry.write_text(f"{os.getpid()}\n")
+    description = _describe(mountregistry.MountDescription(
+        canonical_mountpoint, options.locker, mounted.store.endpoint, mounted.store.region,
+        str(mounted.catalog_copy), options.template, options.names, os.getpid()))
     log.info("mounted %s on %s in %.2f s", options.locker, options.mountpoint, time.monotonic() - started)
     report("ready")
     notify_systemd("READY=1")
@@ -219,7 +223,20 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         pyfuse3.close(unmount=True)
         mounted.close()
         registry.unlink(missing_ok=True)
+        if description is not None:
+            description.unlink(missing_ok=True)
     return 0
+
+
+def _describe(description: mountregistry.MountDescription) -> Path | None:
+    """Say how this mount was made, for commands given paths inside it (`lockerfs share`);
+    a full or read-only state dir costs them, not the mount."""
+    try:
+        return mountregistry.write_description(description)
+    except OSError as exc:
+        log.warning("cannot write the mount's description (%s): `lockerfs share` will not find this mount",
+                    exc.strerror or exc)
+        return None
 
 
 def notify_systemd(message: str) -> None:
@@ -511,8 +528,7 @@ def _in_background(work: Callable[[], bool]) -> Future[bool]:
 # --- which process serves which mount point ----------------------------------------------
 
 def _registry(mountpoint: Path) -> Path:
-    name = config.locker_id(str(mountpoint.resolve()), None)
-    return config.state_dir() / "mounts" / f"{name}.pid"
+    return mountregistry.pid_path(mountpoint)
 
 
 def run_umount(args: argparse.Namespace) -> int:
