@@ -163,6 +163,9 @@ def run_share(args: argparse.Namespace) -> int:
     print(f"{shared.tracks} track{'s' * (shared.tracks != 1)} in {printable(where)}; the links work until "
           f"{shared.expires_at:%Y-%m-%d %H:%M} UTC ({config.format_duration(args.expires)})",
           file=sys.stderr if args.output == "-" else sys.stdout)
+    if shared.temporary:
+        print("lockerfs: these credentials are temporary (a session token): the links stop working when "
+              "it expires, if that is sooner", file=sys.stderr)
     return 0
 
 

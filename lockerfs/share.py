@@ -66,6 +66,7 @@ class Shared:
     text: str  # the M3U8
     tracks: int
     expires_at: datetime
+    temporary: bool = False  # signed with a session token, which may expire first
 
 
 def check_expiry(seconds: float) -> int:
@@ -96,7 +97,8 @@ def share(paths: Iterable[Path], expires: float = DEFAULT_EXPIRES) -> Shared:
         lines.append(extinf(shared.track, shared.name))
         lines.append(store.presign_get(shared.track.key, seconds, AUDIO_TYPES.get(shared.track.ext),
                                        disposition(shared.name)))
-    return Shared("\n".join(lines) + "\n", len(chosen), signed_at + timedelta(seconds=seconds))
+    temporary = any(store.signs_with_temporary_credentials() for store in stores.values())
+    return Shared("\n".join(lines) + "\n", len(chosen), signed_at + timedelta(seconds=seconds), temporary)
 
 
 def tracks_under(path: Path) -> list[SharedTrack]:

@@ -415,6 +415,12 @@ class S3Store:
         """The region requests are signed for (boto3's chain, or the one given)."""
         return self._client.meta.region_name
 
+    def signs_with_temporary_credentials(self) -> bool:
+        """Whether the credentials carry a session token (SSO, an assumed role): links
+        presigned with them stop working when the token expires, whatever they say."""
+        credentials = self._session.get_credentials()
+        return credentials is not None and credentials.get_frozen_credentials().token is not None
+
     def presign_get(self, key: str, expires: int, content_type: str | None = None,
                     disposition: str | None = None) -> str:
         """A URL that GETs `key` without credentials for `expires` seconds (at most 7 days).

@@ -182,3 +182,24 @@ def test_a_name_that_does_not_resolve_says_so_at_once(monkeypatch: pytest.Monkey
                                           r"\(its name does not resolve\)$"):
         store.get("locker.json")
     assert len(tries) == 1
+
+
+# --- presigning ----------------------------------------------------------------------------------------
+
+def test_presigned_links_are_sigv4_name_their_type_and_need_no_network(closed_port: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store, tries = counting_store(f"http://127.0.0.1:{closed_port}", monkeypatch, attempts=1)
+    url = store.presign_get("objects/sha256/ab/abc.flac", 3600, "audio/flac", share.disposition("01 A.flac"))
+    assert url.startswith(f"http://127.0.0.1:{closed_port}/bucket/music/objects/sha256/ab/abc.flac?")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=3600" in url
+    assert "response-content-type=audio%2Fflac" in url
+    assert tries == [] and not store.signs_with_temporary_credentials()
+    with pytest.raises(ValueError, match="1 s to 604800 s"):
+        store.presign_get("objects/x", PRESIGN_MAX_SECONDS + 1)
+
+
+def test_links_signed_with_a_session_token_are_flagged(closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
+    store, _ = counting_store(f"http://127.0.0.1:{closed_port}", monkeypatch, attempts=1)
+    assert store.signs_with_temporary_credentials()
+    assert "X-Amz-Security-Token=token" in store.presign_get("objects/x", 60)
