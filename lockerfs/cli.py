@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
-from lockerfs import __version__, catalog, config
+from lockerfs import __version__, catalog, config, layout
 from lockerfs.store import S3Store, StoreError, UPLOAD_RETRIES
 
 log = logging.getLogger("lockerfs")
@@ -85,15 +85,108 @@ def build_parser() -> argparse.ArgumentParser:
 
     compact = commands.add_parser("compact", help="merge the catalog journal into a snapshot")
     add_endpoint(compact)
-    compact.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
-                         help="keep merged journal files younger than this (default 3600)")
+    compact.add_argument("--grace", type=duration_arg, default="1h", metavar="DURATION",
+                         help="keep merged journal files younger than this, e.g. 0, 90s, 12h (default 1h)")
     compact.add_argument("locker", metavar="LOCKER")
     compact.set_defaults(run=run_compact)
 
-    from lockerfs import mount  # imported here: pyfuse3 is only needed to mount
+    gc = commands.add_parser("gc", help="delete the stored objects no track, cover or playlist needs any more")
+    add_endpoint(gc)
+    gc.add_argument("--grace", type=duration_arg, default="7d", metavar="DURATION",
+                    help="keep unneeded objects younger than this, e.g. 0, 90s, 12h, 7d (default 7d): an upload "
+                         "stores its objects before its records, and mounts that have not refreshed yet may still "
+                         "read a removed track")
+    gc.add_argument("--dry-run", "-n", action="store_true", help="say what would be deleted, and delete nothing")
+    gc.add_argument("locker", metavar="LOCKER")
+    gc.set_defaults(run=run_gc)
 
-    mount.add_mount_commands(commands, add_endpoint)
+    share = commands.add_parser("share", help="write an M3U8 of links to tracks of a mounted locker that anyone "
+                                              "can play, without credentials, until they expire")
+    share.add_argument("--expires", type=duration_arg, default="7d", metavar="DURATION",
+                       help="how long the links work, e.g. 12h or 3d (default and longest: 7d)")
+    share.add_argument("-o", "--output", metavar="FILE.m3u8",
+                       help="where to write the playlist ('-': standard output; default: NAME.m3u8 here, "
+                            "after the first PATH)")
+    share.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="tracks or folders in a mounted locker")
+    share.set_defaults(run=run_share)
+
+    add_mount_commands(commands)
     return parser
+
+
+def add_mount_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    mount = commands.add_parser("mount", help="mount a locker as Album Artist/Album/Track folders")
+    add_endpoint(mount)
+    mount.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="block and catalog cache (default: ~/.cache/lockerfs/<locker>)")
+    mount.add_argument("--cache-size", default="10G", metavar="SIZE",
+                       help="disk cache bound, e.g. 500M or 20G (default 10G)")
+    mount.add_argument("--memory-cache", default="128M", metavar="SIZE",
+                       help="memory cache bound, e.g. 32M on a small machine (default 128M)")
+    mount.add_argument("--layout", default=layout.DEFAULT_TEMPLATE, metavar="TEMPLATE",
+                       help=f"folder and file names (default {layout.DEFAULT_TEMPLATE!r})")
+    mount.add_argument("--names", choices=layout.NAME_MODES, default="default",
+                       help="names mode: 'windows' also turns : * ? \" < > | into look-alikes and puts '_' "
+                            "after device names (CON, AUX, ...), for re-sharing the mount to Windows machines "
+                            "and TVs over Samba or NFS (default: 'default')")
+    mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
+                       help="how often to look for tracks added elsewhere (default 60)")
+    mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    mount.add_argument("--page-cache", action="store_true",
+                       help="read through the kernel's page cache, for software that maps files "
+                            "(scans then cost more bytes; see docs/DESIGN-NOTES.md)")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    mount.add_argument("--debug", action="store_true", help="log every request (implies nothing else)")
+    mount.add_argument("locker", metavar="LOCKER")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.set_defaults(run=run_mount)
+
+    umount = commands.add_parser("umount", help="unmount a lockerfs mount and wait for it to stop")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.set_defaults(run=run_umount)
+
+
+def run_share(args: argparse.Namespace) -> int:
+    from lockerfs import share
+
+    try:
+        shared = share.share(args.paths, args.expires)
+        if args.output == "-":
+            sys.stdout.write(shared.text)
+            where = "standard output"
+        else:
+            output = Path(args.output) if args.output else share.default_output(args.paths)
+            share.write_playlist(output, shared.text)
+            where = str(output)
+    except share.ShareError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{shared.tracks} track{'s' * (shared.tracks != 1)} in {printable(where)}; the links work until "
+          f"{shared.expires_at:%Y-%m-%d %H:%M} UTC ({config.format_duration(args.expires)})",
+          file=sys.stderr if args.output == "-" else sys.stdout)
+    if shared.temporary:
+        print("lockerfs: these credentials are temporary (a session token): the links stop working when "
+              "it expires, if that is sooner", file=sys.stderr)
+    return 0
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    from lockerfs import mount  # imported here: pyfuse3 and trio take half a second to load
+
+    return mount.run_mount(args)
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    from lockerfs import mount
+
+    return mount.run_umount(args)
+
+
+def duration_arg(text: str) -> float:
+    """argparse type for every duration a command takes: parse_duration's sentence on bad input."""
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_endpoint(parser: argparse.ArgumentParser) -> None:
@@ -327,7 +420,39 @@ def run_compact(args: argparse.Namespace) -> int:
     result = catalog.compact(open_store(args), timedelta(seconds=args.grace))
     print(f"snapshot {result.snapshot_key}: {result.tracks} tracks, {result.assets} covers/images/lyrics/cue "
           f"sheets, {result.playlists} playlists from {result.files_merged} catalog files; "
-          f"deleted {result.files_deleted} older than {args.grace:.0f} s")
+          f"deleted {result.files_deleted} older than {config.format_duration(args.grace)}")
+    return 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    from lockerfs import gc
+
+    verb = "would delete" if args.dry_run else "deleted"
+
+    def report(item: gc.Garbage) -> None:
+        was = f"  ({printable(item.was)})" if item.was else ""
+        print(f"{verb} {item.key}  {human(item.size)}{was}", flush=True)
+
+    try:
+        result = gc.collect(open_store(args), timedelta(seconds=args.grace), dry_run=args.dry_run, on_deleted=report)
+    except gc.GcRefused as exc:
+        print(f"lockerfs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.dry_run:
+        for item in result.deleted:
+            report(item)
+    count = len(result.deleted)
+    print(f"{verb} {count} object{'s' * (count != 1)}, "
+          f"{'freeing' if args.dry_run else 'freed'} {human(result.freed)} "
+          f"({result.objects} stored, {result.named} named by the catalog)")
+    if result.young:
+        print(f"kept {len(result.young)} unneeded objects ({human(sum(item.size for item in result.young))}) "
+              f"younger than {config.format_duration(args.grace)}")
+    if result.put_back:
+        print(f"put back {len(result.put_back)} objects that records written while gc ran name")
+    if result.trash_restored or result.trash_cleared:
+        print(f"a gc that stopped midway had left objects aside: {len(result.trash_restored)} put back, "
+              f"{result.trash_cleared} copies deleted")
     return 0
 
 

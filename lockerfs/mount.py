@@ -37,7 +37,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lockerfs import catalog, config, layout, mountpoints
+from lockerfs import catalog, config, layout, mountpoints, mountregistry
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader, CatalogState
 from lockerfs.diskcache import claim_private_dir
@@ -99,38 +99,6 @@ class MountOptions:
                    config.parse_size(args.memory_cache), args.layout,
                    args.refresh, args.allow_other, args.foreground, args.debug, args.page_cache,
                    args.names)
-
-
-def add_mount_commands(commands: argparse._SubParsersAction, add_endpoint: Callable) -> None:  # type: ignore[type-arg]
-    mount = commands.add_parser("mount", help="mount a locker as Album Artist/Album/Track folders")
-    add_endpoint(mount)
-    mount.add_argument("--cache-dir", type=Path, metavar="DIR",
-                       help="block and catalog cache (default: ~/.cache/lockerfs/<locker>)")
-    mount.add_argument("--cache-size", default="10G", metavar="SIZE",
-                       help="disk cache bound, e.g. 500M or 20G (default 10G)")
-    mount.add_argument("--memory-cache", default="128M", metavar="SIZE",
-                       help="memory cache bound, e.g. 32M on a small machine (default 128M)")
-    mount.add_argument("--layout", default=layout.DEFAULT_TEMPLATE, metavar="TEMPLATE",
-                       help=f"folder and file names (default {layout.DEFAULT_TEMPLATE!r})")
-    mount.add_argument("--names", choices=layout.NAME_MODES, default="default",
-                       help="names mode: 'windows' also turns : * ? \" < > | into look-alikes and puts '_' "
-                            "after device names (CON, AUX, ...), for re-sharing the mount to Windows machines "
-                            "and TVs over Samba or NFS (default: 'default')")
-    mount.add_argument("--refresh", type=float, default=config.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
-                       help="how often to look for tracks added elsewhere (default 60)")
-    mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
-    mount.add_argument("--page-cache", action="store_true",
-                       help="read through the kernel's page cache, for software that maps files "
-                            "(scans then cost more bytes; see docs/DESIGN-NOTES.md)")
-    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    mount.add_argument("--debug", action="store_true", help="log every request (implies nothing else)")
-    mount.add_argument("locker", metavar="LOCKER")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
-    mount.set_defaults(run=run_mount)
-
-    umount = commands.add_parser("umount", help="unmount a lockerfs mount and wait for it to stop")
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
-    umount.set_defaults(run=run_umount)
 
 
 # --- `lockerfs mount` ----------------------------------------------------------------
@@ -235,6 +203,7 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
     # Anything that looks at the mount point must happen before it is mounted:
     # until pyfuse3.main runs, nobody answers the kernel, and we would hang.
     registry = _registry(options.mountpoint)
+    canonical_mountpoint = str(options.mountpoint.resolve())
     try:
         mounted = _prepare(options, cache_dir)
     except (MountError, StoreError, catalog.FormatError, CacheInUse, UnsafeCacheDir, ValueError) as exc:
@@ -252,6 +221,9 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         return 1
     make_private_dir(registry.parent)
     registry.write_text(f"{os.getpid()}\n")
+    description = _describe(mountregistry.MountDescription(
+        canonical_mountpoint, options.locker, mounted.store.endpoint, mounted.store.region,
+        str(mounted.catalog_copy), options.template, options.names, os.getpid()))
     log.info("mounted %s on %s in %.2f s", options.locker, options.mountpoint, time.monotonic() - started)
     report("ready")
     notify_systemd("READY=1")
@@ -261,7 +233,20 @@ def serve(options: MountOptions, report: Callable[[str], None]) -> int:
         pyfuse3.close(unmount=True)
         mounted.close()
         registry.unlink(missing_ok=True)
+        if description is not None:
+            description.unlink(missing_ok=True)
     return 0
+
+
+def _describe(description: mountregistry.MountDescription) -> Path | None:
+    """Say how this mount was made, for commands given paths inside it (`lockerfs share`);
+    a full or read-only state dir costs them, not the mount."""
+    try:
+        return mountregistry.write_description(description)
+    except OSError as exc:
+        log.warning("cannot write the mount's description (%s): `lockerfs share` will not find this mount",
+                    exc.strerror or exc)
+        return None
 
 
 def notify_systemd(message: str) -> None:
@@ -596,8 +581,7 @@ def _in_background(work: Callable[[], bool]) -> Future[bool]:
 # --- which process serves which mount point ----------------------------------------------
 
 def _registry(mountpoint: Path) -> Path:
-    name = config.locker_id(str(mountpoint.resolve()), None)
-    return config.state_dir() / "mounts" / f"{name}.pid"
+    return mountregistry.pid_path(mountpoint)
 
 
 def run_umount(args: argparse.Namespace) -> int:

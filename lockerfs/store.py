@@ -5,6 +5,9 @@ errors below, never botocore. What is temporary (retry) and what is permanent
 (tell the user) is decided here, once: botocore retries transient failures
 with backoff according to the `RetryPolicy`; what still fails is mapped to a
 `StoreError` subclass whose message is one sentence a user can act on.
+Until the endpoint has answered once, a connection that cannot be made is
+not retried at all (`FirstContact`): a command aimed at a server that is not
+there says so at once, while a run under way stays patient.
 
 Implementations: `S3Store` (boto3) and `MemoryStore` (unit tests).
 """
@@ -12,9 +15,11 @@ Implementations: `S3Store` (boto3) and `MemoryStore` (unit tests).
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -91,11 +96,14 @@ UPLOAD_RETRIES = RetryPolicy(max_attempts=10, connect_timeout=5, read_timeout=60
 MOUNT_RETRIES = RetryPolicy(max_attempts=3, connect_timeout=2, read_timeout=4)
 # check() answers "can we use this bucket at all": a few quick tries, so that a
 # flaky network does not stop an upload before it starts, yet a server that is
-# down is reported within seconds (refused connections fail at once; the
-# standard-mode backoff between 4 attempts is at most 1 + 2 + 4 s).
+# down is reported within seconds (a connection that cannot be made fails at
+# once, see FirstContact; the standard-mode backoff between 4 attempts of
+# anything else is at most 1 + 2 + 4 s).
 PROBE_RETRIES = RetryPolicy(max_attempts=4, connect_timeout=3, read_timeout=5)
 # Whole PUTs repeated when the server says it got other bytes than we sent.
 VERIFY_ATTEMPTS = 3
+SINGLE_COPY_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects are copied in parts
+PRESIGN_MAX_SECONDS = 7 * 24 * 3600  # SigV4: a presigned URL lives at most 7 days
 
 
 ChunkSink = Callable[[bytes], None]
@@ -140,6 +148,9 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def copy(self, source: str, destination: str, size: int) -> None:
+        """Copy the object `source` (of `size` bytes) to `destination`, inside the bucket."""
+
     def check(self) -> None:
         """Fail with a clear StoreError if the bucket cannot be used at all."""
 
@@ -162,7 +173,8 @@ class S3Store:
     """
 
     def __init__(self, url: str, endpoint_url: str | None = None,
-                 retries: RetryPolicy = UPLOAD_RETRIES, pool_size: int = 10) -> None:
+                 retries: RetryPolicy = UPLOAD_RETRIES, pool_size: int = 10,
+                 region_name: str | None = None) -> None:
         self.url = url
         self.bucket, self.prefix = parse_locker_url(url)
         config = Config(
@@ -182,14 +194,17 @@ class S3Store:
             s3={"payload_signing_enabled": False},
         )
         session = boto3.session.Session()
-        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._session = session
+        self._config = config
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config, region_name=region_name)
         # Pooled connections that died silently (sleep, a new network) are dropped, not waited on.
         self.connections = FreshConnections(self._client)
         self.connections.register(self._client.meta.events)
-        # check() answers "can we use this bucket at all" quickly, whatever the retry policy.
-        self._probe = session.client("s3", endpoint_url=endpoint_url, config=config.merge(Config(
-            retries={"mode": "standard", "total_max_attempts": PROBE_RETRIES.max_attempts},
-            connect_timeout=PROBE_RETRIES.connect_timeout, read_timeout=PROBE_RETRIES.read_timeout)))
+        # Registered last: botocore's retry handler and the pool's freshness watch see the attempt first.
+        self.first_contact = FirstContact()
+        self.first_contact.register(self._client.meta.events)
+        self._probe: object | None = None  # check()'s client, made when first needed (a client costs 0.1 s)
+        self._presigner: object | None = None  # presign_get()'s
         self._expected_md5: dict[str, str] = {}  # full key -> base64 MD5 for its single-part PUT
         self._expected_lock = threading.Lock()
         events = self._client.meta.events
@@ -382,12 +397,116 @@ class S3Store:
         with self._errors(key):
             self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
 
+    def copy(self, source: str, destination: str, size: int) -> None:
+        """A server-side copy (the bytes do not cross the network); its metadata (Content-Type) goes along.
+
+        CopyObject takes objects of up to 5 GiB; larger ones go through
+        boto3's managed copy, which copies them in parts."""
+        with self._errors(source):
+            copy_source = {"Bucket": self.bucket, "Key": self._full(source)}
+            if size <= SINGLE_COPY_LIMIT:
+                self._client.copy_object(Bucket=self.bucket, Key=self._full(destination), CopySource=copy_source)
+            else:
+                self._client.copy(copy_source, self.bucket, self._full(destination), Config=TransferConfig(
+                    multipart_threshold=SINGLE_COPY_LIMIT, multipart_chunksize=1024**3))
+
+    @property
+    def region(self) -> str | None:
+        """The region requests are signed for (boto3's chain, or the one given)."""
+        return self._client.meta.region_name
+
+    def signs_with_temporary_credentials(self) -> bool:
+        """Whether the credentials carry a session token (SSO, an assumed role): links
+        presigned with them stop working when the token expires, whatever they say."""
+        credentials = self._session.get_credentials()
+        return credentials is not None and credentials.get_frozen_credentials().token is not None
+
+    def presign_get(self, key: str, expires: int, content_type: str | None = None,
+                    disposition: str | None = None) -> str:
+        """A URL that GETs `key` without credentials for `expires` seconds (at most 7 days).
+
+        Signed with SigV4: boto3 presigns with SigV2 unless told otherwise, and
+        SigV2 URLs are refused by many S3-compatible servers (rclone answers
+        400). `content_type` and `disposition` are what the server is asked to
+        answer with (response-content-type, response-content-disposition),
+        whatever the object was stored with. Nothing is sent: signing is local.
+        """
+        if not 1 <= expires <= PRESIGN_MAX_SECONDS:
+            raise ValueError(f"a presigned URL lives 1 s to {PRESIGN_MAX_SECONDS} s, not {expires} s")
+        if self._presigner is None:
+            self._presigner = self._session.client(
+                "s3", endpoint_url=self.endpoint, region_name=self.region,
+                config=self._config.merge(Config(signature_version="s3v4")))
+        params = {"Bucket": self.bucket, "Key": self._full(key)}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        if disposition:
+            params["ResponseContentDisposition"] = disposition
+        with self._errors(key):
+            return self._presigner.generate_presigned_url(  # type: ignore[attr-defined]
+                "get_object", Params=params, ExpiresIn=expires)
+
     def check(self) -> None:
+        """Whether the bucket can be used at all, asked with few quick tries whatever the retry policy."""
+        if self._probe is None:
+            self._probe = self._session.client(
+                "s3", endpoint_url=self.endpoint, region_name=self.region, config=self._config.merge(Config(
+                    retries={"mode": "standard", "total_max_attempts": PROBE_RETRIES.max_attempts},
+                    connect_timeout=PROBE_RETRIES.connect_timeout, read_timeout=PROBE_RETRIES.read_timeout)))
+            self.first_contact.register(self._probe.meta.events)  # type: ignore[attr-defined]
         with self._errors(""):
-            self._probe.head_bucket(Bucket=self.bucket)
+            self._probe.head_bucket(Bucket=self.bucket)  # type: ignore[attr-defined]
 
     def _errors(self, key: str) -> _ErrorMapper:
         return _ErrorMapper(self, key)
+
+
+class FirstContact:
+    """Until an endpoint has answered once, a connection that cannot be made is final.
+
+    botocore retries a refused or timed-out connection like any transient
+    failure, with backoff: 10 attempts took `lockerfs ls` 12 s to say that
+    nothing listens there. Before any answer there is nothing to be patient
+    about (the address is wrong, the server is down, the network is away), so
+    the first such failure is reported at once: a refused connection within
+    milliseconds, an unreachable host within one connect timeout. Once any
+    HTTP response has come (even an error status), the retry policy applies
+    unchanged: a run under way rides out a server that restarts or a network
+    that blinks. Shared by a store's clients: an answer to either counts.
+    """
+
+    def __init__(self) -> None:
+        self.answered = False
+
+    def register(self, events: object, service: str = "s3") -> None:
+        events.register_last(f"needs-retry.{service}", self._after_attempt)  # type: ignore[attr-defined]
+
+    def _after_attempt(self, response: object = None, caught_exception: BaseException | None = None,
+                       **kwargs: object) -> None:
+        """botocore hook after each attempt. Raising ends the request with that error, unretried."""
+        if response is not None:
+            self.answered = True
+        elif not self.answered and isinstance(caught_exception, botocore.exceptions.ConnectionError):
+            raise caught_exception
+
+
+def _why_unreachable(exc: BaseException) -> str:
+    """What stopped a connection, as a few words for the user ('' if it does not say)."""
+    if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
+        return " (no answer to connecting)"
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return " (its name does not resolve)"
+        if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
+            return " (connection refused: nothing listens there)"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return " (no route to it: is the network up?)"
+        nested = getattr(cause, "kwargs", {}).get("error") if isinstance(cause, botocore.exceptions.BotoCoreError) else None
+        cause = nested or cause.__cause__ or cause.__context__
+    return ""
 
 
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -476,9 +595,8 @@ class _ErrorMapper:
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return AccessDenied("no S3 credentials found: set AWS_ACCESS_KEY_ID and "
                                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or ~/.aws/credentials")
-        if isinstance(exc, (botocore.exceptions.EndpointConnectionError,
-                            botocore.exceptions.ConnectTimeoutError)):
-            return Unreachable(f"cannot connect to the S3 endpoint {endpoint}")
+        if isinstance(exc, botocore.exceptions.ConnectionError):  # refused, timed out, no route, no such name
+            return Unreachable(f"cannot connect to the S3 endpoint {endpoint}{_why_unreachable(exc)}")
         if isinstance(exc, (*_BODY_ERRORS, urllib3.exceptions.ProtocolError)):
             return Unreachable(f"the S3 endpoint {endpoint} stopped answering ({type(exc).__name__})")
         if isinstance(exc, botocore.exceptions.ClientError):
@@ -594,6 +712,11 @@ class MemoryStore:
         self._record("DELETE", key)
         with self._lock:
             self.objects.pop(key, None)
+
+    def copy(self, source: str, destination: str, size: int) -> None:
+        self._record("COPY", f"{source} -> {destination}")
+        with self._lock:
+            self.objects[destination] = (self._data(source), datetime.now(timezone.utc))
 
     def check(self) -> None:
         return None

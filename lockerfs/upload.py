@@ -62,7 +62,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockerfs import catalog
+from lockerfs import catalog, writeorder
 from lockerfs.containers import (
     AUDIO_EXTENSIONS,
     CONTENT_TYPES,
@@ -586,10 +586,25 @@ class Uploader:
         records = [catalog.add_record(o.track) for o in pending if o.needs_record]
         try:
             if records:
-                catalog.append_records(self.store, records)
+                by_key = {o.track.key: o for o in pending if o.needs_record}
+                appended = writeorder.append_confirmed(self.store, records, lambda key: self._store_again(by_key[key]))
+                for key, why in appended.failed.items():  # recorded, but a concurrent gc took its object
+                    self.summary.failed.append((by_key[key].source.relative, f"stored again after a gc: {why}"))
+                    pending.remove(by_key[key])  # so not remembered as uploaded
         except StoreError as exc:
             for outcome in pending:
                 if outcome.needs_record:
                     self.summary.failed.append((outcome.source.relative, f"not recorded: {exc}"))
             return
         self.state.remember((o.source.path, o.stat, o.track.sha256) for o in pending)
+
+    def _store_again(self, outcome: _Outcome) -> None:
+        """Store a recorded track's object once more (a concurrent gc deleted it), if the file
+        still holds the bytes its record names."""
+        track = outcome.track
+        assert track is not None
+        with open(outcome.source.path, "rb") as f:
+            sha, md5 = _Digests().feed_stream(f).hexdigests()
+        if sha != track.sha256:
+            raise CorruptUpload("the file changed since it was uploaded")
+        self.store.put_file(track.key, outcome.source.path, md5=md5, content_type=CONTENT_TYPES.get(track.info.format))
