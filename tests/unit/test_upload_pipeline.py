@@ -304,8 +304,18 @@ def test_a_first_upload_sends_no_heads(tmp_path: pathlib.Path, store: MemoryStor
         synth.write_track(tmp_path / "lib" / f"{n}.flac", "flac", 0.5, TAGS, seed=n)
     summary = run_upload(store, state, tmp_path / "lib")
     assert summary.uploaded == 3
-    object_ops = [op for op, key in store.requests if key.startswith("objects/")]
-    assert sorted(object_ops) == ["LIST", "PUT", "PUT", "PUT"]
+    before, after = object_ops_around_the_record(store)
+    assert sorted(before) == ["LIST", "PUT", "PUT", "PUT"]
+    assert after == ["HEAD"] * 3  # the confirm step (writeorder): once each, after the record
+
+
+def object_ops_around_the_record(store: MemoryStore) -> tuple[list[str], list[str]]:
+    """Requests for objects before the run's journal file was written, and after it."""
+    ops = [(op, key) for op, key in store.requests
+           if key.startswith("objects/") or (op == "PUT" and key.startswith("catalog/journal"))]
+    record = next(n for n, (_, key) in enumerate(ops) if key.startswith("catalog/"))
+    assert all(key.startswith("objects/") for _, key in ops[record + 1:]), "one journal file"
+    return [op for op, _ in ops[:record]], [op for op, _ in ops[record + 1:]]
 
 
 def test_an_object_stored_before_the_run_is_matched_not_sent(tmp_path: pathlib.Path, store: MemoryStore,
@@ -317,7 +327,7 @@ def test_an_object_stored_before_the_run_is_matched_not_sent(tmp_path: pathlib.P
     store.requests.clear()
     summary = run_upload(store, state, tmp_path / "lib")
     assert (summary.uploaded, summary.matched) == (0, 1)
-    assert [op for op, key in store.requests if key.startswith("objects/")] == ["LIST", "HEAD"]
+    assert object_ops_around_the_record(store) == (["LIST", "HEAD"], ["HEAD"])
     assert recorded(store)["left.flac"]["sha256"] == sha
 
 
@@ -330,7 +340,7 @@ def test_a_large_locker_is_not_listed(tmp_path: pathlib.Path, store: MemoryStore
     store.requests.clear()
     summary = run_upload(store, state, tmp_path / "lib")
     assert summary.uploaded == 1
-    assert [op for op, key in store.requests if key.startswith("objects/")] == ["LIST", "HEAD", "PUT"]
+    assert object_ops_around_the_record(store) == (["LIST", "HEAD", "PUT"], ["HEAD"])
 
 
 # --------------------------------------------------------------------------
