@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +50,7 @@ from lockerfs.catalog import CatalogState
 from lockerfs.playlist import MAX_ENTRIES, MAX_LINE, Playlist, PlaylistEntry, playlist_from_dict, playlist_key, \
     playlist_to_dict
 from lockerfs.sidefiles import SideFile, stem as _stem
-from lockerfs.trackpaths import EntryResolver, fold, nfc
+from lockerfs.trackpaths import EntryResolver, fold
 
 NO_HOME = "an image with no track in its folder, the folder above or the folders below"
 COVER_STEMS = ("cover", "folder", "front")  # in this order; then albumart*, then any other name
@@ -72,24 +72,17 @@ def choose_cover(images: list[SideFile]) -> SideFile:
 
 
 
-@dataclass(slots=True)
-class RunTrack:
-    """A track this run recorded, matched or found unchanged, where it lies on disk."""
-
-    name: str
-    sha256: str
-    art: StoredObject | None = None  # its embedded front cover, extracted and stored this run
-    read: bool = True  # False: unchanged, not read this run (its cover is in the catalog, if any)
-
-
 @dataclass
 class _Folder:
+    """What the run saw of one folder: never a list of its tracks (the local state has them)."""
+
     relative: str  # below the folder given to upload: what embedded covers' ids are derived from
-    tracks: list[RunTrack] = field(default_factory=list)
     side: list[SideFile] = field(default_factory=list)
+    dirty: bool = False  # a track or side file in it was read this run: its records may change
+    art: dict[str, StoredObject] = field(default_factory=dict)  # track sha256 -> cover extracted this run
 
     def images(self) -> list[SideFile]:
-        return [side for side in self.side if side.kind == "image"]
+        return [side for side in self.side if side.kind == "image" and side.stored]
 
 
 @dataclass
@@ -105,37 +98,55 @@ class ExtrasPlan:
     unresolved: list[tuple[str, str, str]] = field(default_factory=list)  # (source, entry or FILE name, why)
 
 
-class RunExtras:
-    """What one upload run saw of the tracks' folders; thread-safe use is the caller's (one thread)."""
+TracksOf = Callable[[str], dict[str, str]]  # folder -> {file name: sha256} of the tracks recorded from it
 
-    def __init__(self, catalog: CatalogState) -> None:
+
+class RunExtras:
+    """What one upload run saw beside its tracks, and the records that calls for.
+
+    Memory grows with the folders walked and the side files, not with the tracks: a
+    folder's tracks come from the local state when its records are made (`tracks_of`,
+    once every track of the run is recorded), and only for folders where something
+    was read this run, with the folders that lend them images or borrow theirs.
+    One thread uses it (the uploader's main thread).
+    """
+
+    def __init__(self, catalog: CatalogState, tracks_of: TracksOf) -> None:
         self.catalog = catalog
+        self._tracks_of = tracks_of
         self._folders: dict[str, _Folder] = {}
+        self._last: _Folder | None = None
+        self._last_path = ""
         self._playlists: list[SideFile] = []
         self._embedded: dict[str, list[Asset]] | None = None
 
     # --- what the run saw ------------------------------------------------------------------
 
-    def add_track(self, path: str, relative: str, track: RunTrack) -> None:
-        self._folder(path, relative).tracks.append(track)
+    def add_track(self, path: str, relative: str, sha256: str, art: StoredObject | None, read: bool) -> None:
+        """A track recorded (read: True) or found unchanged (read: False) at `path`."""
+        folder = self._folder(path, relative)
+        if read:
+            folder.dirty = True
+            if art is not None:
+                folder.art[sha256] = art
 
     def add_side(self, side: SideFile) -> None:
         if side.kind == "playlist":
             self._playlists.append(side)
-        else:
-            self._folder(str(side.path), side.relative).side.append(side)
+            return
+        folder = self._folder(str(side.path), side.relative)
+        folder.side.append(side)
+        folder.dirty = folder.dirty or side.read
 
     def _folder(self, path: str, relative: str) -> _Folder:
         folder = posixpath.dirname(path)
+        if folder == self._last_path and self._last is not None:  # a folder's files come together
+            return self._last
         entry = self._folders.get(folder)
         if entry is None:
             entry = self._folders[folder] = _Folder(posixpath.dirname(relative))
+        self._last, self._last_path = entry, folder
         return entry
-
-    def run_files(self) -> dict[str, str]:
-        """Absolute path (NFC) -> sha256 of every track this run saw, for trackpaths.TrackPaths."""
-        return {nfc(posixpath.join(folder, track.name)): track.sha256
-                for folder, entry in self._folders.items() for track in entry.tracks}
 
     # --- side files recorded before ------------------------------------------------------
 
@@ -161,22 +172,48 @@ class RunExtras:
     # --- the records -----------------------------------------------------------------------
 
     def plan(self, resolver: EntryResolver) -> ExtrasPlan:
-        """Every record the run's side files and embedded covers call for, compared with the catalog's."""
+        """Every record the run's side files and embedded covers call for, compared with the catalog's.
+        Call once every track of the run is recorded (and so known to `tracks_of`)."""
         plan = ExtrasPlan()
-        self._plan_images(plan)
-        for folder in sorted(self._folders):
-            entry = self._folders[folder]
-            self._plan_lyrics(entry, plan)
-            for side in sorted((s for s in entry.side if s.kind == "cue"), key=lambda s: s.relative):
-                self._plan_cue(folder, entry, side, resolver, plan)
+        for unit in self._units():
+            tracks = {folder: self._tracks_of(folder) for folder in unit}
+            self._plan_images(unit, tracks, plan)
+            for folder in unit:
+                entry = self._folders[folder]
+                self._plan_lyrics(entry, tracks[folder], plan)
+                for side in sorted((s for s in entry.side if s.kind == "cue"), key=lambda s: s.relative):
+                    self._plan_cue(folder, tracks[folder], side, resolver, plan)
         self._plan_playlists(resolver, plan)
         return plan
 
-    def _images(self, folder: str) -> list[SideFile]:
-        entry = self._folders.get(folder)
-        return [side for side in entry.side if side.kind == "image" and side.stored] if entry is not None else []
+    def _units(self) -> list[list[str]]:
+        """The folders whose records are made together, those with something read this run.
 
-    def _plan_images(self, plan: ExtrasPlan) -> None:
+        A folder with images and no tracks joins the folder above it and the folders
+        below it (it lends them its images); every other folder is a unit of its own."""
+        below: defaultdict[str, list[str]] = defaultdict(list)
+        for folder in self._folders:
+            below[posixpath.dirname(folder)].append(folder)
+        unit_of = {folder: folder for folder in self._folders}
+
+        def root(folder: str) -> str:
+            while unit_of[folder] != folder:
+                unit_of[folder] = unit_of[unit_of[folder]]
+                folder = unit_of[folder]
+            return folder
+
+        for folder, entry in self._folders.items():
+            if entry.images() and not self._tracks_of(folder):
+                for neighbour in [posixpath.dirname(folder), *below.get(folder, ())]:
+                    if neighbour in unit_of and neighbour != folder:
+                        unit_of[root(neighbour)] = root(folder)
+        units: defaultdict[str, list[str]] = defaultdict(list)
+        for folder in self._folders:
+            units[root(folder)].append(folder)
+        return [sorted(members) for _, members in sorted(units.items())
+                if any(self._folders[folder].dirty for folder in members)]
+
+    def _plan_images(self, unit: list[str], tracks: dict[str, dict[str, str]], plan: ExtrasPlan) -> None:
         """Per folder of tracks: the images that belong to its tracks, and its cover.
 
         Its own images and those of the folder above it if that one has no tracks (a box
@@ -187,27 +224,23 @@ class RunExtras:
         attached: defaultdict[str, list[str]] = defaultdict(list)  # image source -> tracks
         images: dict[str, SideFile] = {}
         covers: set[str] = set()
-        below: defaultdict[str, list[str]] = defaultdict(list)  # folder -> its subfolders without tracks
-        for folder, entry in self._folders.items():
-            if not entry.tracks:
-                below[posixpath.dirname(folder)].append(folder)
-        for folder in sorted(self._folders):
-            entry = self._folders[folder]
-            if not entry.tracks:
+        for folder in unit:
+            if not tracks[folder]:
                 continue
             above = posixpath.dirname(folder)
-            candidates = self._images(folder) + ([] if above in self._folders and self._folders[above].tracks
-                                                 else self._images(above))
-            scans = [side for sub in sorted(below.get(folder, ())) for side in self._images(sub)]
-            if not candidates and not self._plan_embedded(entry, plan):
+            lent = self._folders[above].images() if above in tracks and not tracks[above] else []
+            candidates = self._folders[folder].images() + lent
+            scans = [side for sub in unit if posixpath.dirname(sub) == folder and not tracks[sub]
+                     for side in self._folders[sub].images()]
+            if not candidates and not self._plan_embedded(folder, tracks[folder], plan):
                 candidates, scans = scans, []
             if candidates:
                 covers.add(choose_cover(candidates).relative)
             for side in candidates + scans:
                 images[side.relative] = side
-                attached[side.relative] += [t.sha256 for t in entry.tracks]
-        for folder in sorted(self._folders):
-            for side in self._images(folder):
+                attached[side.relative] += tracks[folder].values()
+        for folder in unit:
+            for side in self._folders[folder].images():
                 if side.relative not in images:
                     plan.skipped.append((side.relative, NO_HOME))
         for relative in sorted(images):
@@ -216,25 +249,26 @@ class RunExtras:
             self._want(Asset(asset_id_for_file(relative), role, side.object, _attached(attached[relative], relative, plan),
                              side.path.name, relative, mtime=side.stat.st_mtime), plan, role, side)
 
-    def _plan_embedded(self, entry: _Folder, plan: ExtrasPlan) -> bool:
+    def _plan_embedded(self, folder: str, tracks: dict[str, str], plan: ExtrasPlan) -> bool:
         """Records for the front covers the folder's tracks carry; whether there were any."""
+        entry = self._folders[folder]
         pictures: dict[str, StoredObject] = {}
         carriers: defaultdict[str, list[str]] = defaultdict(list)
-        for track in entry.tracks:
-            for picture in self._pictures_of(track, entry.relative):
+        for sha in tracks.values():
+            for picture in self._pictures_of(sha, entry):
                 pictures[picture.sha256] = picture
-                carriers[picture.sha256].append(track.sha256)
+                carriers[picture.sha256].append(sha)
         for sha, picture in sorted(pictures.items()):
             attached = _attached(carriers[sha], entry.relative or ".", plan)
             self._want(Asset(asset_id_for_embedded(entry.relative, sha), "cover", picture, attached, "", "",
                              embedded=True), plan, "embedded cover")
         return bool(pictures)
 
-    def _pictures_of(self, track: RunTrack, relative_folder: str) -> list[StoredObject]:
-        if track.art is not None:
-            return [track.art]
-        if track.read:
-            return []
+    def _pictures_of(self, track: str, entry: _Folder) -> list[StoredObject]:
+        """The cover extracted from the track this run, else the ones the catalog attaches to it
+        from this folder (a track not read this run)."""
+        if track in entry.art:
+            return [entry.art[track]]
         if self._embedded is None:  # track -> its embedded covers in the catalog, built once
             self._embedded = defaultdict(list)
             for versioned in self.catalog.assets.values():
@@ -242,11 +276,11 @@ class RunExtras:
                 if asset is not None and asset.embedded:
                     for sha in asset.tracks:
                         self._embedded[sha].append(asset)
-        return [asset.object for asset in self._embedded.get(track.sha256, ())
-                if asset.id == asset_id_for_embedded(relative_folder, asset.object.sha256)]
+        return [asset.object for asset in self._embedded.get(track, ())
+                if asset.id == asset_id_for_embedded(entry.relative, asset.object.sha256)]
 
-    def _plan_lyrics(self, entry: _Folder, plan: ExtrasPlan) -> None:
-        by_stem = {_stem(t.name): t.sha256 for t in entry.tracks}
+    def _plan_lyrics(self, entry: _Folder, tracks: dict[str, str], plan: ExtrasPlan) -> None:
+        by_stem = {_stem(name): sha for name, sha in tracks.items()}
         by_folded: dict[str, str | None] = {}
         for stem, sha in by_stem.items():
             by_folded[fold(stem)] = None if fold(stem) in by_folded else sha
@@ -260,43 +294,25 @@ class RunExtras:
             self._want(Asset(asset_id_for_file(side.relative), "lyrics", side.object, (sha,), side.path.name,
                              side.relative, mtime=side.stat.st_mtime), plan, "lyrics", side)
 
-    def _plan_cue(self, folder: str, entry: _Folder, side: SideFile, resolver: EntryResolver,
+    def _plan_cue(self, folder: str, tracks: dict[str, str], side: SideFile, resolver: EntryResolver,
                   plan: ExtrasPlan) -> None:
         if not side.stored:
             return
         files: list[tuple[str, str]] = []
         for name in cuesheet.file_names(side.text)[:MAX_CUE_FILES]:
-            sha, why = self._cue_target(name, folder, entry, resolver)
+            sha, why = cue_target(name, folder, tracks, resolver)
             if sha is None:
                 plan.unresolved.append((side.relative, name, why))
             else:
                 files.append((name, sha))
-        tracks = [sha for _, sha in files] or [t.sha256 for t in entry.tracks]
-        if not tracks:
+        attached = [sha for _, sha in files] or list(tracks.values())
+        if not attached:
             plan.skipped.append((side.relative, "a cue sheet that names no uploaded track, in a folder without "
                                                 "tracks"))
             return
-        self._want(Asset(asset_id_for_file(side.relative), "cue", side.object, _attached(tracks, side.relative, plan),
+        self._want(Asset(asset_id_for_file(side.relative), "cue", side.object, _attached(attached, side.relative, plan),
                          side.path.name, side.relative, mtime=side.stat.st_mtime,
                          cue=CueSheet(side.text, tuple(files))), plan, "cue", side)
-
-    @staticmethod
-    def _cue_target(name: str, folder: str, entry: _Folder, resolver: EntryResolver) -> tuple[str | None, str]:
-        """The track a FILE name leads to: the path from the sheet's folder; else a track of that
-        folder with the same name or, failing that, the same stem (case-insensitively)."""
-        sha, why = resolver.resolve(name, folder)
-        if sha is not None:
-            return sha, ""
-        name = name.replace("\\", "/").rsplit("/", 1)[-1]
-        exact = {t.sha256 for t in entry.tracks if t.name == name}
-        folded = {t.sha256 for t in entry.tracks if fold(t.name) == fold(name)}
-        same_stem = {t.sha256 for t in entry.tracks if fold(_stem(t.name)) == fold(_stem(name))}
-        for found in (exact, folded, same_stem):
-            if len(found) == 1:
-                return next(iter(found)), ""
-        if len(same_stem) > 1:
-            return None, "several uploaded files have that name"
-        return None, why
 
     def _plan_playlists(self, resolver: EntryResolver, plan: ExtrasPlan) -> None:
         chosen: dict[str, SideFile] = {}
@@ -358,3 +374,22 @@ def _attached(tracks: Iterable[str], source: str, plan: ExtrasPlan) -> tuple[str
     if len(distinct) > MAX_ATTACHED:
         plan.notes.append((source, f"attached to the first {MAX_ATTACHED:,} of its {len(distinct):,} tracks"))
     return tuple(distinct[:MAX_ATTACHED])
+
+
+def cue_target(name: str, folder: str, tracks: dict[str, str], resolver: EntryResolver) -> tuple[str | None, str]:
+    """The track a cue sheet's FILE name leads to: the path from the sheet's folder; else a track
+    of that folder (`tracks`: name -> sha256) with the same name or, failing that, the same stem
+    (case-insensitively); (None, why not) if none or several."""
+    sha, why = resolver.resolve(name, folder)
+    if sha is not None:
+        return sha, ""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    exact = {sha for track, sha in tracks.items() if track == name}
+    folded = {sha for track, sha in tracks.items() if fold(track) == fold(name)}
+    same_stem = {sha for track, sha in tracks.items() if fold(_stem(track)) == fold(_stem(name))}
+    for found in (exact, folded, same_stem):
+        if len(found) == 1:
+            return next(iter(found)), ""
+    if len(same_stem) > 1:
+        return None, "several uploaded files have that name"
+    return None, why

@@ -369,11 +369,12 @@ def print_extras(summary) -> None:  # type: ignore[no-untyped-def]
     """What was recorded beside the tracks (covers, lyrics, cue sheets, playlists), and what of
     it leads to no track in the locker."""
     written = summary.extras
-    if written or summary.extras_unchanged or summary.side_uploaded:
+    if written or summary.side_uploaded or summary.side_matched or summary.side_unchanged:
         counts = [f"{written[key]} {one if written[key] == 1 else many}" for key, one, many in _EXTRA_KINDS
                   if written[key]]
-        print(f"with the music: {', '.join(counts) or 'nothing new'} recorded, {summary.extras_unchanged} "
-              f"unchanged; {summary.side_uploaded} files sent ({human(summary.side_uploaded_bytes)})")
+        print(f"with the music: {', '.join(counts) or 'nothing new'} recorded; side files: "
+              f"{summary.side_uploaded} sent ({human(summary.side_uploaded_bytes)}), {summary.side_matched} "
+              f"already stored, {summary.side_unchanged} unchanged")
     if summary.extras_deferred:
         print("covers, lyrics, cue sheets and playlists are recorded when a run ends: run the same command again")
     if summary.unresolved:

@@ -1,12 +1,12 @@
 """From a path on this machine to the track uploaded from it: what playlists and cue sheets need.
 
 A playlist entry or a cue sheet's FILE line names a file by its path; the
-catalog names tracks by SHA-256. The files of this run are known by path
-(recorded, matched or unchanged); files uploaded by an earlier run are known
-to the local upload state, which holds path, size, mtime and SHA-256 (the
-file must still be the one that was uploaded, and its track still known to
-the catalog). A file known to neither was never uploaded: the entry is kept
-unresolved and reported.
+catalog names tracks by SHA-256. The local upload state knows path, size,
+mtime and SHA-256 of every file recorded, by this run (looked up once its
+tracks are recorded) or an earlier one: the file must still be the one that
+was uploaded, and its track still known to the catalog. A file it does not
+know was never uploaded (missing, outside the folders given, not audio): the
+entry is kept unresolved and reported.
 
 Windows wrote most playlists: names compare case-insensitively there, and
 an absolute path (`D:\\Music\\Artist\\Album\\01.mp3`) names a disk that is
@@ -23,7 +23,7 @@ import os
 import posixpath
 import stat as stat_module
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from lockerfs.m3u import EntryPath, literal, parse_entry
@@ -41,81 +41,63 @@ def nfc(path: str) -> str:
 
 
 class TrackPaths:
-    """path -> sha256 of the track uploaded from it, for this run's files and earlier runs'."""
+    """path -> sha256 of the track uploaded from it, by this run or an earlier one (the local state)."""
 
-    def __init__(self, run_files: Mapping[str, str], state_sha: Callable[[Path, os.stat_result], str | None],
-                 known: Callable[[str], bool]) -> None:
-        """run_files: NFC absolute path -> sha256 of this run's tracks; state_sha: the local
-        state's lookup (UploadState.known_sha); known: whether the catalog holds a track."""
-        self._run = run_files
-        self._run_folded: dict[str, str] | None = None
+    def __init__(self, state_sha: Callable[[Path, os.stat_result], str | None], known: Callable[[str], bool]) -> None:
+        """state_sha: the local state's lookup (UploadState.known_sha), which knows this run's
+        files too once they are recorded; known: whether the catalog holds a track."""
         self._state_sha = state_sha
         self._known = known
-        self._listings: dict[str, tuple[frozenset[str], dict[str, str]]] = {}
+        self._listings: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
 
     def find(self, path: str, fold_case: bool = False) -> str | None:
         """The track uploaded from `path` (absolute, normalized); None if none was."""
-        key = nfc(path)
-        sha = self._run.get(key)
-        if sha is None and fold_case:
-            sha = self._folded().get(fold(key)) or None
-        if sha is None:
-            real = self.on_disk(path, fold_case)
-            if real is not None:
-                sha = self._from_state(real)
-        return sha
+        real = self.on_disk(path, fold_case)
+        return self._from_state(real) if real is not None else None
 
     def on_disk(self, path: str, fold_case: bool = False) -> str | None:
-        """The path of the file on disk (its real spelling, if `fold_case`), or None if there is none."""
-        if os.path.lexists(path):
-            return path
-        if not fold_case:
+        """The path of the file on disk as it is spelled there, or None if there is none.
+        Names match after NFC (a Mac wrote NFD), and case-insensitively if `fold_case`."""
+        try:
+            if os.path.lexists(path):
+                return path
+        except ValueError:  # a NUL, from a hostile playlist
             return None
         real = "/"
         for part in path.split("/"):
             if not part:
                 continue
-            names, folded = self._listing(real)
-            if part in names:
-                real = posixpath.join(real, part)
-            else:
-                match = folded.get(fold(part))
-                if not match:
-                    return None
-                real = posixpath.join(real, match)
+            exact, folded = self._listing(real)
+            match = exact.get(nfc(part)) or (folded.get(fold(part)) if fold_case else None)
+            if not match:
+                return None
+            real = posixpath.join(real, match)
         return real
 
     def _from_state(self, path: str) -> str | None:
         try:
             stat = os.stat(path)
-        except (OSError, ValueError):  # ValueError: a NUL in a path from a hostile playlist
+        except (OSError, ValueError):
             return None
         if not stat_module.S_ISREG(stat.st_mode):
             return None
         sha = self._state_sha(Path(path), stat)
         return sha if sha is not None and self._known(sha) else None
 
-    def _folded(self) -> dict[str, str]:
-        if self._run_folded is None:
-            self._run_folded = {}
-            for path, sha in self._run.items():
-                key = fold(path)
-                self._run_folded[key] = _AMBIGUOUS if self._run_folded.get(key, sha) != sha else sha
-        return self._run_folded
-
-    def _listing(self, folder: str) -> tuple[frozenset[str], dict[str, str]]:
-        """A folder's names, and folded name -> name (cached: a playlist's entries share folders)."""
+    def _listing(self, folder: str) -> tuple[dict[str, str], dict[str, str]]:
+        """A folder's names by NFC and by folded spelling (cached: a playlist's entries share folders)."""
         cached = self._listings.get(folder)
         if cached is None:
             try:
-                names = frozenset(os.listdir(folder))
+                names = os.listdir(folder)
             except (OSError, ValueError):
-                names = frozenset()
+                names = []
+            exact: dict[str, str] = {}
             folded: dict[str, str] = {}
             for name in names:
-                key = fold(name)
-                folded[key] = _AMBIGUOUS if key in folded else name
-            cached = self._listings[folder] = (names, folded)
+                for table, key in ((exact, nfc(name)), (folded, fold(name))):
+                    table[key] = _AMBIGUOUS if key in table else name
+            cached = self._listings[folder] = (exact, folded)
         return cached
 
 

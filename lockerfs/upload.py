@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockerfs import catalog, sidefiles, writeorder
-from lockerfs.albumassets import RunExtras, RunTrack
+from lockerfs.albumassets import RunExtras
 from lockerfs.asset import StoredObject, image_type, stored_object
 from lockerfs.containers import (
     AUDIO_EXTENSIONS,
@@ -111,12 +111,13 @@ class UploadSummary:
     interrupted: bool = False
     stopped: str = ""  # why the run gave up before the end (the bucket became unreachable)
     not_attempted: int = 0
-    # The music's other files (albumassets.py): side files sent, records written per kind
-    # (cover, embedded cover, image, lyrics, cue, playlist), records that already said the same.
+    # The music's other files (albumassets.py): side files sent, found stored, found unchanged;
+    # records written per kind (cover, embedded cover, image, lyrics, cue, playlist).
     side_uploaded: int = 0
     side_uploaded_bytes: int = 0
+    side_matched: int = 0
+    side_unchanged: int = 0
     extras: Counter[str] = field(default_factory=Counter)
-    extras_unchanged: int = 0
     extras_deferred: bool = False  # the run stopped early: they are recorded by a run that ends
     unresolved: list[tuple[str, str, str]] = field(default_factory=list)  # (playlist or cue sheet, entry, why)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (path, what of it was left out)
@@ -165,6 +166,13 @@ class UploadState:
             "SELECT path, size, mtime_ns, sha256 FROM files WHERE locker=? AND path>? AND path<? "
             "AND instr(substr(path, ?), X'2F')=0", (self.locker, folder, upper, len(folder) + 1))
         return {path: (size, mtime_ns, sha) for path, size, mtime_ns, sha in rows}
+
+    def files_in(self, folder: Path) -> dict[str, str]:
+        """File name -> sha256 of every file recorded directly in `folder` (tracks and side files)."""
+        prefix = os.fsencode(folder).rstrip(b"/") + b"/"
+        with self._lock:
+            rows = self._folder_rows(prefix)
+        return {os.fsdecode(path[len(prefix):]): sha for path, (_size, _mtime, sha) in rows.items()}
 
     def remember(self, entries: Iterable[tuple[Path, os.stat_result, str]]) -> None:
         with self._lock:
@@ -355,7 +363,7 @@ class Uploader:
         self._listing_lock = threading.Lock()
         self._tag_reader_lock = threading.Lock()
         self._own_tag_reader = False
-        self._extras = RunExtras(catalog.CatalogState())  # what the run saw beside the tracks
+        self._extras = RunExtras(catalog.CatalogState(), self._tracks_in)  # what the run saw beside the tracks
         self._stored_extras: set[str] = set()  # keys of side-file and cover objects known to be stored
         self._roots: set[Path] = set()  # the folders given, where foreign playlist paths are looked for
         self._probe = sidefiles.FolderProbe()  # a side file's and a track's neighbours, by folder listings
@@ -366,7 +374,7 @@ class Uploader:
         catalog.ensure_locker(self.store)
         reader = catalog.load_catalog(self.store)
         self._known = set(reader.state.entries)
-        self._extras = RunExtras(reader.state)
+        self._extras = RunExtras(reader.state, self._tracks_in)
         self._stored_extras = _objects_named(reader.state)
         self._listing_due = len(self._known) <= LISTING_LIMIT
 
@@ -395,6 +403,10 @@ class Uploader:
             if len(keys) > LISTING_LIMIT:
                 return None
         return keys
+
+    def _tracks_in(self, folder: str) -> dict[str, str]:
+        """The tracks recorded from a folder, this run or before: file name -> sha256."""
+        return {name: sha for name, sha in self.state.files_in(Path(folder)).items() if sha in self._known}
 
     def _tags(self) -> TagReader:
         """The tag reader processes, started when the first file needs them (a rerun may need none)."""
@@ -453,7 +465,7 @@ class Uploader:
     def _record_extras(self) -> None:
         """The records of covers, images, lyrics, cue sheets and playlists, once every track
         of the run is recorded (their objects were stored as they were walked)."""
-        paths = TrackPaths(self._extras.run_files(), self.state.known_sha, lambda sha: sha in self._known)
+        paths = TrackPaths(self.state.known_sha, lambda sha: sha in self._known)
         plan = self._extras.plan(EntryResolver(paths, sorted(str(root) for root in self._roots)))
         summary = self.summary
         summary.skipped += plan.skipped
@@ -465,7 +477,7 @@ class Uploader:
         except StoreError as exc:
             summary.failed.append(("covers, lyrics, cue sheets and playlists", f"not recorded: {exc}"))
             return
-        summary.extras, summary.extras_unchanged = plan.written, plan.unchanged
+        summary.extras = plan.written
         self.state.remember((side.path, side.stat, side.object.sha256) for side in plan.remember)
 
     def _count_done(self, wait_for_one: bool) -> int:
@@ -717,13 +729,17 @@ class Uploader:
             if outcome.kind == "uploaded":
                 summary.side_uploaded += 1
                 summary.side_uploaded_bytes += outcome.size
+            elif outcome.kind == "matched":
+                summary.side_matched += 1
+            else:
+                summary.side_unchanged += 1
             self._extras.add_side(outcome.side)
             self.on_file(outcome)
             return
         if outcome.kind in ("uploaded", "matched", "unchanged"):
-            self._extras.add_track(str(outcome.source.path), outcome.source.relative, RunTrack(
-                outcome.source.path.name, outcome.track.sha256 if outcome.track else outcome.sha256,
-                outcome.art, read=outcome.kind != "unchanged"))
+            self._extras.add_track(str(outcome.source.path), outcome.source.relative,
+                                   outcome.track.sha256 if outcome.track else outcome.sha256, outcome.art,
+                                   read=outcome.kind != "unchanged")
         if outcome.kind == "uploaded":
             summary.uploaded += 1
             summary.uploaded_bytes += outcome.size
