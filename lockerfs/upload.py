@@ -77,7 +77,7 @@ from lockerfs.containers import (
 from lockerfs.store import CorruptUpload, Store, StoreError, Unreachable
 from lockerfs.tagpool import TagReader
 from lockerfs.sidefiles import ChangedWhileRead, NotASideFile, SideFile, read_side_file, side_kind
-from lockerfs.tags import NotAudioError
+from lockerfs.tags import NotAudioError, read_track_and_art
 from lockerfs.track import Track
 from lockerfs.trackpaths import EntryResolver, TrackPaths
 from lockerfs.walk import SourceFile, walk
@@ -368,6 +368,9 @@ class Uploader:
         self._roots: set[Path] = set()  # the folders given, where foreign playlist paths are looked for
         self._probe = sidefiles.FolderProbe()  # a side file's and a track's neighbours, by folder listings
         self._art_failures: list[tuple[str, str]] = []
+        # object key -> the file it came from (a side file, or the track its cover was taken
+        # from), for storing it again if a concurrent gc took it before its record was written
+        self._extra_sources: dict[str, Path] = {}
 
     def prepare(self) -> None:
         """Create the locker if needed and learn which tracks it holds."""
@@ -473,7 +476,11 @@ class Uploader:
         summary.unresolved += plan.unresolved
         try:
             for start in range(0, len(plan.records), FLUSH_RECORDS):
-                catalog.append_records(self.store, plan.records[start:start + FLUSH_RECORDS])
+                appended = writeorder.append_confirmed(self.store, plan.records[start:start + FLUSH_RECORDS],
+                                                       self._store_extra_again)
+                for key, why in appended.failed.items():
+                    source = self._extra_sources.get(key)
+                    summary.failed.append((str(source or key), f"stored again after a gc: {why}"))
         except StoreError as exc:
             summary.failed.append(("covers, lyrics, cue sheets and playlists", f"not recorded: {exc}"))
             return
@@ -734,9 +741,13 @@ class Uploader:
             else:
                 summary.side_unchanged += 1
             self._extras.add_side(outcome.side)
+            if outcome.side.read:
+                self._extra_sources[outcome.side.object.key] = outcome.source.path
             self.on_file(outcome)
             return
         if outcome.kind in ("uploaded", "matched", "unchanged"):
+            if outcome.art is not None:
+                self._extra_sources.setdefault(outcome.art.key, outcome.source.path)
             self._extras.add_track(str(outcome.source.path), outcome.source.relative,
                                    outcome.track.sha256 if outcome.track else outcome.sha256, outcome.art,
                                    read=outcome.kind != "unchanged")
@@ -779,6 +790,30 @@ class Uploader:
                     self.summary.failed.append((outcome.source.relative, f"not recorded: {exc}"))
             return
         self.state.remember((o.source.path, o.stat, o.track.sha256) for o in pending)
+
+    def _store_extra_again(self, key: str) -> None:
+        """Store a side file's or embedded cover's object once more (a concurrent gc deleted it),
+        from the file it came from, if that still holds the bytes the record names."""
+        path = self._extra_sources.get(key)
+        if path is None:  # recorded by an earlier run, and named by the catalog since: gc keeps it
+            raise CorruptUpload("its source file was not read by this run")
+        kind = side_kind(path.name)
+        try:
+            if kind is not None:
+                side = read_side_file(path, path.name, path.stat(), kind)
+                obj, md5, data = side.object, side.md5, side.data
+            else:  # rare: read here, the run's tag reader processes have ended
+                art = _art(read_track_and_art(path)[1])
+        except (NotASideFile, ChangedWhileRead, NotAudioError) as exc:
+            raise CorruptUpload(f"the file changed since it was uploaded ({exc})") from exc
+        if kind is None:
+            if art is None:
+                raise CorruptUpload("the track no longer carries its cover")
+            obj, md5, data = art.object, art.md5, art.data
+        if obj.key != key:
+            raise CorruptUpload("the file changed since it was uploaded")
+        self._stored_extras.discard(key)
+        self._put_extra(obj, md5, data, path, path.stat())
 
     def _store_again(self, outcome: _Outcome) -> None:
         """Store a recorded track's object once more (a concurrent gc deleted it), if the file

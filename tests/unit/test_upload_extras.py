@@ -391,3 +391,31 @@ def test_a_50_mb_cover_is_stored_whole(tmp_path: pathlib.Path, store: MemoryStor
     assert store.objects[asset.object.key][0] == path.read_bytes()
     rerun = run_upload(store, state, root)
     assert rerun.side_unchanged == 1 and rerun.side_uploaded == 0 and not rerun.extras
+
+
+def test_an_object_a_concurrent_gc_took_is_stored_again_from_its_file(
+        tmp_path: pathlib.Path, store: MemoryStore, state: UploadState) -> None:
+    """What writeorder.append_confirmed asks of the uploader when a side file's or an embedded
+    cover's object vanished between its check and its record."""
+    root = tmp_path / "Music"
+    album(root / "A")
+    (root / "A" / "cover.png").write_bytes(synth.make_png(20, 20))
+    synth.write_track(root / "B" / "01 Art.mp3", "mp3", 0.2, {"title": "Art", "track": 1}, cover=PNG_B)
+    uploader = Uploader(store, state, 2)
+    uploader.prepare()
+    sources = prefetched(walk([root]))
+    try:
+        summary = uploader.run(sources, threading.Event())
+    finally:
+        sources.close()
+    assert summary.extras == {"cover": 1, "embedded cover": 1}
+    for obj in (stored_object(sha((root / "A" / "cover.png").read_bytes()), 0, "png"), stored_object(sha(PNG_B), 0, "png")):
+        data = store.objects.pop(obj.key)[0]
+        uploader._store_extra_again(obj.key)
+        assert store.objects[obj.key][0] == data
+    (root / "A" / "cover.png").write_bytes(synth.make_png(21, 20))  # changed since: not stored under the old name
+    key = stored_object(sha(synth.make_png(20, 20)), 0, "png").key
+    store.objects.pop(key)
+    with pytest.raises(Exception, match="changed since it was uploaded"):
+        uploader._store_extra_again(key)
+    assert key not in store.objects
