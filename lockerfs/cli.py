@@ -349,6 +349,7 @@ def print_summary(summary) -> None:  # type: ignore[no-untyped-def]
     print(f"uploaded {summary.uploaded} ({human(summary.uploaded_bytes)}), matched {summary.matched}, "
           f"unchanged {summary.unchanged}, skipped {len(summary.skipped)}, failed {len(summary.failed)}"
           + (" - interrupted: run the same command again to finish" if summary.interrupted else ""))
+    print_extras(summary)
     for title, items in (("skipped", summary.skipped), ("failed", summary.failed)):
         if items:
             reasons = Counter(reason for _, reason in items)
@@ -357,6 +358,34 @@ def print_summary(summary) -> None:  # type: ignore[no-untyped-def]
                 print(f"  {printable(path)}: {reason}")
             if len(items) > 50:
                 print(f"  ... and {len(items) - 50} more")
+
+
+_EXTRA_KINDS = (("cover", "cover", "covers"), ("embedded cover", "cover from embedded art", "covers from embedded art"),
+                ("image", "other image", "other images"), ("lyrics", "lyrics file", "lyrics files"),
+                ("cue", "cue sheet", "cue sheets"), ("playlist", "playlist", "playlists"))
+
+
+def print_extras(summary) -> None:  # type: ignore[no-untyped-def]
+    """What was recorded beside the tracks (covers, lyrics, cue sheets, playlists), and what of
+    it leads to no track in the locker."""
+    written = summary.extras
+    if written or summary.side_uploaded or summary.side_matched or summary.side_unchanged:
+        counts = [f"{written[key]} {one if written[key] == 1 else many}" for key, one, many in _EXTRA_KINDS
+                  if written[key]]
+        print(f"with the music: {', '.join(counts) or 'nothing new'} recorded; side files: "
+              f"{summary.side_uploaded} sent ({human(summary.side_uploaded_bytes)}), {summary.side_matched} "
+              f"already stored, {summary.side_unchanged} unchanged")
+    if summary.extras_deferred:
+        print("covers, lyrics, cue sheets and playlists are recorded when a run ends: run the same command again")
+    if summary.unresolved:
+        print(f"not in the locker: {len(summary.unresolved)} playlist entries or cue FILE lines "
+              "(kept as written; a playlist shows them as comments)")
+        for source, entry, why in summary.unresolved[:50]:
+            print(f"  {printable(source)}: {printable(entry)}: {why}")
+        if len(summary.unresolved) > 50:
+            print(f"  ... and {len(summary.unresolved) - 50} more")
+    for source, note in summary.notes[:50]:
+        print(f"note: {printable(source)}: {note}")
 
 
 # --- catalog views ----------------------------------------------------------------

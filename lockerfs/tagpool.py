@@ -3,7 +3,8 @@
 mutagen is pure Python: in threads it would hold the GIL that the upload's
 hashing and network threads need. Each worker process reads one file's tags
 (only the head and tail regions, which the upload's own read has just pulled
-into the page cache) and sends back a TrackInfo.
+into the page cache) and sends back a TrackInfo, with the embedded front
+cover when asked (taken from the same parse: the picture costs no read).
 
 Workers start from a fork server (a clean process with lockerfs.tags already
 imported), never by forking the uploader, whose threads may hold locks. They
@@ -21,43 +22,51 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from lockerfs.children import context, start_child
-from lockerfs.tags import read_track_info
+from lockerfs.tags import read_track_and_art, read_track_info
 from lockerfs.trackinfo import TrackInfo
 
 log = logging.getLogger(__name__)
 
 
+TrackReading = tuple[TrackInfo, bytes | None]  # the tags, and the embedded front cover if it was asked for
+
+
 class TagReader:
-    """A pool of processes running tags.read_track_info; one per core by default."""
+    """A pool of processes reading tags (tags.py); one per core by default."""
 
     def __init__(self, processes: int | None = None) -> None:
         self._pool = ProcessPoolExecutor(max_workers=processes or os.cpu_count() or 1, mp_context=context(),
                                          initializer=start_child, initargs=(os.getpid(),))
 
-    def submit(self, path: Path) -> Future[TrackInfo]:
-        """Start reading `path`'s tags; the future raises what read_track_info raises."""
+    def submit(self, path: Path, art: bool = False) -> Future[TrackReading]:
+        """Start reading `path`'s tags (and its front cover if `art`); the future raises what
+        read_track_info raises."""
         try:
-            return self._pool.submit(read_track_info, path)
+            return self._pool.submit(_read, path, art)
         except BrokenProcessPool:
-            return _done_here(path)
+            return _done_here(path, art)
 
     @staticmethod
-    def result(future: Future[TrackInfo], path: Path) -> TrackInfo:
-        """The future's TrackInfo; if a worker died under it, the tags are read in this thread."""
+    def result(future: Future[TrackReading], path: Path, art: bool = False) -> TrackReading:
+        """The future's (TrackInfo, cover or None); if a worker died under it, read in this thread."""
         try:
             return future.result()
         except BrokenProcessPool:
             log.warning("a tag reader process died; reading %s in the uploader", path)
-            return read_track_info(path)
+            return _read(path, art)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _done_here(path: Path) -> Future[TrackInfo]:
-    future: Future[TrackInfo] = Future()
+def _read(path: Path, art: bool) -> TrackReading:
+    return read_track_and_art(path) if art else (read_track_info(path), None)
+
+
+def _done_here(path: Path, art: bool) -> Future[TrackReading]:
+    future: Future[TrackReading] = Future()
     try:
-        future.set_result(read_track_info(path))
+        future.set_result(_read(path, art))
     except Exception as exc:  # noqa: BLE001 - the caller's future.result() raises it, as from a worker
         future.set_exception(exc)
     return future

@@ -1,6 +1,7 @@
 """Reading one audio file: its container, normalized tags, audio facts and tag regions.
 
-The one entry point is read_track_info (upload calls it). The work is split
+The entry points are read_track_info, and read_track_and_art for upload,
+which also takes the embedded front cover from the same parse (artwork.py). The work is split
 the way beets keeps mediafile apart:
   containers.py  bytes -> container (sniffed from content, never the name)
   regions.py     container structure -> head/tail tag regions
@@ -48,7 +49,7 @@ from mutagen.trueaudio import TrueAudio
 from mutagen.wave import WAVE
 from mutagen.wavpack import WavPack
 
-from lockerfs import tagviews
+from lockerfs import artwork, tagviews
 from lockerfs.containers import (  # noqa: F401 - re-exported: callers know them as tags.*
     AUDIO_EXTENSIONS,
     CONTENT_TYPES,
@@ -75,6 +76,15 @@ def read_track_info(path: pathlib.Path) -> TrackInfo:
 
     Raises NotAudioError for an empty or non-audio file; OSError as raised.
     """
+    return _read(path, art=False)[0]
+
+
+def read_track_and_art(path: pathlib.Path) -> tuple[TrackInfo, bytes | None]:
+    """read_track_info, and the front cover embedded in the file (artwork.py), from the same parse."""
+    return _read(path, art=True)
+
+
+def _read(path: pathlib.Path, art: bool) -> tuple[TrackInfo, bytes | None]:
     with _WatchedFile(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -85,11 +95,11 @@ def read_track_info(path: pathlib.Path) -> TrackInfo:
         fmt = container(peek, after_id3=start > 0) or ("mp3" if start else "")
         if not fmt:
             raise NotAudioError("not an audio file (content not recognized)")
-        audio, views = _load(fmt, f, path)
+        audio, views, tag_objects = _load(fmt, f, path)
         codec = _codec(fmt, audio, reader)
         head, tail = tag_regions(fmt, reader, start)
         info = tagviews.track_info(fmt, codec, audio, views, head, tail)
-        return _fill_gaps(info, fmt, reader, start)
+        return _fill_gaps(info, fmt, reader, start), artwork.front_cover(audio, tag_objects) if art else None
 
 
 def _fill_gaps(info: TrackInfo, fmt: str, reader: Reader, start: int) -> TrackInfo:
@@ -151,8 +161,10 @@ _PARSERS: dict[str, type[mutagen.FileType]] = {
 _ID3_APE = frozenset({"mp3", "aac", "ac3", "tta", "ape", "wv", "mpc", "ofr"})
 
 
-def _load(fmt: str, f: _WatchedFile, path: pathlib.Path) -> tuple[mutagen.FileType | None, tagviews.Views]:
-    """mutagen's object for the container (None if it fails) and the tag views.
+def _load(fmt: str, f: _WatchedFile, path: pathlib.Path
+          ) -> tuple[mutagen.FileType | None, tagviews.Views, list[Any]]:
+    """mutagen's object for the container (None if it fails), the tag views, and the tag
+    objects they were made from (where artwork.py finds pictures).
 
     A failure to parse is logged, not raised: the file is still audio.
     """
@@ -163,16 +175,16 @@ def _load(fmt: str, f: _WatchedFile, path: pathlib.Path) -> tuple[mutagen.FileTy
         # MP3 fails whole when its stream does; the tags may still be fine
         id3 = tags if isinstance(tags, ID3) else _attempt(lambda: ID3(f), f, path, "ID3")
         ape = tags if isinstance(tags, APEv2) else _attempt(lambda: APEv2(f), f, path, "APEv2")
-        return audio, tagviews.id3_ape_views(id3, ape)
+        return audio, tagviews.id3_ape_views(id3, ape), [id3, ape]
     if isinstance(tags, ID3):
-        return audio, [tagviews.id3_view(tags)]
+        return audio, [tagviews.id3_view(tags)], [tags]
     if isinstance(tags, MP4Tags):
-        return audio, [tagviews.mp4_view(tags)]
+        return audio, [tagviews.mp4_view(tags)], [tags]
     if isinstance(tags, ASFTags):
-        return audio, [tagviews.asf_view(tags)]
+        return audio, [tagviews.asf_view(tags)], [tags]
     if tags is not None:
-        return audio, [tagviews.vorbis_view(tags)]
-    return audio, []
+        return audio, [tagviews.vorbis_view(tags)], [tags]
+    return audio, [], []
 
 
 def _attempt(load: Callable[[], Any], f: _WatchedFile, path: pathlib.Path, what: str) -> Any:

@@ -57,12 +57,15 @@ import sqlite3
 import stat as stat_module
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockerfs import catalog, writeorder
+from lockerfs import catalog, sidefiles, writeorder
+from lockerfs.albumassets import RunExtras
+from lockerfs.asset import StoredObject, image_type, stored_object
 from lockerfs.containers import (
     AUDIO_EXTENSIONS,
     CONTENT_TYPES,
@@ -73,8 +76,10 @@ from lockerfs.containers import (
 )
 from lockerfs.store import CorruptUpload, Store, StoreError, Unreachable
 from lockerfs.tagpool import TagReader
-from lockerfs.tags import NotAudioError
+from lockerfs.sidefiles import ChangedWhileRead, NotASideFile, SideFile, read_side_file, side_kind
+from lockerfs.tags import NotAudioError, read_track_and_art
 from lockerfs.track import Track
+from lockerfs.trackpaths import EntryResolver, TrackPaths
 from lockerfs.walk import SourceFile, walk
 
 __all__ = ["SourceFile", "UploadState", "UploadSummary", "Uploader", "prefetched", "walk"]
@@ -106,6 +111,16 @@ class UploadSummary:
     interrupted: bool = False
     stopped: str = ""  # why the run gave up before the end (the bucket became unreachable)
     not_attempted: int = 0
+    # The music's other files (albumassets.py): side files sent, found stored, found unchanged;
+    # records written per kind (cover, embedded cover, image, lyrics, cue, playlist).
+    side_uploaded: int = 0
+    side_uploaded_bytes: int = 0
+    side_matched: int = 0
+    side_unchanged: int = 0
+    extras: Counter[str] = field(default_factory=Counter)
+    extras_deferred: bool = False  # the run stopped early: they are recorded by a run that ends
+    unresolved: list[tuple[str, str, str]] = field(default_factory=list)  # (playlist or cue sheet, entry, why)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (path, what of it was left out)
 
 
 class UploadState:
@@ -151,6 +166,13 @@ class UploadState:
             "SELECT path, size, mtime_ns, sha256 FROM files WHERE locker=? AND path>? AND path<? "
             "AND instr(substr(path, ?), X'2F')=0", (self.locker, folder, upper, len(folder) + 1))
         return {path: (size, mtime_ns, sha) for path, size, mtime_ns, sha in rows}
+
+    def files_in(self, folder: Path) -> dict[str, str]:
+        """File name -> sha256 of every file recorded directly in `folder` (tracks and side files)."""
+        prefix = os.fsencode(folder).rstrip(b"/") + b"/"
+        with self._lock:
+            rows = self._folder_rows(prefix)
+        return {os.fsdecode(path[len(prefix):]): sha for path, (_size, _mtime, sha) in rows.items()}
 
     def remember(self, entries: Iterable[tuple[Path, os.stat_result, str]]) -> None:
         with self._lock:
@@ -272,6 +294,9 @@ class _Outcome:
     size: int = 0
     needs_record: bool = False  # the catalog does not name this track yet
     unreachable: bool = False  # failed because the bucket could not be reached
+    sha256: str = ""  # an unchanged track's, from the local state
+    art: StoredObject | None = None  # the track's embedded front cover, stored
+    side: SideFile | None = None  # set for an image, lyrics file, cue sheet or playlist
 
 
 @dataclass(slots=True)
@@ -283,6 +308,28 @@ class _Prepared:
     track: Track
     md5: str
     data: bytes | None  # the file's bytes when held in memory (at most MEMORY_THRESHOLD)
+    art: _Art | None = None  # its embedded front cover, if the folder needs one (no image beside it)
+    matched: bool = False  # the catalog has the track already: only its cover is to be stored
+
+
+@dataclass(slots=True)
+class _Art:
+    """A track's embedded front cover, extracted by the tag worker, to be stored as its own object."""
+
+    object: StoredObject
+    md5: str
+    data: bytes
+
+
+def _art(data: bytes | None) -> _Art | None:
+    if data is None:
+        return None
+    ext = image_type(data[:16])
+    if ext is None:  # artwork.front_cover returns images only
+        return None
+    digests = _Digests().update(data)
+    sha, md5 = digests.hexdigests()
+    return _Art(stored_object(sha, len(data), ext), md5, data)
 
 
 def _changed(path: Path, before: os.stat_result) -> bool:
@@ -316,12 +363,22 @@ class Uploader:
         self._listing_lock = threading.Lock()
         self._tag_reader_lock = threading.Lock()
         self._own_tag_reader = False
+        self._extras = RunExtras(catalog.CatalogState(), self._tracks_in)  # what the run saw beside the tracks
+        self._stored_extras: set[str] = set()  # keys of side-file and cover objects known to be stored
+        self._roots: set[Path] = set()  # the folders given, where foreign playlist paths are looked for
+        self._probe = sidefiles.FolderProbe()  # a side file's and a track's neighbours, by folder listings
+        self._art_failures: list[tuple[str, str]] = []
+        # object key -> the file it came from (a side file, or the track its cover was taken
+        # from), for storing it again if a concurrent gc took it before its record was written
+        self._extra_sources: dict[str, Path] = {}
 
     def prepare(self) -> None:
         """Create the locker if needed and learn which tracks it holds."""
         catalog.ensure_locker(self.store)
         reader = catalog.load_catalog(self.store)
         self._known = set(reader.state.entries)
+        self._extras = RunExtras(reader.state, self._tracks_in)
+        self._stored_extras = _objects_named(reader.state)
         self._listing_due = len(self._known) <= LISTING_LIMIT
 
     def _listed(self, key: str) -> bool:
@@ -349,6 +406,10 @@ class Uploader:
             if len(keys) > LISTING_LIMIT:
                 return None
         return keys
+
+    def _tracks_in(self, folder: str) -> dict[str, str]:
+        """The tracks recorded from a folder, this run or before: file name -> sha256."""
+        return {name: sha for name, sha in self.state.files_in(Path(folder)).items() if sha in self._known}
 
     def _tags(self) -> TagReader:
         """The tag reader processes, started when the first file needs them (a rerun may need none)."""
@@ -379,6 +440,7 @@ class Uploader:
                     if stop.is_set() or self.summary.stopped:
                         self.summary.not_attempted += 1
                         break
+                    self._roots.add(source.root if source.root != source.path else source.root.parent)
                     checked = self._unchanged(source)
                     if isinstance(checked, _Outcome):
                         self._finish(checked)
@@ -396,7 +458,34 @@ class Uploader:
         self.summary.interrupted = stop.is_set()
         if self.summary.stopped:
             self.summary.not_attempted += sum(1 for _ in sources)
+        self.summary.failed += self._art_failures
+        if self.summary.interrupted or self.summary.stopped:
+            self.summary.extras_deferred = True
+        else:
+            self._record_extras()
         return self.summary
+
+    def _record_extras(self) -> None:
+        """The records of covers, images, lyrics, cue sheets and playlists, once every track
+        of the run is recorded (their objects were stored as they were walked)."""
+        paths = TrackPaths(self.state.known_sha, lambda sha: sha in self._known)
+        plan = self._extras.plan(EntryResolver(paths, sorted(str(root) for root in self._roots)))
+        summary = self.summary
+        summary.skipped += plan.skipped
+        summary.notes += plan.notes
+        summary.unresolved += plan.unresolved
+        try:
+            for start in range(0, len(plan.records), FLUSH_RECORDS):
+                appended = writeorder.append_confirmed(self.store, plan.records[start:start + FLUSH_RECORDS],
+                                                       self._store_extra_again)
+                for key, why in appended.failed.items():
+                    source = self._extra_sources.get(key)
+                    summary.failed.append((str(source or key), f"stored again after a gc: {why}"))
+        except StoreError as exc:
+            summary.failed.append(("covers, lyrics, cue sheets and playlists", f"not recorded: {exc}"))
+            return
+        summary.extras = plan.written
+        self.state.remember((side.path, side.stat, side.object.sha256) for side in plan.remember)
 
     def _count_done(self, wait_for_one: bool) -> int:
         """Finish the outcomes that are ready (waiting up to a second for one if asked); how many."""
@@ -429,9 +518,17 @@ class Uploader:
             return _Outcome(source, "failed", f"cannot read it ({exc.strerror or exc})")
         if not stat_module.S_ISREG(stat.st_mode):
             return _Outcome(source, "skipped", f"not a regular file ({_kind_of(stat.st_mode)})")
-        if self.state.known_sha(path, stat) in self._known:
+        kind = side_kind(path.name)
+        if kind is not None:
+            sha = self.state.known_sha(path, stat)
+            recorded = self._extras.recorded_side(path, source.relative, stat, kind, sha) if sha else None
+            if recorded is None:
+                return stat
             self.on_bytes(stat.st_size)
-            return _Outcome(source, "unchanged", stat=stat, size=stat.st_size)
+            return _Outcome(source, "unchanged", stat=stat, size=stat.st_size, side=recorded)
+        if (sha := self.state.known_sha(path, stat)) in self._known:
+            self.on_bytes(stat.st_size)
+            return _Outcome(source, "unchanged", stat=stat, size=stat.st_size, sha256=sha)
         return stat
 
     def _prepare(self, source: SourceFile, stat: os.stat_result, senders: ThreadPoolExecutor) -> _Outcome | None:
@@ -445,12 +542,21 @@ class Uploader:
             self._held.acquire()
             handed_on = False
             try:
-                prepared = self._read(source, stat)
+                kind = side_kind(source.path.name)
+                prepared = self._read_side(source, stat, kind) if kind else self._read(source, stat)
                 if isinstance(prepared, _Outcome):
                     return prepared
+                if isinstance(prepared, SideFile):
+                    senders.submit(self._send_side, source, prepared).add_done_callback(self._done.put)
+                    handed_on = True
+                    return None
                 if not self._claim(prepared.track):
-                    self.on_bytes(stat.st_size)
-                    return _Outcome(source, "matched", "already in the locker", prepared.track, stat, stat.st_size)
+                    art = prepared.art
+                    if art is None or art.object.key in self._stored_extras:
+                        self.on_bytes(stat.st_size)
+                        return _Outcome(source, "matched", "already in the locker", prepared.track, stat,
+                                        stat.st_size, art=art.object if art else None)
+                    prepared.matched = True  # only its cover is to be sent
                 senders.submit(self._send, prepared).add_done_callback(self._done.put)
                 handed_on = True  # _send lets go of the held bytes
                 return None
@@ -476,7 +582,8 @@ class Uploader:
                 if not sniff_format(first):
                     return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
             tag_reader = self._tags()
-            tags = tag_reader.submit(path)
+            want_art = self._probe.wants_art(path.parent)
+            tags = tag_reader.submit(path, art=want_art)
             if stat.st_size <= MEMORY_THRESHOLD:
                 data: bytes | None = first + f.read() if first else f.read()
                 digests.update(data)
@@ -489,11 +596,24 @@ class Uploader:
             tags.cancel()
             return _Outcome(source, "failed", "file changed while it was being read")
         sha, md5 = digests.hexdigests()
-        info = tag_reader.result(tags, path)
+        info, art = tag_reader.result(tags, path, want_art)
         ext = canonical_extension(info.format, ext)
         track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
                       source=source.relative, mtime=stat.st_mtime, info=info)
-        return _Prepared(source, stat, track, md5, data)
+        return _Prepared(source, stat, track, md5, data, _art(art))
+
+    def _read_side(self, source: SourceFile, stat: os.stat_result, kind: str) -> _Outcome | SideFile:
+        """Read an image, lyrics file, cue sheet or playlist once, checked and hashed; or say why not
+        (one that belongs to no track is not read at all)."""
+        homeless = self._probe.why_homeless(source.path, kind)
+        if homeless is not None:
+            return _Outcome(source, "skipped", homeless)
+        try:
+            return read_side_file(source.path, source.relative, stat, kind)
+        except NotASideFile as exc:
+            return _Outcome(source, "skipped", str(exc))
+        except ChangedWhileRead as exc:
+            return _Outcome(source, "failed", str(exc))
 
     def _claim(self, track: Track) -> bool:
         """Whether this run is the one to store the track (not in the catalog, not claimed before)."""
@@ -504,17 +624,71 @@ class Uploader:
             return True
 
     def _send(self, prepared: _Prepared) -> _Outcome:
-        """Send stage: match by HEAD, else PUT; always lets go of the file's bytes."""
+        """Send stage: match by HEAD, else PUT; then the track's cover; always lets go of the file's bytes."""
         source, track, stat = prepared.source, prepared.track, prepared.stat
         try:
-            return self._store_object(prepared)
+            if prepared.matched:
+                self.on_bytes(stat.st_size)
+                outcome = _Outcome(source, "matched", "already in the locker", track, stat, stat.st_size)
+            else:
+                outcome = self._store_object(prepared)
         except Exception as exc:  # noqa: BLE001 - mapped to a failure with one sentence
             with self._known_lock:
                 self._known.discard(track.sha256)
             return self._failure(source, stat, exc)
+        else:
+            outcome.art = self._store_art(prepared)
+            return outcome
         finally:
             prepared.data = None
+            prepared.art = None
             self._held.release()
+
+    def _store_art(self, prepared: _Prepared) -> StoredObject | None:
+        """Store the track's embedded cover as its own object; None if there is none or it failed
+        (the track stands without it, and the failure is reported)."""
+        art = prepared.art
+        if art is None:
+            return None
+        try:
+            self._put_extra(art.object, art.md5, art.data)
+        except StoreError as exc:
+            self._art_failures.append((prepared.source.relative, f"its embedded cover was not stored: {exc}"))
+            return None
+        return art.object
+
+    def _send_side(self, source: SourceFile, side: SideFile) -> _Outcome:
+        """Send stage for a side file: store its object unless stored; always lets go of its bytes."""
+        try:
+            sent = self._put_extra(side.object, side.md5, side.data, side.path, side.stat)
+            side.stored = True
+            self.on_bytes(side.stat.st_size)
+            return _Outcome(source, "uploaded" if sent else "matched", stat=side.stat, size=side.stat.st_size,
+                            side=side)
+        except Exception as exc:  # noqa: BLE001 - mapped to a failure with one sentence
+            return self._failure(source, side.stat, exc)
+        finally:
+            side.data = None
+            self._held.release()
+
+    def _put_extra(self, obj: StoredObject, md5: str, data: bytes | None, path: Path | None = None,
+                   stat: os.stat_result | None = None) -> bool:
+        """Store a side file's or cover's object unless it is known to be stored; True if sent.
+        Held bytes are sent as they were hashed; a large file is sent from disk and checked."""
+        if obj.key in self._stored_extras:
+            return False
+        if self._listed(obj.key) and self.store.holds(obj.key, obj.size, md5):
+            self._stored_extras.add(obj.key)
+            return False
+        if data is not None:
+            self.store.put_bytes(obj.key, data, md5=md5, content_type=obj.content_type)
+        else:
+            assert path is not None and stat is not None
+            self.store.put_file(obj.key, path, None, md5=md5, content_type=obj.content_type)
+            if _changed(path, stat):
+                raise CorruptUpload("file changed while it was being uploaded")
+        self._stored_extras.add(obj.key)
+        return True
 
     def _store_object(self, prepared: _Prepared) -> _Outcome:
         source, track, stat, md5, data = (prepared.source, prepared.track, prepared.stat, prepared.md5,
@@ -558,6 +732,25 @@ class Uploader:
 
     def _finish(self, outcome: _Outcome) -> None:
         summary = self.summary
+        if outcome.side is not None and outcome.kind in ("uploaded", "matched", "unchanged"):
+            if outcome.kind == "uploaded":
+                summary.side_uploaded += 1
+                summary.side_uploaded_bytes += outcome.size
+            elif outcome.kind == "matched":
+                summary.side_matched += 1
+            else:
+                summary.side_unchanged += 1
+            self._extras.add_side(outcome.side)
+            if outcome.side.read:
+                self._extra_sources[outcome.side.object.key] = outcome.source.path
+            self.on_file(outcome)
+            return
+        if outcome.kind in ("uploaded", "matched", "unchanged"):
+            if outcome.art is not None:
+                self._extra_sources.setdefault(outcome.art.key, outcome.source.path)
+            self._extras.add_track(str(outcome.source.path), outcome.source.relative,
+                                   outcome.track.sha256 if outcome.track else outcome.sha256, outcome.art,
+                                   read=outcome.kind != "unchanged")
         if outcome.kind == "uploaded":
             summary.uploaded += 1
             summary.uploaded_bytes += outcome.size
@@ -598,6 +791,30 @@ class Uploader:
             return
         self.state.remember((o.source.path, o.stat, o.track.sha256) for o in pending)
 
+    def _store_extra_again(self, key: str) -> None:
+        """Store a side file's or embedded cover's object once more (a concurrent gc deleted it),
+        from the file it came from, if that still holds the bytes the record names."""
+        path = self._extra_sources.get(key)
+        if path is None:  # recorded by an earlier run, and named by the catalog since: gc keeps it
+            raise CorruptUpload("its source file was not read by this run")
+        kind = side_kind(path.name)
+        try:
+            if kind is not None:
+                side = read_side_file(path, path.name, path.stat(), kind)
+                obj, md5, data = side.object, side.md5, side.data
+            else:  # rare: read here, the run's tag reader processes have ended
+                art = _art(read_track_and_art(path)[1])
+        except (NotASideFile, ChangedWhileRead, NotAudioError) as exc:
+            raise CorruptUpload(f"the file changed since it was uploaded ({exc})") from exc
+        if kind is None:
+            if art is None:
+                raise CorruptUpload("the track no longer carries its cover")
+            obj, md5, data = art.object, art.md5, art.data
+        if obj.key != key:
+            raise CorruptUpload("the file changed since it was uploaded")
+        self._stored_extras.discard(key)
+        self._put_extra(obj, md5, data, path, path.stat())
+
     def _store_again(self, outcome: _Outcome) -> None:
         """Store a recorded track's object once more (a concurrent gc deleted it), if the file
         still holds the bytes its record names."""
@@ -608,3 +825,11 @@ class Uploader:
         if sha != track.sha256:
             raise CorruptUpload("the file changed since it was uploaded")
         self.store.put_file(track.key, outcome.source.path, md5=md5, content_type=CONTENT_TYPES.get(track.info.format))
+
+
+def _objects_named(state: catalog.CatalogState) -> set[str]:
+    """Keys of the objects the catalog's assets and playlists name: stored, since records
+    come after their objects, so a rerun sends no request for them."""
+    keys = {v.value.object.key for v in state.assets.values() if v.value is not None}
+    keys.update(v.value.object.key for v in state.playlists.values() if v.value is not None and v.value.object)
+    return keys

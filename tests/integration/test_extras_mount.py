@@ -108,7 +108,6 @@ def extras_locker(s3_server: S3Server, writer_env: None,
                 {"artist": "Plain Band", "album": "Plain Album", "date": "2003", "track": 1, "title": "Lonely"}, seed=20)
     write_track(root / "Image" / "CDImage.flac", "flac", 3.0,
                 {"artist": "Image Band", "album": "Image Album", "date": "2004", "title": "Image Album"}, seed=30)
-    cover = jpeg(root / "Side" / "folder.jpg")
     back = make_png(32, 32, seed=6)
     lyrics = "[00:00.00]One, two\n[00:00.50]one, two\n".encode()
 
@@ -119,6 +118,8 @@ def extras_locker(s3_server: S3Server, writer_env: None,
     env["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
     env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     lockerfs("upload", *(str(root / folder) for folder in ("Side", "Embedded", "Plain", "Image")), locker, env=env)
+    # written after the upload, which would record it itself (tests/integration/test_upload_extras.py)
+    cover = jpeg(root / "Side" / "folder.jpg")
     track_sha = {str(path.relative_to(root)): sha256(path.read_bytes())
                  for path in root.rglob("*") if path.suffix in (".flac", ".mp3")}
 

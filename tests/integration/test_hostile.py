@@ -123,7 +123,9 @@ def build_corpus(root: Path) -> list[Case]:
     other("fake-flac.flac", b"fLaC" + os.urandom(1000), "'fLaC' magic then garbage")
     cases[-1].audio = None  # type: ignore[assignment]  # a container with unreadable tags is kept
     other("cover.jpg", b"\xff\xd8\xff\xe0" + os.urandom(500), "a JPEG")
+    cases[-1].audio = None  # type: ignore[assignment]  # the cover of the folder's albums
     other("playlist.m3u", b"#EXTM3U\n01.flac\n", "a playlist")
+    cases[-1].audio = None  # type: ignore[assignment]  # stored; its one entry names nothing: reported
     truncated = write_track(root / "tmp-trunc.flac", "flac", 1.0, _tags("Truncated"), seed=next(seed)).path
     other("truncated.flac", truncated.read_bytes()[: truncated.stat().st_size // 2], "truncated FLAC",
           is_audio=True)  # the header is intact: uploaded as is, named from what can be read
@@ -181,6 +183,11 @@ def test_hostile_corpus_uploads_and_mounts_under_valid_names(corpus, locker, env
         files = mounted_files(mnt)
         read = {name: sha256_of(path.read_bytes()) for name, path in files.items()}
         dirs = [p.relative_to(mnt).as_posix() for p in mnt.rglob("*") if p.is_dir()]
+    extras = {name: sha for name, sha in read.items() if name not in placed}  # covers, playlists
+    read = {name: sha for name, sha in read.items() if name in placed}
+    cover = hashlib.sha256((root / "cover.jpg").read_bytes()).hexdigest()
+    assert extras and all(name.startswith("Playlists/") or (name.endswith("/cover.jpg") and sha == cover)
+                          for name, sha in extras.items()), extras
     assert read == placed, "a path does not serve the object the catalog places there"
     shown: dict[str, list[str]] = {}
     for name, sha in read.items():
@@ -204,7 +211,7 @@ def test_hostile_corpus_uploads_and_mounts_under_valid_names(corpus, locker, env
             assert any(line.startswith(f"{relative}: ") and len(line) > len(relative) + 2
                        for line in skipped_lines), f"{case.why} ({relative!r}) is not reported as skipped"
         else:  # either uploaded or reported, never silently dropped
-            assert digest[case.path] in shown or any(line.startswith(f"{relative}: ") for line in skipped_lines)
+            assert digest[case.path] in shown or digest[case.path] in extras.values() or any(line.startswith(f"{relative}: ") for line in skipped_lines)
     audio = {digest[c.path] for c in cases if c.audio}
     assert len(shown) >= len(audio)
     assert "Traceback" not in output
@@ -219,6 +226,7 @@ def test_hostile_names_survive_every_template(corpus, locker, env, tmp_path) -> 
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache"), "--layout", template) as mnt:
         names = [p.relative_to(mnt).as_posix() for p in mnt.rglob("*")]
         read = {name: sha256_of(path.read_bytes()) for name, path in mounted_files(mnt).items()}
+    read = {name: sha for name, sha in read.items() if name in placed or not name.endswith(("/cover.jpg", ".m3u8"))}
     bad = {n: why for n in names for c in n.split("/") if (why := valid_component(c))}
     assert not bad, bad
     assert read == placed, "a path does not serve the object the catalog places there"

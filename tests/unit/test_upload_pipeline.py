@@ -89,7 +89,11 @@ def test_audio_with_an_odd_name_is_sniffed_and_stored_canonically(
 
 
 @pytest.mark.parametrize(("name", "content", "reason"), [
-    ("cover.jpg", synth.make_png(8, 8), "not audio (.jpg)"),
+    ("cover.jpg", synth.make_png(8, 8), "an image with no track in its folder, the folder above or the folders below"),
+    ("Thumbs.db", b"\x00" * 512, "not audio (.db)"),
+    (".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(100), "not audio (.no extension)"),
+    ("rip.log", b"Exact Audio Copy V1.6\r\n", "not audio (.log)"),
+    ("album.nfo", b"Ripped by someone\n", "not audio (.nfo)"),
     ("README", b"Ripped with love\n" * 10, "not audio (.no extension)"),
     ("notes.mp3", b"not an mp3 at all\n" * 100, "not an audio file (content not recognized)"),
     ("empty.flac", b"", "empty file"),
