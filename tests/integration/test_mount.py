@@ -16,7 +16,8 @@ import pytest
 
 from tests.support.bounds import EIO_WITHIN
 from tests.support.faultproxy import FaultProxy
-from tests.support.library import Source, assert_serves_sources, expected_paths, load_manifest, mounted_files
+from tests.support.library import (Source, assert_serves_sources, embedded_pictures, expected_paths, load_manifest,
+                                   mounted_files, mounted_tracks)
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, readable, wait_until
 from tests.support.s3server import S3Server
 
@@ -51,8 +52,17 @@ def test_tree_shows_the_library_by_tags(uploaded, layout, locker, env, tmp_path)
     """Exactly the predicted paths, each serving its own source's bytes."""
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache")) as mnt:
         files = mounted_files(mnt)
-        assert sorted(files) == sorted(layout)
-        assert_serves_sources(files, layout)
+        tracks = mounted_tracks(mnt)
+        assert sorted(tracks) == sorted(layout)
+        assert_serves_sources(tracks, layout)
+        # beside them, only covers, each in an album whose tracks carry it embedded
+        art: dict[str, list[bytes]] = {}
+        for name, source in layout.items():
+            art.setdefault(str(Path(name).parent), []).extend(embedded_pictures(source.path))
+        covers = {str(Path(name).parent): path for name, path in files.items() if name not in tracks}
+        assert all(Path(name).stem == "cover" for name in files if name not in tracks), sorted(files)
+        assert set(covers) == {folder for folder, pictures in art.items() if pictures}
+        assert all(path.read_bytes() in art[folder] for folder, path in covers.items())
         # the prediction covers every naming rule the small library exercises
         names = list(layout)
         assert any(Path(n).name.startswith("1-01 ") for n in names), "a multi-disc album"
@@ -160,12 +170,12 @@ def test_offline_listing_and_cached_reads_work_uncached_fail_fast(tmp_path, libr
         names = sorted(layout)
         cached, uncached = names[0], names[-1]
         with mounted(locker, tmp_path / "mnt", own_env, *cache) as mnt:
-            assert sorted(mounted_files(mnt)) == names
+            assert sorted(mounted_tracks(mnt)) == names
             assert_serves_sources(mounted_files(mnt), {cached: layout[cached]})
         with mounted(locker, tmp_path / "mnt", own_env, *cache) as mnt:
             server.stop()
             time.sleep(2)  # a refresh fails meanwhile; the mount must not care
-            assert sorted(mounted_files(mnt)) == names
+            assert sorted(mounted_tracks(mnt)) == names
             assert_serves_sources(mounted_files(mnt), {cached: layout[cached]})
             started = time.monotonic()
             with pytest.raises(OSError) as failure:
@@ -179,7 +189,7 @@ def test_offline_listing_and_cached_reads_work_uncached_fail_fast(tmp_path, libr
         server.stop()
         # Mounting with the server down still works, from the cached catalog.
         with mounted(locker, tmp_path / "mnt", own_env, *cache) as mnt:
-            assert sorted(mounted_files(mnt)) == names
+            assert sorted(mounted_tracks(mnt)) == names
             assert_serves_sources(mounted_files(mnt), {cached: layout[cached], uncached: layout[uncached]})
     finally:
         server.stop()

@@ -119,6 +119,40 @@ def mounted_files(mountpoint: Path) -> dict[str, Path]:
     return {p.relative_to(mountpoint).as_posix(): p for p in mountpoint.rglob("*") if p.is_file()}
 
 
+SIDE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".lrc", ".cue", ".m3u8"})
+
+
+def mounted_tracks(mountpoint: Path) -> dict[str, Path]:
+    """mounted_files without what upload stores beside the tracks: covers and other images,
+    lyrics, cue sheets and playlists (the synthesized tracks carry embedded covers)."""
+    return {name: path for name, path in mounted_files(mountpoint).items()
+            if path.suffix.lower() not in SIDE_SUFFIXES and not name.startswith("Playlists/")}
+
+
+def embedded_pictures(path: Path) -> list[bytes]:
+    """Every picture embedded in a track (ID3 APIC, FLAC and Ogg pictures, MP4 covr), read
+    with mutagen directly: what a cover shown in the mount may be made of."""
+    import base64
+
+    import mutagen
+    from mutagen.flac import Picture
+
+    audio = mutagen.File(path)
+    if audio is None:
+        return []
+    pictures = [picture.data for picture in getattr(audio, "pictures", [])]
+    tags = audio.tags or {}
+    for key in list(getattr(tags, "keys", lambda: [])()):
+        values = tags[key] if isinstance(tags[key], list) else [tags[key]]
+        if key.startswith("APIC"):
+            pictures += [frame.data for frame in values]
+        elif key == "covr":
+            pictures += [bytes(cover) for cover in values]
+        elif key.lower() == "metadata_block_picture":
+            pictures += [Picture(base64.b64decode(value)).data for value in values]
+    return pictures
+
+
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
