@@ -414,6 +414,15 @@ class BlockCache:
         take (its writer lagged behind, see DiskCache.save_soon) is tried again. Bytes that do
         not hash to the object's name are dropped from memory and disk.
         """
+        # The disk copy is checked below; the check of GETs that complete an object in
+        # memory (_verify) would only race it, so it is not started meanwhile.
+        self._verified[obj.sha256] = True
+        error = await self._keep_on_disk(obj, attempts)
+        if error is not None:
+            self._verified.pop(obj.sha256, None)
+        return error
+
+    async def _keep_on_disk(self, obj: ObjectRef, attempts: int) -> str | None:
         error = None
         for _ in range(attempts):
             missing = [index for index in range(self._blocks(obj)) if not self.disk.holds_whole((obj.sha256, index))]
@@ -425,7 +434,7 @@ class BlockCache:
                     if isinstance(piece := self._memory.get((obj.sha256, index)), bytes)]
             self.disk.save_soon(obj.sha256, held)
             if len(held) < len(missing):
-                error = await self.warm(obj, 0, obj.size, max_request=max(obj.size, self.block_size)) or error
+                error = await self.warm(obj, 0, obj.size, max_request=self._blocks(obj) * self.block_size) or error
             while self.disk.writing:
                 await trio.sleep(0.01)
         else:
@@ -437,7 +446,6 @@ class BlockCache:
         if not verified:
             return (f"the store sent bytes for {obj.key} that do not hash to its name (the bucket, or "
                     "something between it and us, is damaging data)")
-        self._verified[obj.sha256] = True
         return None
 
     async def _hashes_on_disk(self, obj: ObjectRef) -> bool | None:

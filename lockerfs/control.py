@@ -242,7 +242,10 @@ class Connection:
     def request(self, op: str, **args: Any) -> Iterator[dict[str, Any]]:
         """Send a request; yields its progress messages, and returns (StopIteration.value) its
         answer. Raises ControlError with the mount's sentence if it refused."""
-        self._sock.sendall(_encode({"v": PROTOCOL, "op": op, **args}))
+        try:
+            self._sock.sendall(_encode({"v": PROTOCOL, "op": op, **args}))
+        except OSError as exc:
+            raise ControlError(f"lost the lockerfs mount at {self.mountpoint}: {exc.strerror or exc}") from None
         while True:
             message = self._receive()
             if "progress" in message:
@@ -292,9 +295,15 @@ def connect(mountpoint: Path, timeout: float | None = 30.0) -> Connection:
         address = os.fsdecode(os.getxattr(mountpoint, XATTR))
     except OSError as exc:
         raise ControlError(_why_no_answer(mountpoint, exc)) from None
+    return open_socket(Path(address), mountpoint, timeout)
+
+
+def open_socket(address: Path, mountpoint: Path, timeout: float | None = 30.0) -> Connection:
+    """A connection to the control socket at `address` (of the mount at `mountpoint`, for
+    messages), refused unless this user's process serves it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
-    short, folder = _short_path(Path(address))
+    short, folder = _short_path(address)
     try:
         sock.connect(short)
         if _peer_uid(sock) != os.getuid():

@@ -139,6 +139,7 @@ class DiskCache:
         self._write_lock = trio.Lock()
         self._backlog = 0  # bytes of blocks handed to save_soon and not yet written
         self._saves_queued = 0  # save_soon calls so far: a save's number orders it against drops
+        self._saves_done = 0  # writes that changed files: a read that raced one may have missed a file
         self._dropped: dict[str, int] = {}  # sha -> saves queued when its blocks were dropped
         self._max_backlog = max_backlog
         self._lock_fd: int | None = None
@@ -303,7 +304,10 @@ class DiskCache:
         verified: whole blocks as bytes, parts as Part.
 
         A block whose file is missing, damaged or unreadable leaves the index
-        (and its file, if any, the disk) and is simply not in the answer.
+        (and its file, if any, the disk) and is simply not in the answer. A file
+        found missing while a write ran stays indexed: the write may have replaced
+        it (a part by the whole block, an evicted block by its new copy), and
+        forgetting that would leave a file on disk that `_bytes` does not count.
         """
         jobs = []
         for index, length in wanted:
@@ -314,6 +318,7 @@ class DiskCache:
         if not jobs:
             return {}
         raw_sha = bytes.fromhex(sha)
+        saves = self._saves_done
         results = await trio.to_thread.run_sync(
             _read_blocks, self.block_size, [(path, raw_sha, index, start, length) for index, path, start, length in jobs])
         found: dict[int, Piece] = {}
@@ -329,6 +334,8 @@ class DiskCache:
                 self.stats.corrupt_blocks += 1
             elif outcome is _Found.FAILED:
                 self.stats.disk_errors += 1
+            elif self._saves_done != saves:
+                continue  # missing, maybe because a write replaced it: a later read will tell
             self._forget(key)
         return found
 
@@ -422,6 +429,7 @@ class DiskCache:
         jobs = [(self._file(key, start), bytes.fromhex(sha), key[1], start or 0, data)
                 for key, _, start, data in writes]
         written, error = await trio.to_thread.run_sync(_write_blocks, self.block_size, victims, jobs)
+        self._saves_done += 1
         if self._dropped.get(sha, 0) >= number:  # dropped while being written
             await trio.to_thread.run_sync(_unlink_all, [self._file(key, start) for key, _, start, _ in writes[:written]])
             written = 0

@@ -106,8 +106,12 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 
 # --- finding the mount -------------------------------------------------------------------------
 
-def _one_mount(paths: list[str]) -> tuple[Path, list[MountedPath]]:
+def _one_mount(paths: list[str], whole: str | None = None) -> tuple[Path, list[MountedPath]]:
+    """The mount the paths are in; `whole` refuses the mount point itself (a slip of the
+    hand must not remove or re-tag the whole library) and says why."""
     located = [control.locate(path) for path in paths]
+    if whole is not None and any(item.relative == "" for item in located):
+        raise Refused(f"refusing to {whole} the whole locker: name its folders", EXIT_USAGE)
     mounts = {item.mountpoint for item in located}
     if len(mounts) > 1:
         raise Refused(f"the paths are in {len(mounts)} different mounts ({', '.join(map(str, sorted(mounts)))}): "
@@ -213,7 +217,7 @@ def _change(args: argparse.Namespace, removing: bool) -> int:
         store = _locker_store(args)
         placed = _matching(args, store, removed=not removing)
     else:
-        mountpoint, located = _one_mount(args.paths)
+        mountpoint, located = _one_mount(args.paths, "remove everything in" if removing else None)
         placed = _placed_under(mountpoint, located, "tracks" if removing else "removed")
         if args.dry_run:
             return _print_list(f"would {verb}", placed)
@@ -245,7 +249,7 @@ def _print_list(what: str, placed: list[Placed]) -> int:
 def run_tag(args: argparse.Namespace) -> int:
     paths, assignments = _split_tag_items(args.items)
     changes = parse_edits(assignments)  # bad input is refused before anything is asked or fetched
-    mountpoint, located = _one_mount(paths)
+    mountpoint, located = _one_mount(paths, "re-tag")
     placed = _placed_under(mountpoint, located, "tracks")
     store = _store_of(mountpoint, args.endpoint_url)
     progress = _Counter("tag", len(placed))
