@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 XATTR = "user.lockerfs.control"
 SOCKET_NAME = "control.sock"
-MAX_LINE = 4 * 1024 * 1024  # a request names paths; a reply lists tracks
+MAX_REQUEST = 4 * 1024 * 1024  # a request names paths
+MAX_REPLY = 512 * 1024 * 1024  # a reply may list every track of a large library (about 600 bytes each)
 MAX_SESSIONS = 16
 REQUEST_WAIT = 10.0  # seconds a connected client has to send its request
 PROTOCOL = 1
@@ -171,7 +172,7 @@ async def _cancel_on_hangup(stream: trio.SocketStream, scope: trio.CancelScope) 
 
 async def _read_line(stream: trio.SocketStream, buffered: bytes) -> tuple[bytes | None, bytes]:
     while b"\n" not in buffered:
-        if len(buffered) > MAX_LINE:
+        if len(buffered) > MAX_REQUEST:
             return None, b""
         chunk = await stream.receive_some(65536)
         if not chunk:
@@ -228,7 +229,8 @@ class Connection:
     def __init__(self, mountpoint: Path, sock: socket.socket) -> None:
         self.mountpoint = mountpoint
         self._sock = sock
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer known to hold no line end
 
     def close(self) -> None:
         self._sock.close()
@@ -265,9 +267,10 @@ class Connection:
                 return done.value
 
     def _receive(self) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
+        while (end := self._buffer.find(b"\n", self._searched)) < 0:
+            self._searched = len(self._buffer)
             try:
-                chunk = self._sock.recv(65536)
+                chunk = self._sock.recv(1 << 20)
             except TimeoutError:
                 raise ControlError(f"the lockerfs mount at {self.mountpoint} did not answer within "
                                    f"{self._sock.gettimeout():g} s (see its mount.log)") from None
@@ -277,9 +280,11 @@ class Connection:
                 raise ControlError(f"the lockerfs mount at {self.mountpoint} closed the conversation "
                                    "(did it stop? see its mount.log)")
             self._buffer += chunk
-            if len(self._buffer) > MAX_LINE:
+            if len(self._buffer) > MAX_REPLY:
                 raise ControlError(f"the lockerfs mount at {self.mountpoint} sent an answer too long to read")
-        line, _, self._buffer = self._buffer.partition(b"\n")
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        self._searched = 0
         try:
             message = json.loads(line)
         except ValueError:

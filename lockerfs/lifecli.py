@@ -297,7 +297,8 @@ def run_pin(args: argparse.Namespace) -> int:
     mountpoint, located = _one_mount(args.paths)
     bar = _Bytes("pin")
     with control.connect(mountpoint) as connection:
-        replies = connection.request("pin", paths=[item.relative for item in located])
+        replies = connection.request("pin", paths=[item.relative for item in located],
+                                     names=[item.given for item in located])
         answer = _follow(replies, lambda p: bar.update(p["bytes"], p["total"]))
     bar.close()
     for pin in answer["pins"]:
@@ -308,7 +309,8 @@ def run_pin(args: argparse.Namespace) -> int:
 
 def run_unpin(args: argparse.Namespace) -> int:
     mountpoint, located = _one_mount(args.paths)
-    answer = _call(mountpoint, "unpin", paths=[item.relative for item in located])
+    answer = _call(mountpoint, "unpin", paths=[item.relative for item in located],
+                   names=[item.given for item in located])
     for path in answer["unpinned"]:
         print(f"unpinned {_printable(path or str(mountpoint))}")
     print(f"{_human(answer['released'])} may be evicted again")
@@ -362,7 +364,7 @@ class _Bytes:
     def __init__(self, what: str) -> None:
         self.what = what
         self._bar: Any = None
-        self._last = 0.0
+        self._last = time.monotonic()  # a short job prints no progress lines at all
         self._done = 0
 
     def update(self, done: int, total: int) -> None:

@@ -25,7 +25,7 @@ at any time on the trio thread.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -116,22 +116,25 @@ class MountApi:
 
     async def _pin(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         pins: list[Pin] = []
+        names: dict[str, str] = {}
+        given = _given(request)
         for path in _paths(request):
             node = self._node_at(path)
             if node is None:
-                raise ControlError(f"no such track or folder in the locker: {path}")
+                raise ControlError(f"no such track or folder in the locker: {given(path)}")
             files = self._files_under(path, node)
+            names.update((obj.sha256, where) for where, file in files if (obj := _object(file)) is not None)
             tracks = [file.track.sha256 for _, file in files if isinstance(file, FileNode)]
             objects = [_object(file) for _, file in files]
             if not tracks and not any(obj is not None for obj in objects):
-                raise ControlError(f"nothing under {path} can be pinned (it holds no track, cover or lyrics)")
+                raise ControlError(f"nothing under {given(path)} can be pinned (it holds no track, cover or lyrics)")
             pins.append(Pin(path, tuple(tracks), tuple(obj for obj in objects if obj is not None), 0.0))
 
         async def progress(done: int, total: int) -> None:
             await send({"bytes": done, "total": total})
 
         try:
-            added = await self.mounted.pins.pin(pins, progress)
+            added = await self.mounted.pins.pin(pins, progress, names)
         except PinError as exc:
             raise ControlError(str(exc)) from None
         return {"pins": [_pin_dict(pin, pin.size) for pin in added]}
@@ -139,6 +142,7 @@ class MountApi:
     async def _unpin(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         changed: dict[str, Pin] = {}
         released = 0
+        given = _given(request)
         for path in _paths(request):
             node = self._node_at(path)
             under = [] if node is None else [obj.sha256 for _, file in self._files_under(path, node)
@@ -148,7 +152,7 @@ class MountApi:
             except PinError as exc:
                 raise ControlError(str(exc)) from None
             if not touched:
-                raise ControlError(f"nothing under {path} is pinned")
+                raise ControlError(f"nothing under {given(path)} is pinned")
             changed.update((pin.path, pin) for pin in touched)
             released += freed
         return {"unpinned": sorted(changed), "released": released}
@@ -217,6 +221,14 @@ def _paths(request: dict[str, Any]) -> list[str]:
             or not all(isinstance(path, str) for path in paths):
         raise ControlError("a request names between 1 and 10000 paths in the mount")
     return [path.strip("/") for path in paths]
+
+
+def _given(request: dict[str, Any]) -> Callable[[str], str]:
+    """A path as the user typed it (`names`, sent along with `paths`), for messages."""
+    names = request.get("names")
+    paths = _paths(request)
+    typed = dict(zip(paths, names)) if isinstance(names, list) and len(names) == len(paths) else {}
+    return lambda path: str(typed.get(path, path))
 
 
 def _under(path: str, folder: str) -> bool:

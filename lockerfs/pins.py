@@ -198,9 +198,10 @@ class Pins:
 
     # --- pin and unpin ---
 
-    async def pin(self, new: list[Pin], progress: Progress) -> list[Pin]:
+    async def pin(self, new: list[Pin], progress: Progress, names: dict[str, str] | None = None) -> list[Pin]:
         """Pin (a pin of a path pinned before replaces it), fetch every object to disk
-        verified, and save; all or nothing (see the module). Returns the pins made."""
+        verified, and save; all or nothing (see the module). Returns the pins made.
+        `names` (sha256 -> the file's path in the mount) makes messages speak of files."""
         async with self._lock:
             if not self.cache.disk.enabled:
                 raise PinError("the mount's disk cache is not being written (a full or failing disk: "
@@ -223,7 +224,7 @@ class Pins:
             self.pins = [pin for pin in previous if pin.path not in paths] + added
             self.cache.set_pinned(self.objects())
             try:
-                await self._fetch(list(wanted.values()), progress)
+                await self._fetch(list(wanted.values()), progress, names or {})
                 await trio.to_thread.run_sync(save_pins, self.path, self.pins)
             except BaseException as exc:
                 self.pins = previous
@@ -278,7 +279,7 @@ class Pins:
 
     # --- fetching ---
 
-    async def _fetch(self, objects: list[ObjectRef], progress: Progress) -> None:
+    async def _fetch(self, objects: list[ObjectRef], progress: Progress, names: dict[str, str]) -> None:
         """Every object whole on disk and verified, reporting progress; raises PinError
         naming the first failure (and how many failed)."""
         total = sum(obj.size for obj in objects)
@@ -305,7 +306,7 @@ class Pins:
         if failures:
             obj, error = failures[0]
             more = f" ({len(failures) - 1} more objects failed too)" if len(failures) > 1 else ""
-            raise PinError(f"cannot fetch {obj.key}: {error}{more}; nothing was pinned")
+            raise PinError(f"cannot fetch {names.get(obj.sha256, obj.key)}: {error}{more}; nothing was pinned")
         await progress(total, total)
 
     async def keep(self) -> None:

@@ -106,7 +106,7 @@ def test_a_refusal_and_a_bug_are_one_sentence_and_the_server_goes_on(tmp_path: P
         with socket.socket(socket.AF_UNIX) as raw:
             raw.connect(str(socket_path))
             try:
-                raw.sendall(b"x" * (control.MAX_LINE + 100000))
+                raw.sendall(b"x" * (control.MAX_REQUEST + 100000))
             except OSError:
                 pass  # the server hung up on it
         with control.open_socket(socket_path, tmp_path) as connection:
