@@ -156,8 +156,8 @@ async def _answer(stream: trio.SocketStream, line: bytes, handle: Handler) -> No
             result = {"error": str(exc)}
         except Exception:  # noqa: BLE001 - logged with its traceback; the user gets one sentence
             log.exception("control: %s failed", request["op"])
-            result = {"error": f"the mount failed to {request['op']} (see its mount.log)"}
-        await stream.send_all(_encode(result))
+            result = {"error": f"the mount failed to {request['op'][:40]} (see its mount.log)"}
+        await stream.send_all(await trio.to_thread.run_sync(_encode, result))  # it may list many tracks
         nursery.cancel_scope.cancel()
 
 

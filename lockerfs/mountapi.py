@@ -68,16 +68,22 @@ class MountApi:
                 "cache_size": mounted.cache.disk.limit, "pin_capacity": mounted.pins.capacity}
 
     async def _tracks(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
+        nodes = self.mounted.tree.nodes  # a refresh replaces the dict, never changes it: safe in a thread
         found, missing = [], []
         for path in _paths(request):
             node = self._node_at(path)
             if node is None:
                 missing.append(path)
-                continue
-            tracks = [{"path": where, "track": catalog.track_to_dict(file.track)}
-                      for where, file in self._files_under(path, node) if isinstance(file, FileNode)]
-            found.append({"path": path, "tracks": tracks})
-        return {"found": found, "missing": missing}
+            else:
+                found.append((path, node))
+
+        def describe() -> list[dict[str, Any]]:  # a large folder: thousands of records, not on the loop
+            return [{"path": path, "tracks": [{"path": where, "track": catalog.track_to_dict(file.track)}
+                                              for where, file in _walk(nodes, path, node)
+                                              if isinstance(file, FileNode)]}
+                    for path, node in found]
+
+        return {"found": await trio.to_thread.run_sync(describe), "missing": missing}
 
     async def _removed(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         paths = _paths(request)
@@ -108,11 +114,8 @@ class MountApi:
                 raise ControlError(f"the mount could not read what was written ({exc}); it shows it at "
                                    "its next refresh") from None
         shown = {str(sha) for sha in request.get("show") or []}
-        where = {}
-        for path, file in self._files_under("", self.mounted.tree.nodes[ROOT_INODE]):
-            if isinstance(file, FileNode) and file.track.sha256 in shown:
-                where[file.track.sha256] = path
-        return {"paths": where}
+        nodes = self.mounted.tree.nodes
+        return {"paths": await trio.to_thread.run_sync(_paths_of, nodes, shown) if shown else {}}
 
     async def _pin(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         pins: list[Pin] = []
@@ -206,6 +209,20 @@ def _walk(nodes: dict[int, Node], path: str, node: Node) -> Iterator[tuple[str, 
         child = nodes.get(node.children[name])
         if child is not None:
             yield from _walk(nodes, f"{path}/{name}" if path else name, child)
+
+
+def _paths_of(nodes: dict[int, Node], shas: set[str]) -> dict[str, str]:
+    """Where the tracks with these sha256s are in the tree (mount-relative paths)."""
+    found = {}
+    for node in nodes.values():
+        if isinstance(node, FileNode) and node.track.sha256 in shas:
+            parts = [node.name]
+            parent = nodes[node.parent]
+            while parent.inode != ROOT_INODE:
+                parts.append(parent.name)
+                parent = nodes[parent.parent]
+            found[node.track.sha256] = "/".join(reversed(parts))
+    return found
 
 
 def _object(file: FileNode | ExtraNode) -> ObjectRef | None:

@@ -164,8 +164,8 @@ class Pins:
 
     load() runs before the cache opens (so blocks already on disk are indexed as
     pinned); everything else on the trio thread. Changes are serialized by
-    `_lock`: one pin, unpin or catalog change at a time, so the fit check and the
-    saved file always agree with what is pinned.
+    `_lock`, so the fit check always sees every pin, those still being fetched
+    included; the file holds only complete pins.
     """
 
     def __init__(self, path: Path, cache: BlockCache, capacity: int) -> None:
@@ -173,6 +173,7 @@ class Pins:
         self.cache = cache
         self.capacity = capacity  # bytes the pins may take in the disk cache
         self.pins: list[Pin] = []
+        self._incomplete: set[str] = set()  # paths of pins still being fetched: pinned, not saved
         self._lock = trio.Lock()
         self._kick = trio.Event()
 
@@ -201,38 +202,62 @@ class Pins:
     async def pin(self, new: list[Pin], progress: Progress, names: dict[str, str] | None = None) -> list[Pin]:
         """Pin (a pin of a path pinned before replaces it), fetch every object to disk
         verified, and save; all or nothing (see the module). Returns the pins made.
-        `names` (sha256 -> the file's path in the mount) makes messages speak of files."""
+        `names` (sha256 -> the file's path in the mount) makes messages speak of files.
+
+        The lock is held to admit the pin and to save it, not while fetching: a long
+        pin must not hold up the catalog's refreshes (follow) or other pins.
+        """
         async with self._lock:
-            if not self.cache.disk.enabled:
-                raise PinError("the mount's disk cache is not being written (a full or failing disk: "
-                               "see its mount.log), so nothing can be pinned")
-            now = time.time()
-            added = list({pin.path: Pin(pin.path, tuple(dict.fromkeys(pin.tracks)), pin.objects, now)
-                          for pin in new}.values())
-            wanted = {obj.sha256: obj for pin in added for obj in pin.objects}
-            held = self.objects()
-            pinned = self.pinned_bytes
-            needed = footprint((obj for sha, obj in wanted.items() if sha not in held), self.cache.block_size)
-            if pinned + needed > self.capacity:
-                names = ", ".join(pin.path or "the whole locker" for pin in added)
-                raise PinError(f"pinning {names} needs {_human(needed)} more; pins may use "
-                               f"{_human(self.capacity)} of the {_human(self.cache.disk.limit)} disk cache "
-                               f"({PIN_SHARE:.0%} of --cache-size) and {_human(pinned)} are pinned already: "
-                               "unpin something or mount with a larger --cache-size")
-            previous = self.pins
-            paths = {pin.path for pin in added}
-            self.pins = [pin for pin in previous if pin.path not in paths] + added
-            self.cache.set_pinned(self.objects())
-            try:
-                await self._fetch(list(wanted.values()), progress, names or {})
-                await trio.to_thread.run_sync(save_pins, self.path, self.pins)
-            except BaseException as exc:
-                self.pins = previous
-                self.cache.set_pinned(self.objects())
-                if isinstance(exc, OSError):
-                    raise PinError(f"cannot save the pins in {self.path}: {exc.strerror or exc}") from None
-                raise
-            return added
+            added, replaced = self._admit(new)
+        paths = {pin.path for pin in added}
+        try:
+            await self._fetch([obj for obj in {o.sha256: o for p in added for o in p.objects}.values()],
+                              progress, names or {})
+            async with self._lock:
+                self._incomplete -= paths
+                await trio.to_thread.run_sync(save_pins, self.path, self._saved())
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):  # a command that hung up: take the pin back all the same
+                async with self._lock:
+                    self._incomplete -= paths
+                    self.pins = [pin for pin in self.pins if pin.path not in paths] + replaced
+                    self.cache.set_pinned(self.objects())
+            if isinstance(exc, OSError):
+                raise PinError(f"cannot save the pins in {self.path}: {exc.strerror or exc}") from None
+            raise
+        return added
+
+    def _admit(self, new: list[Pin]) -> tuple[list[Pin], list[Pin]]:
+        """Check that the pins fit and make them pinned (not saved: incomplete); returns them
+        and the pins of the same paths they replace. Called under the lock."""
+        if not self.cache.disk.enabled:
+            raise PinError("the mount's disk cache is not being written (a full or failing disk: "
+                           "see its mount.log), so nothing can be pinned")
+        now = time.time()
+        added = list({pin.path: Pin(pin.path, tuple(dict.fromkeys(pin.tracks)), pin.objects, now)
+                      for pin in new}.values())
+        held = self.objects()
+        pinned = self.pinned_bytes
+        needed = footprint({obj.sha256: obj for pin in added for obj in pin.objects
+                            if obj.sha256 not in held}.values(), self.cache.block_size)
+        if any(pin.path in self._incomplete for pin in added):
+            raise PinError(f"{', '.join(pin.path for pin in added)} is being pinned already")
+        if pinned + needed > self.capacity:
+            what = ", ".join(pin.path or "the whole locker" for pin in added)
+            raise PinError(f"pinning {what} needs {_human(needed)} more; pins may use "
+                           f"{_human(self.capacity)} of the {_human(self.cache.disk.limit)} disk cache "
+                           f"({PIN_SHARE:.0%} of --cache-size) and {_human(pinned)} are pinned already: "
+                           "unpin something or mount with a larger --cache-size")
+        paths = {pin.path for pin in added}
+        replaced = [pin for pin in self.pins if pin.path in paths]
+        self.pins = [pin for pin in self.pins if pin.path not in paths] + added
+        self._incomplete |= paths
+        self.cache.set_pinned(self.objects())
+        return added, replaced
+
+    def _saved(self) -> list[Pin]:
+        """The pins to save: those whose objects are all on disk and checked."""
+        return [pin for pin in self.pins if pin.path not in self._incomplete]
 
     async def unpin(self, path: str, objects: Iterable[str]) -> tuple[list[Pin], int]:
         """Take back the pins of `path` and of what lies under it, and pin none of `objects`
@@ -271,7 +296,7 @@ class Pins:
     async def _replace(self, pins: list[Pin]) -> None:
         """Save a new set of pins, then make the disk cache hold exactly them."""
         try:
-            await trio.to_thread.run_sync(save_pins, self.path, pins)
+            await trio.to_thread.run_sync(save_pins, self.path, [pin for pin in pins if pin.path not in self._incomplete])
         except OSError as exc:
             raise PinError(f"cannot save the pins in {self.path}: {exc.strerror or exc}") from None
         self.pins = pins
@@ -281,27 +306,36 @@ class Pins:
 
     async def _fetch(self, objects: list[ObjectRef], progress: Progress, names: dict[str, str]) -> None:
         """Every object whole on disk and verified, reporting progress; raises PinError
-        naming the first failure (and how many failed)."""
+        naming the first failure (and how many failed). Progress looks at the disk for the
+        objects being fetched only, so a pin of a whole library costs the loop little."""
         total = sum(obj.size for obj in objects)
         failures: list[tuple[ObjectRef, str]] = []
-        limiter = trio.CapacityLimiter(PARALLEL_OBJECTS)
+        held = {obj.sha256: self.cache.on_disk(obj) for obj in objects}
+        running: dict[str, ObjectRef] = {}
+        queue = iter(sorted(objects, key=lambda o: o.key))
 
-        async def keep(obj: ObjectRef) -> None:
-            async with limiter:
-                error = await self.cache.keep_on_disk(obj)
-            if error is not None:
-                failures.append((obj, error))
+        async def worker() -> None:
+            for obj in queue:  # PARALLEL_OBJECTS workers share it: one task each, however many objects
+                running[obj.sha256] = obj
+                try:
+                    error = await self.cache.keep_on_disk(obj)
+                finally:
+                    del running[obj.sha256]
+                    held[obj.sha256] = self.cache.on_disk(obj)
+                if error is not None:
+                    failures.append((obj, error))
 
         async def report() -> None:
             while True:
-                await progress(sum(self.cache.on_disk(obj) for obj in objects), total)
+                held.update((sha, self.cache.on_disk(obj)) for sha, obj in running.items())
+                await progress(sum(held.values()), total)
                 await trio.sleep(PROGRESS_EVERY)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(report)
             async with trio.open_nursery() as fetching:
-                for obj in sorted(objects, key=lambda o: o.key):
-                    fetching.start_soon(keep, obj)
+                for _ in range(PARALLEL_OBJECTS):
+                    fetching.start_soon(worker)
             nursery.cancel_scope.cancel()
         if failures:
             obj, error = failures[0]
