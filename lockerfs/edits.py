@@ -45,6 +45,7 @@ MATCH_NUMBERS = ("track", "disc", "year")
 MATCH_RECORD = ("sha256", "source", "ext")
 MATCH_FIELDS = (*MATCH_TEXT, *MATCH_NUMBERS, *MATCH_RECORD)
 HEAD_PARALLEL = 8
+PARALLEL_TRACKS = 4  # tracks fetched, rewritten and stored at once by `tag`
 # The MIME type of each audio container, for objects `tag` stores (upload sets the same).
 AUDIO_CONTENT_TYPES = {
     "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg", "opus": "audio/ogg", "oga": "audio/ogg",
@@ -152,59 +153,84 @@ def _and_more(items: Sequence[object]) -> str:
 class Retagged:
     old: Placed
     new: Track
-    data: bytes  # the rewritten file
+    path: Path  # the rewritten file, in the caller's work folder
+    md5: str  # of its bytes, for the server to check the upload against
 
 
 def retag_copies(store: Store, placed: Sequence[Placed], edits: Sequence[Edit], workdir: Path,
                  progress: Callable[[], None] = lambda: None) -> tuple[list[Retagged], list[Placed]]:
     """Fetch each track's bytes, check them, rewrite their tags in `workdir` and read them back.
 
-    Returns the rewritten tracks and those the edits leave as they are. Nothing is
-    stored: any failure raises EditError before the locker is touched.
+    Returns the rewritten tracks (their files stay in `workdir` for store_retagged) and
+    those the edits leave as they are. Nothing is stored: any failure raises EditError
+    before the locker is touched. A few tracks at a time, so that round trips overlap
+    (and at most that many are in memory).
     """
-    changed, unchanged = [], []
     now = time.time()
-    for n, item in enumerate(placed):
-        track = item.track
-        try:
-            data = store.get(track.key)
-        except StoreError as exc:
-            raise EditError(f"nothing was changed: cannot fetch {item.where}: {exc}") from None
-        if hashlib.sha256(data).hexdigest() != track.sha256:
-            raise EditError(f"nothing was changed: the locker's copy of {item.where} is damaged "
-                            "(its bytes do not hash to its name)")
-        copy = workdir / f"{n}.{track.ext}"
-        copy.write_bytes(data)
-        try:
-            retag.rewrite(copy, track.info.format, edits, track.info)
-            info = read_track_info(copy)
-        except (TagError, OSError) as exc:
-            raise EditError(f"nothing was changed: {item.where}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - reading back untrusted bytes: any parser error
-            raise EditError(f"nothing was changed: {item.where} cannot be read after rewriting ({exc})") from None
-        wrong = retag.mismatch(info, edits)
-        if wrong is not None:
-            raise EditError(f"nothing was changed: after rewriting {item.where}, {wrong}")
-        new_data = copy.read_bytes()
-        copy.unlink()
-        sha = hashlib.sha256(new_data).hexdigest()
+
+    def one(numbered: tuple[int, Placed]) -> Retagged | Placed:
+        result = _retag_one(store, numbered[1], edits, workdir / f"{numbered[0]}.{numbered[1].track.ext}", now)
         progress()
-        if sha == track.sha256:
-            unchanged.append(item)
-            continue
-        # mtime: now, so players that look for changed files by date (MPD, Jellyfin) read the new tags
-        new = Track(sha256=sha, key=object_key(sha, track.ext), size=len(new_data), ext=track.ext,
-                    source=track.source, mtime=now, info=info)
-        changed.append(Retagged(item, new, new_data))
-    return changed, unchanged
+        return result
+
+    with ThreadPoolExecutor(max_workers=PARALLEL_TRACKS) as pool:
+        results = list(pool.map(one, enumerate(placed)))
+    return ([r for r in results if isinstance(r, Retagged)], [r for r in results if isinstance(r, Placed)])
+
+
+def _retag_one(store: Store, item: Placed, edits: Sequence[Edit], copy: Path, now: float) -> Retagged | Placed:
+    """One track rewritten (or the track itself if the edits change nothing in it)."""
+    track = item.track
+    try:
+        data = store.get(track.key)
+    except StoreError as exc:
+        raise EditError(f"nothing was changed: cannot fetch {item.where}: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != track.sha256:
+        raise EditError(f"nothing was changed: the locker's copy of {item.where} is damaged "
+                        "(its bytes do not hash to its name)")
+    copy.write_bytes(data)
+    del data
+    try:
+        retag.rewrite(copy, track.info.format, edits, track.info)
+        info = read_track_info(copy)
+    except (TagError, OSError) as exc:
+        raise EditError(f"nothing was changed: {item.where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - reading back untrusted bytes: any parser error
+        raise EditError(f"nothing was changed: {item.where} cannot be read after rewriting ({exc})") from None
+    wrong = retag.mismatch(info, edits)
+    if wrong is not None:
+        raise EditError(f"nothing was changed: after rewriting {item.where}, {wrong}")
+    sha, md5, size = _digests(copy)
+    if sha == track.sha256:
+        copy.unlink()
+        return item
+    # mtime: now, so players that look for changed files by date (MPD, Jellyfin) read the new tags
+    new = Track(sha256=sha, key=object_key(sha, track.ext), size=size, ext=track.ext,
+                source=track.source, mtime=now, info=info)
+    return Retagged(item, new, copy, md5)
+
+
+def _digests(path: Path) -> tuple[str, str, int]:
+    """SHA-256 (the object's name), MD5 (for Content-MD5) and size of a file, in one read."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    size = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            sha256.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return sha256.hexdigest(), md5.hexdigest(), size
 
 
 def store_retagged(store: Store, retagged: Sequence[Retagged]) -> list[str]:
     """Store the new objects (verified by Content-MD5), then record them, each replacing its old track."""
+    def put(item: Retagged) -> None:
+        content_type = AUDIO_CONTENT_TYPES.get(item.new.ext) or CONTENT_TYPES.get(item.new.ext)
+        store.put_file(item.new.key, item.path, md5=item.md5, content_type=content_type)
+
     try:
-        for item in retagged:
-            content_type = AUDIO_CONTENT_TYPES.get(item.new.ext) or CONTENT_TYPES.get(item.new.ext)
-            store.put_bytes(item.new.key, item.data, content_type=content_type)
+        with ThreadPoolExecutor(max_workers=PARALLEL_TRACKS) as pool:
+            list(pool.map(put, retagged))
     except StoreError as exc:
         raise EditError(f"nothing was changed: {exc}") from None
     records, undo = [], []

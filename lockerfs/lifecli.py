@@ -255,12 +255,12 @@ def run_tag(args: argparse.Namespace) -> int:
     progress = _Counter("tag", len(placed))
     with tempfile.TemporaryDirectory(prefix="lockerfs-tag-") as workdir:
         retagged, unchanged = edits.retag_copies(store, placed, changes, Path(workdir), progress.step)
-    progress.close()
-    if not retagged:
-        print(f"nothing to change: the {len(unchanged)} track{'s' if len(unchanged) != 1 else ''} already "
-              "say so")
-        return 0
-    keys = edits.store_retagged(store, retagged)
+        progress.close()
+        if not retagged:
+            print(f"nothing to change: the {len(unchanged)} track{'s' if len(unchanged) != 1 else ''} already "
+                  "say so")
+            return 0
+        keys = edits.store_retagged(store, retagged)
     shown = _tell_mount(mountpoint, keys, [item.new.sha256 for item in retagged])
     print(f"tagged {len(retagged)} track{'s' if len(retagged) != 1 else ''}:")
     for item in retagged:
@@ -304,6 +304,9 @@ def run_pin(args: argparse.Namespace) -> int:
     for pin in answer["pins"]:
         print(f"pinned {_printable(pin['path'] or str(mountpoint))}: {pin['tracks']} tracks, "
               f"{pin['objects'] - pin['tracks']} other files, {_human(pin['bytes'])}, on disk and checked")
+    seconds = answer["seconds"]
+    rate = f" ({answer['fetched'] / seconds / 1e6:.1f} MB/s)" if seconds > 0 and answer["fetched"] > 0 else ""
+    print(f"fetched {_human(answer['fetched'])} in {seconds:.1f} s{rate}")
     return 0
 
 

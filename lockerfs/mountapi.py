@@ -136,11 +136,14 @@ class MountApi:
         async def progress(done: int, total: int) -> None:
             await send({"bytes": done, "total": total})
 
+        began = trio.current_time()
+        before = sum(self.mounted.cache.on_disk(obj) for obj in {o.sha256: o for p in pins for o in p.objects}.values())
         try:
             added = await self.mounted.pins.pin(pins, progress, names)
         except PinError as exc:
             raise ControlError(str(exc)) from None
-        return {"pins": [_pin_dict(pin, pin.size) for pin in added]}
+        return {"pins": [_pin_dict(pin, pin.size) for pin in added], "seconds": trio.current_time() - began,
+                "fetched": sum(obj.size for obj in {o.sha256: o for p in added for o in p.objects}.values()) - before}
 
     async def _unpin(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         changed: dict[str, Pin] = {}
