@@ -87,14 +87,21 @@ def _short_path(path: Path) -> tuple[str, int | None]:
 async def serve(socket_path: Path, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                 ) -> None:
     """Listen on `socket_path` until cancelled; each connection gets one request answered by `handle`."""
-    socket_path.unlink(missing_ok=True)  # a crashed mount's; the cache dir's flock says it is ours now
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address, folder = _short_path(socket_path)
     try:
-        await listener.bind(address)
-    finally:
-        if folder is not None:
-            os.close(folder)
+        socket_path.unlink(missing_ok=True)  # a crashed mount's; the cache dir's flock says it is ours now
+        address, folder = _short_path(socket_path)
+        try:
+            await listener.bind(address)
+        finally:
+            if folder is not None:
+                os.close(folder)
+    except OSError as exc:  # a cache dir on a filesystem without sockets: the mount works, commands do not
+        listener.close()
+        log.warning("control: cannot listen on %s (%s); lockerfs rm, tag and pin cannot reach this mount",
+                    socket_path, exc.strerror or exc)
+        task_status.started()
+        return
     try:
         os.chmod(socket_path, 0o600)
         listener.listen(MAX_SESSIONS)

@@ -260,3 +260,16 @@ def test_a_track_shows_its_sha256_what_is_cached_and_whether_it_is_pinned() -> N
     requests = list(fs.store.requests)
     xattrs(fs, inode)
     assert fs.store.requests == requests  # answered from the tables, not the bucket
+
+
+def test_a_socket_that_cannot_be_made_costs_the_commands_not_the_mount(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    socket_path = tmp_path / "no such folder" / control.SOCKET_NAME
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.serve, socket_path, Handler())  # returns: nothing to serve
+
+    with caplog.at_level("WARNING"):
+        trio.run(main)
+    assert "cannot reach this mount" in caplog.text
