@@ -286,6 +286,10 @@ def test_pinned_tracks_survive_a_full_cache_and_play_offline_after_a_remount(upl
         assert block_bytes(cache) <= cache_size
         listing = lockerfs("pinned", str(mnt), env=env).stdout
         assert PINNED in listing and "complete" in listing
+        first = next(iter(pinned))
+        shown = subprocess.run(["getfattr", "-d", str(mnt / first)], capture_output=True, text=True, check=True)
+        assert f'user.lockerfs.cached="{pinned[first].size}"' in shown.stdout  # the tool a user would try
+        assert 'user.lockerfs.pinned="yes"' in shown.stdout
         proxy.set_down(True)  # the network is gone
         try:
             for name, source in pinned.items():
