@@ -32,6 +32,7 @@ from typing import Any
 
 from lockerfs import catalog, retag
 from lockerfs.asset import CONTENT_TYPES, object_key
+from lockerfs.containers import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from lockerfs.retag import Edit, TagError
 from lockerfs.store import Store, StoreError
 from lockerfs.tags import read_track_info
@@ -46,12 +47,6 @@ MATCH_RECORD = ("sha256", "source", "ext")
 MATCH_FIELDS = (*MATCH_TEXT, *MATCH_NUMBERS, *MATCH_RECORD)
 HEAD_PARALLEL = 8
 PARALLEL_TRACKS = 4  # tracks fetched, rewritten and stored at once by `tag`
-# The MIME type of each audio container, for objects `tag` stores (upload sets the same).
-AUDIO_CONTENT_TYPES = {
-    "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg", "opus": "audio/ogg", "oga": "audio/ogg",
-    "spx": "audio/ogg", "m4a": "audio/mp4", "m4b": "audio/mp4", "wav": "audio/wav", "aiff": "audio/aiff",
-    "aac": "audio/aac",
-}
 
 
 class EditError(Exception):
@@ -225,7 +220,8 @@ def _digests(path: Path) -> tuple[str, str, int]:
 def store_retagged(store: Store, retagged: Sequence[Retagged]) -> list[str]:
     """Store the new objects (verified by Content-MD5), then record them, each replacing its old track."""
     def put(item: Retagged) -> None:
-        content_type = AUDIO_CONTENT_TYPES.get(item.new.ext) or CONTENT_TYPES.get(item.new.ext)
+        # The container's MIME type, as upload sets it.
+        content_type = AUDIO_CONTENT_TYPES.get(item.new.info.format) or CONTENT_TYPES.get(item.new.ext)
         store.put_file(item.new.key, item.path, md5=item.md5, content_type=content_type)
 
     try:

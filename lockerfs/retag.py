@@ -2,7 +2,7 @@
 
 The tags are rewritten where players read them, so that every player agrees
 with the mount's folder names: each tag the file carries (an MP3's ID3v2,
-its APEv2 and ID3v1; FLAC and Ogg Vorbis comments; MP4 atoms; the ID3 chunk
+its APEv2 and ID3v1; FLAC and Ogg Vorbis comments; MP4 atoms; WMA attributes; the ID3 chunk
 of WAV and AIFF; APEv2 of Monkey's Audio, WavPack, Musepack) gets the new
 value, and the other spellings of a field that tags.py would read instead
 (ALBUM ARTIST next to ALBUMARTIST, TDOR next to TDRC, ...) are removed, so a
@@ -26,6 +26,7 @@ import mutagen
 from mutagen import id3 as id3frames
 from mutagen._vorbis import VCommentDict  # the Vorbis comments of FLAC and every Ogg codec
 from mutagen.apev2 import APENoHeaderError, APEv2
+from mutagen.asf import ASFTags
 from mutagen.id3 import ID3, ID3NoHeaderError, ID3v1SaveOptions
 from mutagen.mp4 import MP4Tags
 
@@ -35,6 +36,7 @@ FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "year", "g
 NUMBERED = frozenset({"track", "disc"})
 # Containers whose tags sit around a raw stream: ID3v2 in front, APEv2 and ID3v1 at the end.
 STREAM_FORMATS = frozenset({"mp3", "aac", "tta"})
+UNTAGGABLE = {"ac3": "an AC-3 stream"}  # containers with no tag of any kind mutagen can write
 _NUMBER_RE = re.compile(r"^\s*([0-9]{1,6})\s*(?:/\s*([0-9]{1,6})\s*)?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -97,6 +99,8 @@ def rewrite(path: Path, fmt: str, edits: Sequence[Edit], old: TrackInfo) -> None
     `fmt` is the container (TrackInfo.format) and `old` what the file said before,
     for the totals an edit keeps. Raises TagError if mutagen cannot do it.
     """
+    if fmt in UNTAGGABLE:
+        raise TagError(f"{UNTAGGABLE[fmt]} has no place for tags (players name it from its file name)")
     try:
         if fmt in STREAM_FORMATS:
             _rewrite_stream(path, edits, old)
@@ -151,6 +155,9 @@ def _rewrite_container(path: Path, edits: Sequence[Edit], old: TrackInfo) -> Non
         audio.save()
     elif isinstance(tags, VCommentDict):  # FLAC, Ogg Vorbis, Opus, Speex, Ogg FLAC
         _edit_vorbis(tags, edits, old)
+        audio.save()
+    elif isinstance(tags, ASFTags):  # WMA
+        _edit_asf(tags, edits, old)
         audio.save()
     else:
         raise TagError(f"lockerfs tag does not know how to write {type(tags).__name__} tags")
@@ -265,6 +272,40 @@ def _edit_ape(tags: APEv2, edits: Sequence[Edit], old: TrackInfo) -> None:
                 del tags[key]
         else:
             tags[key] = _fraction(edit, old) if edit.field in NUMBERED else edit.text
+
+
+# --- ASF (WMA) -------------------------------------------------------------------------------
+
+_ASF_KEYS = {"artist": "Author", "albumartist": "WM/AlbumArtist", "album": "WM/AlbumTitle", "title": "Title",
+             "track": "WM/TrackNumber", "disc": "WM/PartOfSet", "year": "WM/Year", "genre": "WM/Genre"}
+# attributes tags.py reads a field from when the main one is missing: always dropped where
+# they only repeat the field, dropped with a clear where they are data of their own (composer)
+_ASF_ALIASES = {"albumartist": ("AlbumArtist",), "track": ("WM/Track",)}
+_ASF_CLEARED_WITH = {"artist": ("WM/Composer",), "year": ("WM/OriginalReleaseYear",)}
+_ASF_TOTALS = {"track": ("TotalTracks", "WM/TrackTotal"), "disc": ("TotalDiscs", "WM/DiscTotal")}
+
+
+def _edit_asf(tags: ASFTags, edits: Sequence[Edit], old: TrackInfo) -> None:
+    for edit in edits:
+        key = _ASF_KEYS[edit.field]
+        gone = [*_ASF_ALIASES.get(edit.field, ())]
+        if edit.clears:
+            gone += [key, *_ASF_CLEARED_WITH.get(edit.field, ()), *_ASF_TOTALS.get(edit.field, ())]
+        elif edit.field in NUMBERED and edit.total is not None:
+            gone += _ASF_TOTALS[edit.field]
+        for name in gone:
+            if name in tags:
+                del tags[name]
+        if edit.clears:
+            continue
+        if edit.field == "track":  # a number of its own; the total beside it
+            tags[key] = [str(edit.number)]
+            if edit.total is not None:
+                tags[_ASF_TOTALS["track"][0]] = [str(edit.total)]
+        elif edit.field == "disc":
+            tags[key] = [_fraction(edit, old)]
+        else:
+            tags[key] = [edit.text]
 
 
 # --- checking -------------------------------------------------------------------------------

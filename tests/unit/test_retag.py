@@ -16,6 +16,7 @@ from lockerfs.tags import read_track_info
 from lockerfs.trackinfo import TrackInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from synth_formats import needs_tool  # noqa: E402
 from synth_library import FFMPEG, write_track  # noqa: E402
 
 BASE = {"artist": "Old Artist", "albumartist": "Old Band", "album": "Old Album", "title": "Old Title",
@@ -27,6 +28,10 @@ KINDS = [("flac", "", "flac"), ("flac", "aliases", "flac"), ("mp3", "", "mp3"), 
          ("opus", "", "opus"), ("wav", "", "wav"), ("aiff", "", "aiff")]
 if FFMPEG:
     KINDS += [("m4a", "", "m4a"), ("alac", "faststart", "m4a")]
+# the containers of scripts/synth_formats.py, where this machine has their encoders (setup.sh installs them)
+KINDS += [(fmt, variant, fmt) for fmt, variant in [
+    ("wma", ""), ("aac", ""), ("tta", ""), ("wv", ""), ("spx", ""), ("oga", ""), ("m4b", ""), ("mpc", ""),
+    ("mpc", "sv7"), ("ape", ""), ("dsf", ""), ("dff", ""), ("ofr", "")] if needs_tool(fmt) is None]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +129,29 @@ def test_bad_input_is_one_sentence(assignments, message) -> None:
 def test_edits_parse() -> None:
     assert parse_edits(["Album=  Kind of Blue ", "track=3/12", "year=1959", "genre="]) == [
         Edit("album", "Kind of Blue"), Edit("track", "3/12", 3, 12), Edit("year", "1959", 1959), Edit("genre", None)]
+
+
+def test_a_wma_file_loses_the_attributes_that_would_contradict_it(originals, tmp_path) -> None:
+    if ("wma", "") not in originals:
+        pytest.fail("ffmpeg is needed for WMA test files: run scripts/setup.sh")
+    from mutagen.asf import ASF
+
+    _, copy = edited(originals, ("wma", ""), tmp_path, ["track=4/10", "albumartist=New Band"])
+    tags = ASF(copy).tags
+    assert [str(v) for v in tags["WM/TrackNumber"]] == ["4"] and [str(v) for v in tags["TotalTracks"]] == ["10"]
+    assert "WM/Track" not in tags and "AlbumArtist" not in tags
+    assert [str(v) for v in tags["WM/AlbumArtist"]] == ["New Band"]
+
+
+def test_an_ac3_stream_is_refused_in_one_sentence(tmp_path) -> None:
+    if needs_tool("ac3"):
+        pytest.fail("ffmpeg is needed for AC-3 test files: run scripts/setup.sh")
+    source = tmp_path / "x.ac3"
+    write_track(source, "ac3", 0.5, BASE, seed=1)
+    before = source.read_bytes()
+    with pytest.raises(TagError, match="^an AC-3 stream has no place for tags"):
+        retag.rewrite(source, "ac3", parse_edits(["album=x"]), read_track_info(source))
+    assert source.read_bytes() == before
 
 
 def test_a_file_mutagen_cannot_write_is_refused(tmp_path) -> None:
