@@ -320,6 +320,26 @@ def test_a_pin_that_does_not_fit_is_refused_with_the_figure(uploaded, locker, en
         assert getfattr(next(mnt.glob(f"{PINNED}/*.flac")), "user.lockerfs.pinned") == "no"
 
 
+def test_a_pin_checks_each_object_against_its_sha256(uploaded, mnt, env, proxy: FaultProxy) -> None:
+    """docs/SECURITY.md: `lockerfs pin` verifies each object it pins. The store sends one track
+    with its first byte flipped (the right length): the pin is refused and nothing is kept."""
+    name = f"{ALBUM}/02 Square One.flac"
+    source = uploaded[name]
+    assert getfattr(mnt / name, "user.lockerfs.sha256") == source.sha256
+    proxy.fail_next("flip_body", method="GET", path_contains=source.sha256)
+    result = lockerfs("pin", str(mnt / ALBUM), env=env, check=False)
+    assert result.returncode == 1
+    assert "do not hash to its name" in result.stderr and "nothing was pinned" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert proxy.stats["flip_body"] == 1  # the damage really was sent
+    assert "(nothing pinned)" in lockerfs("pinned", str(mnt), env=env).stdout
+    assert getfattr(mnt / name, "user.lockerfs.pinned") == "no"
+    assert getfattr(mnt / name, "user.lockerfs.cached") == "0"  # the damaged bytes were dropped
+    assert sha256(mnt / name) == source.sha256  # and are fetched afresh, right
+    assert "pinned" in lockerfs("pin", str(mnt / ALBUM), env=env).stdout  # a good store: the pin is made
+    assert getfattr(mnt / name, "user.lockerfs.pinned") == "yes"
+
+
 def test_unpin_releases_and_covers_and_lyrics_are_pinned_with_their_album(uploaded, with_extras, mnt, env) -> None:
     result = lockerfs("pin", str(mnt / ALBUM), env=env)
     assert "4 tracks, 2 other files" in result.stdout
