@@ -18,14 +18,17 @@ mount which catalog files to read (`news`). Requests:
     pinned                     the pins, their sizes, how much of each is on disk
 
 Catalog state is read only under the mount's catalog lock (the refresh
-thread changes it); the tree is replaced whole by refreshes and may be read
-at any time on the trio thread.
+thread changes it). The tree and its layout name folders when first asked
+(tree.py, livelayout.py), which changes them: they are walked on the trio
+thread only, under the catalog lock (so no refresh re-files them meanwhile),
+letting other tasks run every WALK_BATCH files; only turning what was found
+into JSON-ready records happens in a worker thread.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -36,6 +39,7 @@ from lockerfs.objectref import ObjectRef
 from lockerfs.pins import PIN_SHARE, Pin, PinError
 from lockerfs.prefetch import object_of
 from lockerfs.store import StoreError
+from lockerfs.track import Track
 from lockerfs.tree import ROOT_INODE, DirNode, ExtraNode, FileNode, Node
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 
 CATALOG_WAIT = 20.0  # seconds a request waits for a refresh (or a first load) to let go of the catalog
 MAX_PATHS = 10_000
+WALK_BATCH = 500  # files walked between checkpoints: a walk of the whole library never stalls a reader
 
 
 class MountApi:
@@ -68,20 +73,21 @@ class MountApi:
                 "cache_size": mounted.cache.disk.limit, "pin_capacity": mounted.pins.capacity}
 
     async def _tracks(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
-        nodes = self.mounted.tree.nodes  # a refresh replaces the dict, never changes it: safe in a thread
-        found, missing = [], []
-        for path in _paths(request):
-            node = self._node_at(path)
-            if node is None:
-                missing.append(path)
-            else:
-                found.append((path, node))
+        found: list[tuple[str, list[tuple[str, Track]]]] = []
+        missing = []
+        async with self._catalog():
+            for path in _paths(request):
+                node = self._node_at(path)
+                if node is None:
+                    missing.append(path)
+                else:
+                    files = await self._files_under(path, node)
+                    found.append((path, [(where, file.track) for where, file in files if isinstance(file, FileNode)]))
 
         def describe() -> list[dict[str, Any]]:  # a large folder: thousands of records, not on the loop
-            return [{"path": path, "tracks": [{"path": where, "track": catalog.track_to_dict(file.track)}
-                                              for where, file in _walk(nodes, path, node)
-                                              if isinstance(file, FileNode)]}
-                    for path, node in found]
+            return [{"path": path, "tracks": [{"path": where, "track": catalog.track_to_dict(track)}
+                                              for where, track in tracks]}
+                    for path, tracks in found]
 
         return {"found": await trio.to_thread.run_sync(describe), "missing": missing}
 
@@ -113,19 +119,25 @@ class MountApi:
             except StoreError as exc:
                 raise ControlError(f"the mount could not read what was written ({exc}); it shows it at "
                                    "its next refresh") from None
-        shown = {str(sha) for sha in request.get("show") or []}
-        nodes = self.mounted.tree.nodes
-        return {"paths": await trio.to_thread.run_sync(_paths_of, nodes, shown) if shown else {}}
+            paths = {}
+            for count, sha in enumerate(dict.fromkeys(str(sha) for sha in request.get("show") or []), 1):
+                where = self.mounted.layout.where(sha)
+                if where is not None:
+                    paths[sha] = "/".join(where)
+                if count % WALK_BATCH == 0:
+                    await trio.sleep(0)
+        return {"paths": paths}
 
     async def _pin(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         pins: list[Pin] = []
         names: dict[str, str] = {}
         given = _given(request)
         for path in _paths(request):
-            node = self._node_at(path)
-            if node is None:
-                raise ControlError(f"no such track or folder in the locker: {given(path)}")
-            files = self._files_under(path, node)
+            async with self._catalog():
+                node = self._node_at(path)
+                if node is None:
+                    raise ControlError(f"no such track or folder in the locker: {given(path)}")
+                files = await self._files_under(path, node)
             names.update((obj.sha256, where) for where, file in files if (obj := _object(file)) is not None)
             tracks = [file.track.sha256 for _, file in files if isinstance(file, FileNode)]
             objects = [_object(file) for _, file in files]
@@ -150,9 +162,10 @@ class MountApi:
         released = 0
         given = _given(request)
         for path in _paths(request):
-            node = self._node_at(path)
-            under = [] if node is None else [obj.sha256 for _, file in self._files_under(path, node)
-                                             if (obj := _object(file)) is not None]
+            async with self._catalog():
+                node = self._node_at(path)
+                files = [] if node is None else await self._files_under(path, node)
+            under = [obj.sha256 for _, file in files if (obj := _object(file)) is not None]
             try:
                 touched, freed = await self.mounted.pins.unpin(path, under)
             except PinError as exc:
@@ -180,8 +193,14 @@ class MountApi:
             node = tree.lookup(node.inode, name)
         return node
 
-    def _files_under(self, path: str, node: Node) -> list[tuple[str, FileNode | ExtraNode]]:
-        return list(_walk(self.mounted.tree.nodes, path, node))
+    async def _files_under(self, path: str, node: Node) -> list[tuple[str, FileNode | ExtraNode]]:
+        """Every file at or below `node` (the caller holds the catalog lock)."""
+        files = []
+        for where, file in _walk(self.mounted.tree.nodes, path, node):
+            files.append((where, file))
+            if len(files) % WALK_BATCH == 0:
+                await trio.sleep(0)
+        return files
 
     def _catalog(self) -> _CatalogHold:
         return _CatalogHold(self.mounted.catalog_lock)
@@ -203,7 +222,7 @@ class _CatalogHold:
         self.lock.release()
 
 
-def _walk(nodes: dict[int, Node], path: str, node: Node) -> Iterator[tuple[str, FileNode | ExtraNode]]:
+def _walk(nodes: Mapping[int, Node], path: str, node: Node) -> Iterator[tuple[str, FileNode | ExtraNode]]:
     """Every file at or below `node`, with its mount-relative path, in name order."""
     if not isinstance(node, DirNode):
         yield path, node
@@ -212,20 +231,6 @@ def _walk(nodes: dict[int, Node], path: str, node: Node) -> Iterator[tuple[str, 
         child = nodes.get(node.children[name])
         if child is not None:
             yield from _walk(nodes, f"{path}/{name}" if path else name, child)
-
-
-def _paths_of(nodes: dict[int, Node], shas: set[str]) -> dict[str, str]:
-    """Where the tracks with these sha256s are in the tree (mount-relative paths)."""
-    found = {}
-    for node in nodes.values():
-        if isinstance(node, FileNode) and node.track.sha256 in shas:
-            parts = [node.name]
-            parent = nodes[node.parent]
-            while parent.inode != ROOT_INODE:
-                parts.append(parent.name)
-                parent = nodes[parent.parent]
-            found[node.track.sha256] = "/".join(reversed(parts))
-    return found
 
 
 def _object(file: FileNode | ExtraNode) -> ObjectRef | None:
