@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockerfs import catalog, retag
+from lockerfs import catalog, retag, writeorder
 from lockerfs.asset import CONTENT_TYPES, object_key
 from lockerfs.containers import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from lockerfs.retag import Edit, TagError
@@ -135,7 +135,22 @@ def restore(store: Store, tracks: Sequence[Track]) -> list[str]:
         raise EditError(f"{describe(gone[0])} cannot be restored: its object is no longer in the locker "
                         f"(gc deleted it){_and_more(gone)}; upload the file again instead")
     records = [catalog.add_record(track) for track in tracks]
-    return write(store, records, [catalog.remove_record(track.sha256, track=track) for track in tracks])
+    undo = [catalog.remove_record(track.sha256, track=track) for track in tracks]
+    keys = write(store, records, undo)
+
+    def vanished(key: str) -> None:  # the bytes are not ours to store again
+        raise StoreError(f"{key} is gone")
+
+    # Between the HEADs above and the records, a gc elsewhere may have deleted an object
+    # nothing named (writeorder.py): then the restore is taken back, not left naming nothing.
+    lost = writeorder.confirm(store, records, vanished).failed
+    if lost:
+        write(store, undo, records)
+        gone = [track for track in tracks if track.key in lost]
+        raise EditError(f"{describe(gone[0])} cannot be restored: its object could not be found as it was "
+                        f"being restored (a gc elsewhere deletes objects nothing names){_and_more(gone)}, so "
+                        "nothing was restored; upload the file again instead")
+    return keys
 
 
 def _and_more(items: Sequence[object]) -> str:
@@ -235,4 +250,14 @@ def store_retagged(store: Store, retagged: Sequence[Retagged]) -> list[str]:
         records += [catalog.add_record(item.new),
                     catalog.remove_record(old.sha256, replaced_by=item.new.sha256, track=old)]
         undo += [catalog.add_record(old), catalog.remove_record(item.new.sha256, track=item.new)]
-    return write(store, records, undo)
+    keys = write(store, records, undo)
+    # A gc elsewhere with a short grace may have taken a new object before its record was
+    # written (writeorder.py): the work folder still has its bytes.
+    by_key = {item.new.key: item for item in retagged}
+    failed = writeorder.confirm(store, records, lambda key: put(by_key[key])).failed
+    if failed:
+        write(store, undo, records)
+        key, why = next(iter(failed.items()))
+        raise EditError(f"nothing was changed: {key} vanished as it was recorded and could not be stored "
+                        f"again ({why})")
+    return keys
