@@ -31,6 +31,7 @@ from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY
 from synth_library import make_png, write_track
 
 REFRESH = 1.0  # --refresh of a second mount that must see another machine's change
+REFUSED_WITHIN = 2.0  # issue #12: seconds for any command to report a refused connection
 
 
 @pytest.fixture
@@ -421,12 +422,15 @@ def test_a_server_that_cannot_be_reached(command, uploaded, mnt, locker, env, pr
     path = mnt / (ALBUM if command == "restore" else TRACK)
     proxy.set_down(True)
     try:
-        began = time.monotonic()
-        result = lockerfs(*COMMANDS[command](str(path)), env=env, check=False)
-        took = time.monotonic() - began
+        took = []
+        for _ in range(3):  # Python's start varies with the machine's load: the fastest run is held to the bound
+            began = time.monotonic()
+            result = lockerfs(*COMMANDS[command](str(path)), env=env, check=False)
+            took.append(time.monotonic() - began)
         sentence = one_sentence(result)
-        print(f"{command}: {took:.1f} s to say {sentence!r}")
-        assert "cannot connect to the S3 endpoint" in sentence
+        print(f"{command}: {', '.join(f'{t:.1f}' for t in took)} s to say {sentence!r}")
+        assert "cannot connect to the S3 endpoint" in sentence and "connection refused" in sentence
+        assert min(took) <= within(REFUSED_WITHIN)
         after_tree = sorted(mounted_files(mnt))
         after_pins = lockerfs("pinned", str(mnt), env=env).stdout
     finally:
