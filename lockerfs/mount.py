@@ -303,6 +303,7 @@ class Mounted:
         self.catalog_copy = catalog_copy
         self.pins = pins
         self.catalog_lock = trio.Lock()
+        self._copy_wanted = trio.Event()  # set when a command's change awaits saving in the copy
         self.copy_dirty = start.copy_stale  # the local catalog copy lacks what the bucket told us
         self._first_load = start.loading
         self._offline = False
@@ -351,12 +352,17 @@ class Mounted:
             self._first_load = None
         else:
             task_status.started()
+        refresh_at = trio.current_time() + self.options.refresh
         while True:
             if self.copy_dirty:  # the bucket told us something (a first load, a command's news)
                 async with self.catalog_lock:
                     await self._save_copy()
-            await trio.sleep(self.options.refresh)
-            await self._take_news(lambda: trio.to_thread.run_sync(self.reader.refresh))
+            with trio.move_on_at(refresh_at):
+                await self._copy_wanted.wait()  # a command's news: `lockerfs share` reads the copy
+            self._copy_wanted = trio.Event()
+            if trio.current_time() >= refresh_at:
+                await self._take_news(lambda: trio.to_thread.run_sync(self.reader.refresh))
+                refresh_at = trio.current_time() + self.options.refresh
 
     async def _take_news(self, load: Callable[[], Awaitable[bool]]) -> None:
         """Apply what one load of the catalog brings, and note whether the locker answered."""
@@ -398,6 +404,7 @@ class Mounted:
         began = time.monotonic()
         if await trio.to_thread.run_sync(self.reader.apply_keys, keys):
             await self._apply_catalog(began, save=False)
+            self._copy_wanted.set()
 
     async def _apply_catalog(self, began: float, save: bool = True) -> None:
         """Re-file what the merge changed, in the loop's thread: handlers read the layout and

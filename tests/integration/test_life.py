@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,21 @@ def test_tag_of_an_mp3_is_mutagens_rewrite_stored_with_its_content_type(uploaded
     digest = hashlib.sha256(expected).hexdigest()
     head = s3_server.client().head_object(Bucket=bucket, Key=f"music/objects/sha256/{digest[:2]}/{digest}.mp3")
     assert head["ContentType"] == "audio/mpeg"
+
+
+def test_share_right_after_tag_links_the_new_bytes(uploaded, mnt, env, tmp_path) -> None:
+    """`lockerfs share` reads the mount's catalog copy (part B): a command's change must be
+    saved there at once, not at the next refresh (60 s here)."""
+    name = f"{ALBUM}/03 Saw Point.flac"
+    lockerfs("tag", str(mnt / name), "title=Saw Tooth", env=env)
+    renamed = mnt / ALBUM / "03 Saw Tooth.flac"
+    output = tmp_path / "one.m3u8"
+    result = lockerfs("share", "-o", str(output), str(renamed), env=env)
+    assert result.stdout.startswith(f"1 tracks in {output}") or result.stdout.startswith(f"1 track in {output}")
+    url = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("http")][0]
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.read() == renamed.read_bytes()  # the re-tagged object, not the old one
+    assert renamed.read_bytes() != uploaded[name].path.read_bytes()
 
 
 def test_retagging_back_restores_the_original_bytes(uploaded, mnt, env) -> None:
