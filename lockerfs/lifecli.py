@@ -17,14 +17,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lockerfs import catalog, control, edits
+from lockerfs import catalog, edits
 from lockerfs.catalog import track_from_dict
-from lockerfs.control import ControlError, MountedPath
 from lockerfs.edits import Placed
 from lockerfs.retag import FIELDS, TagError, parse_edits
 from lockerfs.store import UPLOAD_RETRIES, S3Store, StoreError
+
+if TYPE_CHECKING:
+    from lockerfs.control import MountedPath
+
+# control.py (and with it trio, a fifth of a second) is imported by the commands that reach a
+# mount, when they run: every other command's start, and its quick failure, stays as it was.
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ def _add_selection(parser: argparse.ArgumentParser, add_endpoint: Callable) -> N
 def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """One sentence and an exit code for everything a user can meet; tracebacks only for bugs."""
     def guarded(args: argparse.Namespace) -> int:
+        from lockerfs.control import ControlError
+
         try:
             return run(args)
         except Refused as exc:
@@ -109,6 +116,8 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 def _one_mount(paths: list[str], whole: str | None = None) -> tuple[Path, list[MountedPath]]:
     """The mount the paths are in; `whole` refuses the mount point itself (a slip of the
     hand must not remove or re-tag the whole library) and says why."""
+    from lockerfs import control
+
     located = [control.locate(path) for path in paths]
     if whole is not None and any(item.relative == "" for item in located):
         raise Refused(f"refusing to {whole} the whole locker: name its folders", EXIT_USAGE)
@@ -120,6 +129,8 @@ def _one_mount(paths: list[str], whole: str | None = None) -> tuple[Path, list[M
 
 
 def _call(mountpoint: Path, op: str, **args: Any) -> dict[str, Any]:
+    from lockerfs import control
+
     with control.connect(mountpoint) as connection:
         return connection.call(op, **args)
 
@@ -167,10 +178,12 @@ def _locker_store(args: argparse.Namespace) -> S3Store:
 
 def _tell_mount(mountpoint: Path, keys: list[str], show: list[str] = []) -> dict[str, str]:  # noqa: B006
     """Have the mount show what was just written; if it cannot, the change still stands."""
+    from lockerfs import control
+
     try:
         with control.connect(mountpoint, timeout=NEWS_WAIT) as connection:
             return connection.call("news", keys=keys, show=show)["paths"]
-    except ControlError as exc:
+    except control.ControlError as exc:
         print(f"lockerfs: the change is in the locker, but the mount at {mountpoint} will show it only at its "
               f"next refresh: {exc}", file=sys.stderr)
         return {}
@@ -294,6 +307,8 @@ def _looks_like_assignment(item: str) -> bool:
 # --- pins ----------------------------------------------------------------------------------------
 
 def run_pin(args: argparse.Namespace) -> int:
+    from lockerfs import control
+
     mountpoint, located = _one_mount(args.paths)
     bar = _Bytes("pin")
     with control.connect(mountpoint) as connection:
@@ -321,6 +336,8 @@ def run_unpin(args: argparse.Namespace) -> int:
 
 
 def run_pinned(args: argparse.Namespace) -> int:
+    from lockerfs import control
+
     if args.mountpoint is not None:
         points = [control.locate(args.mountpoint).mountpoint]
     else:
@@ -331,7 +348,7 @@ def run_pinned(args: argparse.Namespace) -> int:
     for point in points:
         try:
             answer = _call(point, "pinned")
-        except ControlError as exc:
+        except control.ControlError as exc:
             if args.mountpoint is not None:
                 raise
             log.debug("skipping %s: %s", point, exc)  # another user's mount, or a dead one
