@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -324,8 +325,9 @@ class BlockCache:
             missing = retry
 
     async def warm(self, obj: ObjectRef, start: int, end: int, *, into_memory: bool = False,
-                   max_request: int | None = None, exact: bool = False) -> None:
-        """Fetch what is not yet cached of [start, end); never raises.
+                   max_request: int | None = None, exact: bool = False) -> str | None:
+        """Fetch what is not yet cached of [start, end); never raises, returns why a block
+        could not be had (None when all went well).
 
         Uses the background slots, so it cannot starve read(). Warmed blocks go
         to memory and disk both. Blocks already on disk are left there, unless
@@ -339,7 +341,7 @@ class BlockCache:
         """
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
-            return
+            return None
         needs = self._needs(obj, start, end)
         if not exact:
             needs = [(index, 0, self._block_length(obj, index)) for index, _, _ in needs]
@@ -366,6 +368,7 @@ class BlockCache:
         if error is not None:
             self.stats.warm_failures += 1
             log.debug("warming %s bytes %d-%d: %s", obj.key, start, end - 1, error)
+        return error
 
     def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
         """Whether every byte of [start, end) is in memory (or, unless `in_memory`, on disk); no I/O."""
@@ -386,6 +389,89 @@ class BlockCache:
             elif self.disk.has(key, 0, self._block_length(obj, index)):
                 total += self._block_length(obj, index)
         return total
+
+    # --- pinned objects: kept whole on disk for offline play ---
+
+    def set_pinned(self, objects: Iterable[str]) -> None:
+        """Pin exactly these objects (sha256): their blocks on disk are never evicted.
+        Call it before open() too, so the blocks already there are indexed as pinned."""
+        self.disk.set_pinned(objects)
+
+    def is_pinned(self, obj: ObjectRef) -> bool:
+        return self.disk.is_pinned(obj.sha256)
+
+    def on_disk(self, obj: ObjectRef) -> int:
+        """How many of the object's bytes the disk holds as whole blocks; no I/O."""
+        return sum(self._block_length(obj, index) for index in range(self._blocks(obj))
+                   if self.disk.holds_whole((obj.sha256, index)))
+
+    async def keep_on_disk(self, obj: ObjectRef, attempts: int = 3) -> str | None:
+        """Bring every block of a pinned object to the disk, then check the whole object
+        there against its SHA-256; returns None, or why it is not kept.
+
+        Blocks memory holds are written from there; the others are fetched in one streamed
+        GET per run (the background slots, so readers keep theirs). A block the disk did not
+        take (its writer lagged behind, see DiskCache.save_soon) is tried again. Bytes that do
+        not hash to the object's name are dropped from memory and disk.
+        """
+        # The disk copy is checked below; the check of GETs that complete an object in
+        # memory (_verify) would only race it, so it is not started meanwhile.
+        self._verified[obj.sha256] = True
+        error = await self._keep_on_disk(obj, attempts)
+        if error is not None:
+            self._verified.pop(obj.sha256, None)
+        return error
+
+    async def _keep_on_disk(self, obj: ObjectRef, attempts: int) -> str | None:
+        error = None
+        for _ in range(attempts):
+            missing = [index for index in range(self._blocks(obj)) if not self.disk.holds_whole((obj.sha256, index))]
+            if not missing:
+                break
+            if not self.disk.enabled:
+                return "the disk cache is not being written (a full or failing disk: see the mount log)"
+            held = [(index, piece) for index in missing
+                    if isinstance(piece := self._memory.get((obj.sha256, index)), bytes)]
+            self.disk.save_soon(obj.sha256, held)
+            if len(held) < len(missing):
+                error = await self.warm(obj, 0, obj.size, max_request=self._blocks(obj) * self.block_size) or error
+            while self.disk.writing:
+                await trio.sleep(0.01)
+        else:
+            if any(not self.disk.holds_whole((obj.sha256, index)) for index in range(self._blocks(obj))):
+                return error or "the disk cache did not take all of it"
+        verified = await self._hashes_on_disk(obj)
+        if verified is None:
+            return "a block of it went bad in the disk cache as it was checked"
+        if not verified:
+            return (f"the store sent bytes for {obj.key} that do not hash to its name (the bucket, or "
+                    "something between it and us, is damaging data)")
+        return None
+
+    async def _hashes_on_disk(self, obj: ObjectRef) -> bool | None:
+        """Whether the blocks on disk hash to the object's name (None: one is missing after
+        all); if they do not, they are dropped (memory too): the disk copy is what plays offline."""
+        digest = hashlib.sha256()
+        blocks = self._blocks(obj)
+        for first in range(0, blocks, DISK_BATCH):
+            indices = range(first, min(blocks, first + DISK_BATCH))
+            found = await self.disk.read(obj.sha256, [(i, self._block_length(obj, i)) for i in indices])
+            if any(not isinstance(found.get(i), bytes) for i in indices):
+                return None  # damaged on disk meanwhile: the read dropped it
+            await trio.to_thread.run_sync(_hash_into, digest, [found[i] for i in indices])
+        if digest.hexdigest() == obj.sha256:
+            return True
+        self.stats.corrupt_objects += 1
+        log.error("the store sent bytes for %s that do not hash to its name; dropped them from the cache",
+                  obj.key)
+        keys = [(obj.sha256, i) for i in range(blocks)]
+        for key in keys:
+            self._memory.pop(key, None)
+        await self.disk.drop(keys)
+        return False
+
+    def _blocks(self, obj: ObjectRef) -> int:
+        return (obj.size + self.block_size - 1) // self.block_size
 
     def _cached(self, obj: ObjectRef, need: Need, *, in_memory: bool = False) -> bool:
         index, a, b = need

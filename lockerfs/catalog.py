@@ -442,6 +442,16 @@ class CatalogState:
                 return None  # a cycle of removed tracks: nothing live at its end
         return None
 
+    def restorable(self) -> list[Track]:
+        """Removed tracks `lockerfs restore` can add back: their removal kept their record,
+        and nothing took their place (`lockerfs tag`'s removals name a replacement)."""
+        found = []
+        for sha in self.removals:
+            removal = self._current_removal(sha)
+            if removal is not None and removal.track is not None and removal.replaced_by is None:
+                found.append(removal.track)
+        return found
+
     def removed_track(self, sha256: str) -> Track | None:
         """The record of a removed track as its removal kept it (for `lockerfs restore`)."""
         removal = self._current_removal(sha256)
@@ -582,9 +592,10 @@ def decode_catalog_file(key: str, raw: bytes) -> dict[str, Any] | columnar.Decod
     return document
 
 
-def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
+def append_records(store: Store, records: list[dict[str, Any]], written: list[str] | None = None) -> list[str]:
     """Write `records` as journal files; returns their keys. Callers must have stored
-    every object the records point at first.
+    every object the records point at first. `written`, if given, gets each key as soon
+    as its file is stored, so that a caller can tell what a failure left behind.
 
     Records version 1 reads (track adds, plain removes) go to journal/, the
     rest to journal2/, which version 1 never lists. A remove with format 2
@@ -609,7 +620,7 @@ def append_records(store: Store, records: list[dict[str, Any]]) -> list[str]:
                 extras.append(record)
         else:
             extras.append(record)
-    keys = []
+    keys = written if written is not None else []
     for prefix, version, batch in ((JOURNAL_PREFIX, TRACK_FORMAT_VERSION, tracks),
                                    (JOURNAL2_PREFIX, EXTRAS_FORMAT_VERSION, extras)):
         if batch:
@@ -654,6 +665,17 @@ class CatalogReader:
                 break
             log.info("%d catalog files vanished while reading (compaction); listing again", len(vanished))
         return changed
+
+    def apply_keys(self, keys: list[str]) -> bool:
+        """Fetch and apply the named catalog files (ones a command just wrote) without
+        listing; True if the catalog changed. Keys that are not catalog files are refused."""
+        for key in keys:
+            folder = key[len(CATALOG_PREFIX):].partition("/")[0] if key.startswith(CATALOG_PREFIX) else ""
+            if folder not in _FOLDERS or _file_id(key) is None:
+                raise ValueError(f"not a catalog file: {key[:200]!r}")
+        now = datetime.now(timezone.utc)
+        new = [CatalogFile(key, now) for key in dict.fromkeys(keys) if key not in self.seen]
+        return len(new) > len(self._apply_all(new))
 
     def _list(self, prefix: str) -> Iterator[CatalogFile]:
         for item in self.store.list(prefix):

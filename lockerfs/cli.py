@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     share.set_defaults(run=run_share)
 
     add_mount_commands(commands)
+    from lockerfs import lifecli
+
+    lifecli.add_life_commands(commands, add_endpoint)
     return parser
 
 

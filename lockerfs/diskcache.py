@@ -24,6 +24,12 @@ Invariants
 - The first failed write turns writing off until the next mount (a full,
   read-only or dying disk would most likely fail again); reading what is
   already there goes on, and memory still serves.
+- Blocks of pinned objects (`set_pinned`, for offline play) are indexed in
+  `_pinned`, apart from the LRU, and are never evicted: room is made from the
+  LRU only, and a block that finds no room is not written. Pins are admitted
+  only while they fit in `limit` (pins.py), so the bound above holds; only a
+  mount started with a smaller limit than its pins were made under holds
+  more (the pinned bytes, and nothing else), and logs so.
 """
 
 from __future__ import annotations
@@ -125,12 +131,15 @@ class DiskCache:
         self.stats = stats
         self._blocks_dir = str(directory / "blocks") if directory is not None else ""
         self._index: OrderedDict[BlockKey, int] = OrderedDict()  # LRU first; value: file size
+        self._pinned: dict[BlockKey, int] = {}  # blocks of pinned objects: never evicted; value: file size
+        self._pinned_objects: frozenset[str] = frozenset()  # sha256 of the pinned objects
         self._parts: dict[BlockKey, tuple[int, int]] = {}  # a block held in part -> [start, end) of it
         self._bytes = 0
         self._on = False  # new blocks are written
         self._write_lock = trio.Lock()
         self._backlog = 0  # bytes of blocks handed to save_soon and not yet written
         self._saves_queued = 0  # save_soon calls so far: a save's number orders it against drops
+        self._saves_done = 0  # writes that changed files: a read that raced one may have missed a file
         self._dropped: dict[str, int] = {}  # sha -> saves queued when its blocks were dropped
         self._max_backlog = max_backlog
         self._lock_fd: int | None = None
@@ -138,6 +147,11 @@ class DiskCache:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes of block files (headers included) that belong to pinned objects."""
+        return sum(self._pinned.values())
 
     @property
     def enabled(self) -> bool:
@@ -173,6 +187,7 @@ class DiskCache:
         """Release the directory; its blocks stay for the next open()."""
         self._on = False
         self._index.clear()
+        self._pinned.clear()
         self._parts.clear()
         self._bytes = 0
         if self._lock_fd is not None:
@@ -206,22 +221,53 @@ class DiskCache:
             else:
                 kept[key] = (size, start)
         for key, (size, start) in reversed(kept.items()):  # oldest first: the LRU order
-            self._index[key] = size
+            self._table(key)[key] = size
             self._bytes += size
             if start is not None:
                 self._parts[key] = (start, start + size - HEADER.size)
-        while self._bytes > self.limit:  # the limit shrank since the last mount
+        while self._bytes > self.limit and self._index:  # the limit shrank since the last mount
             key, size = self._index.popitem(last=False)
             _unlink(self.path(key))
             self._parts.pop(key, None)
             self._bytes -= size
             self.stats.evicted_blocks += 1
+        if self._bytes > self.limit:
+            log.warning("disk cache %s: pinned objects take %d bytes, more than the cache size (%d); "
+                        "nothing else is kept on disk until some are unpinned", self.directory,
+                        self._bytes, self.limit)
+
+    # --- pins (trio thread, or before open; no I/O) ---
+
+    def set_pinned(self, objects: Iterable[str]) -> None:
+        """Make exactly these objects (by sha256) pinned: their blocks, present and to come,
+        are never evicted. Blocks of objects no longer pinned join the LRU as its oldest."""
+        pinned = frozenset(objects)
+        released = [key for key in self._pinned if key[0] not in pinned]
+        for key in released:
+            self._index[key] = self._pinned.pop(key)
+            self._index.move_to_end(key, last=False)
+        if pinned - self._pinned_objects:
+            for key in [key for key in self._index if key[0] in pinned]:
+                self._pinned[key] = self._index.pop(key)
+        self._pinned_objects = pinned
+
+    def is_pinned(self, sha: str) -> bool:
+        return sha in self._pinned_objects
+
+    def _table(self, key: BlockKey) -> dict[BlockKey, int]:
+        """The index a block of this object belongs in: the pinned one or the LRU."""
+        return self._pinned if key[0] in self._pinned_objects else self._index
+
+    def _size(self, key: BlockKey) -> int | None:
+        """The size of the block's file if either index holds it."""
+        size = self._index.get(key)
+        return self._pinned.get(key) if size is None else size
 
     # --- the index (trio thread, no I/O) ---
 
     def has(self, key: BlockKey, start: int = 0, end: int | None = None) -> bool:
         """Whether the disk holds bytes [start, end) of the block (end None: all of it)."""
-        if key not in self._index:
+        if key not in self._index and key not in self._pinned:
             return False
         part = self._parts.get(key)
         return part is None or (end is not None and part[0] <= start and end <= part[1])
@@ -233,7 +279,7 @@ class DiskCache:
         return self._parts.get(key, (0, block_length))
 
     def holds_whole(self, key: BlockKey) -> bool:
-        return key in self._index and key not in self._parts
+        return (key in self._index or key in self._pinned) and key not in self._parts
 
     def touch(self, key: BlockKey) -> None:
         """Mark a block as just used (its file's mtime catches up when it is next read)."""
@@ -258,17 +304,21 @@ class DiskCache:
         verified: whole blocks as bytes, parts as Part.
 
         A block whose file is missing, damaged or unreadable leaves the index
-        (and its file, if any, the disk) and is simply not in the answer.
+        (and its file, if any, the disk) and is simply not in the answer. A file
+        found missing while a write ran stays indexed: the write may have replaced
+        it (a part by the whole block, an evicted block by its new copy), and
+        forgetting that would leave a file on disk that `_bytes` does not count.
         """
         jobs = []
         for index, length in wanted:
             key = (sha, index)
-            if key in self._index:
+            if key in self._index or key in self._pinned:
                 start, end = self._parts.get(key, (None, length))
                 jobs.append((index, self.path(key), start, (end - (start or 0))))
         if not jobs:
             return {}
         raw_sha = bytes.fromhex(sha)
+        saves = self._saves_done
         results = await trio.to_thread.run_sync(
             _read_blocks, self.block_size, [(path, raw_sha, index, start, length) for index, path, start, length in jobs])
         found: dict[int, Piece] = {}
@@ -284,11 +334,15 @@ class DiskCache:
                 self.stats.corrupt_blocks += 1
             elif outcome is _Found.FAILED:
                 self.stats.disk_errors += 1
+            elif self._saves_done != saves:
+                continue  # missing, maybe because a write replaced it: a later read will tell
             self._forget(key)
         return found
 
     def _forget(self, key: BlockKey) -> None:
-        size = self._index.pop(key, None)  # None: evicted meanwhile
+        size = self._index.pop(key, None)  # None: evicted meanwhile (or pinned)
+        if size is None:
+            size = self._pinned.pop(key, None)
         self._parts.pop(key, None)
         if size is not None:
             self._bytes -= size
@@ -300,7 +354,7 @@ class DiskCache:
         paths = []
         for key in keys:
             self._dropped[key[0]] = self._saves_queued
-            if key in self._index:
+            if key in self._index or key in self._pinned:
                 paths.append(self.path(key))
                 self._forget(key)
         if paths:
@@ -350,12 +404,13 @@ class DiskCache:
         for index, piece in blocks:
             key = (sha, index)
             start, end = piece_range(piece)
-            if key in self._index:
+            held_size = self._size(key)
+            if held_size is not None:
                 held = self._parts.get(key)
                 if held is None or (held[0] <= start and end <= held[1]) or held[1] - held[0] >= end - start:
                     continue
                 victims.append(self.path(key))  # a smaller part of it: replaced
-                room += self._index[key]
+                room += held_size
                 self._forget(key)
             size = HEADER.size + end - start
             while room < size and self._index:
@@ -374,11 +429,12 @@ class DiskCache:
         jobs = [(self._file(key, start), bytes.fromhex(sha), key[1], start or 0, data)
                 for key, _, start, data in writes]
         written, error = await trio.to_thread.run_sync(_write_blocks, self.block_size, victims, jobs)
+        self._saves_done += 1
         if self._dropped.get(sha, 0) >= number:  # dropped while being written
             await trio.to_thread.run_sync(_unlink_all, [self._file(key, start) for key, _, start, _ in writes[:written]])
             written = 0
         for key, size, start, data in writes[:written]:
-            self._index[key] = size
+            self._table(key)[key] = size  # pinned meanwhile or not: decided now
             self._bytes += size
             if start is not None:
                 self._parts[key] = (start, start + len(data))

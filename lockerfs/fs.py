@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from lockerfs.cache import BlockCache, FetchError
+from lockerfs.cache import BlockCache, FetchError, ObjectRef
 from lockerfs.prefetch import Prefetcher, ReadState, object_of
-from lockerfs.tree import DirNode, ExtraNode, FileNode, Node, Tree
+from lockerfs.tree import ROOT_INODE, DirNode, ExtraNode, FileNode, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ STATFS_BLOCK = 64 * 1024
 IO_BLOCK = 16 * 1024
 WHOLE_FILE_MAX = 8 * 1024 * 1024  # a cover or lyrics file up to this size is fetched whole at its first miss
 NAME_MAX = 255
+# Extended attributes (getfattr -d): a file's object, how much of it this machine
+# holds, whether it is pinned; on the root, the control socket (control.py).
+XATTR_SHA256 = "user.lockerfs.sha256"
+XATTR_CACHED = "user.lockerfs.cached"  # bytes held in memory or on disk
+XATTR_PINNED = "user.lockerfs.pinned"
+XATTR_CONTROL = "user.lockerfs.control"
 
 
 class FailedReads:
@@ -70,12 +76,14 @@ class LockerOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, cache: BlockCache, prefetcher: Prefetcher, *, direct_io: bool = True) -> None:
+    def __init__(self, tree: Tree, cache: BlockCache, prefetcher: Prefetcher, *, direct_io: bool = True,
+                 control_socket: bytes | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.cache = cache
         self.prefetcher = prefetcher
         self.direct_io = direct_io
+        self.control_socket = control_socket
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles: dict[int, OpenFile] = {}
         self._failures = FailedReads()
@@ -228,7 +236,23 @@ class LockerOperations(pyfuse3.Operations):
             self.prefetcher.released(opened.reading)
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        value = self._xattrs(self._node(inode)).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return []
+        return list(self._xattrs(self._node(inode)))
+
+    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        """What getfattr shows; from the tables alone (no request, no disk I/O)."""
+        if isinstance(node, DirNode):
+            if node.inode == ROOT_INODE and self.control_socket is not None:
+                return {XATTR_CONTROL.encode(): self.control_socket}
+            return {}
+        obj = node.content if isinstance(node.content, ObjectRef) else None
+        if obj is None:  # a cue sheet or playlist made from the catalog: nothing to fetch or pin
+            return {}
+        return {XATTR_SHA256.encode(): obj.sha256.encode(),
+                XATTR_CACHED.encode(): str(self.cache.cached_bytes(obj)).encode(),
+                XATTR_PINNED.encode(): b"yes" if self.cache.is_pinned(obj) else b"no"}

@@ -233,6 +233,13 @@ class LiveLayout:
                 return (*self.shown[key], name)
         return None
 
+    def where(self, sha: str) -> Path | None:
+        """Where a live track is shown, for a command that asks (`lockerfs tag` prints the
+        new names); no folder is recorded as depending on another."""
+        row = self.table.row(sha)
+        head = self.row_head[row] if row is not None and row < len(self.row_head) else None
+        return None if head is None else self.path_of(sha, self._head_folder[head][0])
+
     def _info_of(self, sha: str) -> TrackInfo:
         return self._track_of(sha).info
 

@@ -37,12 +37,14 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lockerfs import catalog, config, layout, mountpoints, mountregistry
+from lockerfs import catalog, config, control, layout, mountpoints, mountregistry
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader, CatalogState
 from lockerfs.diskcache import claim_private_dir
 from lockerfs.fs import LockerOperations
 from lockerfs.livelayout import LiveLayout
+from lockerfs.mountapi import MountApi
+from lockerfs.pins import PIN_SHARE, Pins
 from lockerfs.prefetch import Prefetcher
 from lockerfs.store import MOUNT_RETRIES, NotFound, S3Store, StoreError, Unreachable
 from lockerfs.tree import Tree
@@ -285,19 +287,23 @@ class Mounted:
     One task keeps the catalog (`_keep_catalog`): it finishes a first load
     that was still on its way at mount time, saves the local copy as soon as
     the bucket told us something it lacks, then refreshes every `refresh`
-    seconds. Being one task, these never overlap, so the catalog reader is
-    only ever used by one thread at a time. Whether the locker is reachable
-    is logged when it changes ("offline: ...", "back online: ..."), never per
-    request.
+    seconds. Commands on the control channel (mountapi.py) apply the catalog
+    files they wrote at once, between refreshes. Whatever reads or changes
+    the catalog reader holds `catalog_lock`, so the reader is only ever used
+    by one thread at a time. Whether the locker is reachable is logged when
+    it changes ("offline: ...", "back online: ..."), never per request.
     """
 
     def __init__(self, options: MountOptions, store: S3Store, cache: BlockCache,
-                 start: CatalogStart, catalog_copy: Path) -> None:
+                 start: CatalogStart, catalog_copy: Path, pins: Pins) -> None:
         self.options = options
         self.store = store
         self.cache = cache
         self.reader = start.reader
         self.catalog_copy = catalog_copy
+        self.pins = pins
+        self.catalog_lock = trio.Lock()
+        self._copy_wanted = trio.Event()  # set when a command's change awaits saving in the copy
         self.copy_dirty = start.copy_stale  # the local catalog copy lacks what the bucket told us
         self._first_load = start.loading
         self._offline = False
@@ -310,7 +316,9 @@ class Mounted:
         log.info("%d tracks in %d folders laid out in %.2f s", self.layout.track_count, len(self.layout.shown),
                  time.monotonic() - began)
         self.prefetcher = Prefetcher(cache, lambda: self.tree)
-        self.operations = LockerOperations(self.tree, cache, self.prefetcher, direct_io=not options.page_cache)
+        self.control_socket = catalog_copy.parent / control.SOCKET_NAME
+        self.operations = LockerOperations(self.tree, cache, self.prefetcher, direct_io=not options.page_cache,
+                                           control_socket=os.fsencode(self.control_socket))
         if start.unreachable is not None:
             self._went_offline(start.unreachable)
 
@@ -318,7 +326,10 @@ class Mounted:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._stop_on_signals)
             await nursery.start(self.prefetcher.run)
-            nursery.start_soon(self._keep_catalog)
+            await nursery.start(self._keep_catalog)  # holds the catalog first if it is still loading
+            await nursery.start(control.serve, self.control_socket, MountApi(self))
+            nursery.start_soon(self.pins.keep)
+            self.pins.kick()  # fetch what pinned objects lack on disk, if anything
             await pyfuse3.main(max_tasks=64)
             self.prefetcher.stop()  # and with it the GETs only prefetch wanted
             await self.cache.settle(timeout=5.0)  # what was fetched is kept for the next mount
@@ -331,19 +342,34 @@ class Mounted:
                 pyfuse3.terminate()
                 return
 
-    async def _keep_catalog(self) -> None:
+    async def _keep_catalog(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._first_load is not None:
             first_load = self._first_load
-            await self._take_news(lambda: trio.to_thread.run_sync(first_load.result, abandon_on_cancel=True))
+            async with self.catalog_lock:  # the loading thread is changing the reader: nobody reads it
+                task_status.started()
+                await self._take_news_locked(lambda: trio.to_thread.run_sync(first_load.result,
+                                                                             abandon_on_cancel=True))
             self._first_load = None
-        if self.copy_dirty:
-            await self._save_copy()
+        else:
+            task_status.started()
+        refresh_at = trio.current_time() + self.options.refresh
         while True:
-            await trio.sleep(self.options.refresh)
-            await self._take_news(lambda: trio.to_thread.run_sync(self.reader.refresh))
+            if self.copy_dirty:  # the bucket told us something (a first load, a command's news)
+                async with self.catalog_lock:
+                    await self._save_copy()
+            with trio.move_on_at(refresh_at):
+                await self._copy_wanted.wait()  # a command's news: `lockerfs share` reads the copy
+            self._copy_wanted = trio.Event()
+            if trio.current_time() >= refresh_at:
+                await self._take_news(lambda: trio.to_thread.run_sync(self.reader.refresh))
+                refresh_at = trio.current_time() + self.options.refresh
 
     async def _take_news(self, load: Callable[[], Awaitable[bool]]) -> None:
         """Apply what one load of the catalog brings, and note whether the locker answered."""
+        async with self.catalog_lock:
+            await self._take_news_locked(load)
+
+    async def _take_news_locked(self, load: Callable[[], Awaitable[bool]]) -> None:
         began = time.monotonic()
         try:
             changed = await load()
@@ -360,6 +386,7 @@ class Mounted:
         if self._offline:
             self._offline = False
             log.info("back online: %s answers again", self.store.url)
+            self.pins.kick()
         if changed:
             try:
                 await self._apply_catalog(began)
@@ -371,7 +398,15 @@ class Mounted:
             self._offline = True
             log.warning("offline: %s; showing the catalog we have and serving cached blocks", why)
 
-    async def _apply_catalog(self, began: float) -> None:
+    async def apply_keys(self, keys: list[str]) -> None:
+        """Show at once the catalog files a command just wrote (the caller holds catalog_lock).
+        The catalog copy is saved by the catalog task soon after, not while the command waits."""
+        began = time.monotonic()
+        if await trio.to_thread.run_sync(self.reader.apply_keys, keys):
+            await self._apply_catalog(began, save=False)
+            self._copy_wanted.set()
+
+    async def _apply_catalog(self, began: float, save: bool = True) -> None:
         """Re-file what the merge changed, in the loop's thread: handlers read the layout and
         the tree, so they must never see them half updated. The work is in proportion to
         the changed records (livelayout), a few milliseconds per hundred tracks.
@@ -395,8 +430,13 @@ class Mounted:
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         for inode in changes.dirs:
             await trio.to_thread.run_sync(_invalidate_inode, inode)
+        try:
+            await self.pins.follow(self.reader.state)
+        except Exception:  # a pins file that cannot be saved must not cost the refresh
+            log.exception("pins: following the catalog failed")
         self.copy_dirty = True
-        await self._save_copy()
+        if save:
+            await self._save_copy()
 
     async def _save_copy(self) -> None:
         """Save the catalog copy without slowing the mount: a large catalog takes
@@ -486,13 +526,15 @@ def _prepare_mount(options: MountOptions, cache_dir: Path) -> Mounted:
     cache = BlockCache(store, cache_dir, disk_limit=options.cache_size, memory_limit=options.memory_cache,
                        foreground_slots=FOREGROUND_SLOTS, background_slots=BACKGROUND_SLOTS,
                        read_deadline=READ_DEADLINE)
+    pins = Pins(cache_dir / "pins.json", cache, int(options.cache_size * PIN_SHARE))
+    pins.load()  # before the cache indexes its blocks: pinned ones go to the index that is never evicted
     cache.open()
     try:
         catalog_copy = cache_dir / f"catalog-{config.locker_id(options.locker, store.endpoint)}.json.gz"
         began = time.monotonic()
         start = start_catalog(store, catalog_copy)
         log.info("catalog loaded in %.2f s", time.monotonic() - began)
-        mounted = Mounted(options, store, cache, start, catalog_copy)
+        mounted = Mounted(options, store, cache, start, catalog_copy, pins)
         mount_options = {f"fsname={options.locker}", "subtype=lockerfs", "ro", "default_permissions", "noatime"}
         if options.allow_other:
             mount_options.add("allow_other")

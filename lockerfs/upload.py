@@ -354,7 +354,7 @@ class Uploader:
         self.on_file = on_file or (lambda outcome: None)
         self.tag_reader = tag_reader
         self.summary = UploadSummary()
-        self._known: set[str] = set()  # sha256 in the catalog (added or removed) or recorded this run
+        self._known: set[str] = set()  # sha256 of tracks in the locker now, or recorded this run
         self._known_lock = threading.Lock()
         self._pending: list[_Outcome] = []
         self._pending_since = 0.0
@@ -376,10 +376,11 @@ class Uploader:
         """Create the locker if needed and learn which tracks it holds."""
         catalog.ensure_locker(self.store)
         reader = catalog.load_catalog(self.store)
-        self._known = set(reader.state.entries)
+        # Removed tracks are not known: uploading a removed file again brings it back (#12).
+        self._known = {track.sha256 for track in reader.state.tracks()}
         self._extras = RunExtras(reader.state, self._tracks_in)
         self._stored_extras = _objects_named(reader.state)
-        self._listing_due = len(self._known) <= LISTING_LIMIT
+        self._listing_due = len(reader.state.entries) <= LISTING_LIMIT
 
     def _listed(self, key: str) -> bool:
         """Whether `key` may be stored: in the listing, or no listing to tell (then HEAD says).

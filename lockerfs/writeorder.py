@@ -64,7 +64,13 @@ def append_confirmed(store: Store, records: list[dict[str, Any]],
     checked it, which only a concurrent `lockerfs gc` does. Its failures are
     returned, not raised: the records are written either way.
     """
-    appended = Appended(catalog.append_records(store, records))
+    return confirm(store, records, store_again, Appended(catalog.append_records(store, records)))
+
+
+def confirm(store: Store, records: list[dict[str, Any]], store_again: Callable[[str], None],
+            appended: Appended | None = None) -> Appended:
+    """The second half of append_confirmed, for writers that append their own way (edits.py)."""
+    appended = appended if appended is not None else Appended([])
     keys = objects_named(records)
     if not keys:
         return appended

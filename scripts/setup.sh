@@ -17,6 +17,7 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v mpd >/dev/null || need_apt+=(mpd)         # a real media player's library update (tests, bench)
 command -v mpc >/dev/null || need_apt+=(mpc)         # its client: `mpc update --wait`, `mpc stats`
 command -v mpcenc >/dev/null || need_apt+=(musepack-tools)   # Musepack SV8 test files
+command -v getfattr >/dev/null || need_apt+=(attr)   # getfattr: what a file of the mount says about itself
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

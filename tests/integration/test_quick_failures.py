@@ -66,11 +66,15 @@ def commands(tmp_path: Path) -> dict[str, list[str]]:
         "compact": ["compact", LOCKER],
         "gc": ["gc", LOCKER],
         "gc --dry-run": ["gc", "--dry-run", LOCKER],
+        "rm --match": ["rm", "--locker", LOCKER, "--match", "album=x"],
+        "restore --match": ["restore", "--locker", LOCKER, "--match", "album=x"],
         "mount": ["mount", "--cache-dir", str(tmp_path / "cache"), LOCKER, str(tmp_path / "mnt")],
     }
 
 
-COMMANDS = ["upload", "ls", "stats", "playlists", "compact", "gc", "gc --dry-run", "mount"]
+# rm, restore (by path), tag, pin and unpin reach a running mount first: tests/integration/test_life.py
+COMMANDS = ["upload", "ls", "stats", "playlists", "compact", "gc", "gc --dry-run", "rm --match", "restore --match",
+            "mount"]
 
 
 def run_timed(args: list[str], env: dict[str, str], runs: int = 1) -> tuple[list[float], str, int]:
