@@ -26,6 +26,7 @@ class Metric:
 METRICS = (
     Metric("mount s", "mount", "seconds", digits=2),
     Metric("first byte ms", "first_byte", "median_ms", digits=0),
+    Metric("cover ms", "covers", "median_ms", digits=0),
     Metric("scan cold s", "scan_cold", "seconds"),
     Metric("scan cold MB", "scan_cold", "traffic.bytes_down", scale=1e-6, digits=0),
     Metric("scan cold req", "scan_cold", "traffic.requests", digits=0),
@@ -48,7 +49,7 @@ METRICS = (
     Metric("next track cached", "playback", "next_cached", HIGHER, digits=0),
     Metric("next track ms", "playback", "next_max_ms", digits=0),
 )
-TRAFFIC_MEASURES = ("mount", "first_byte", "scan_cold", "scan_warm", "mpd_cold", "mpd_warm", "seq_cold",
+TRAFFIC_MEASURES = ("mount", "first_byte", "covers", "scan_cold", "scan_warm", "mpd_cold", "mpd_warm", "seq_cold",
                     "seq_warm", "find_cold", "find_warm", "seek", "ffmpeg", "cp", "playback")
 # reader floor -> the cold measure whose bytes are compared with it
 FLOOR_MEASURES = {"mutagen": ("scan_cold", "mutagen scan"), "mpd": ("mpd_cold", "MPD update")}

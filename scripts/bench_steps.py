@@ -106,6 +106,21 @@ def first_byte(paths: list[str], gap_s: float) -> dict[str, Any]:
     return {"ms": [_ms(t) for t in times], "median_ms": _ms(statistics.median(times))}
 
 
+def covers(paths: list[str], gap_s: float) -> dict[str, Any]:
+    """Read each album's cover.* whole, `gap_s` apart, as a file manager or a player showing
+    an album does: compare with first_byte, a track's first block."""
+    times = []
+    for number, path in enumerate(paths):
+        if number:
+            time.sleep(gap_s)
+        start = time.perf_counter()
+        with open(path, "rb", buffering=0) as cover:
+            while cover.read(BLOCK):
+                pass
+        times.append(time.perf_counter() - start)
+    return {"ms": [_ms(t) for t in times], "median_ms": _ms(statistics.median(times)) if times else None}
+
+
 def scan(root: str) -> dict[str, Any]:
     """A player's library import: walk the tree and read every file's tags with mutagen."""
     import mutagen  # imported here: other steps do not pay for it
@@ -227,7 +242,7 @@ def playback(tracks: list[list[Any]], seconds: float, speed: float) -> dict[str,
 
 
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
-    "discover": discover, "find": find, "first_byte": first_byte, "scan": scan,
+    "discover": discover, "find": find, "first_byte": first_byte, "covers": covers, "scan": scan,
     "sequential": sequential, "seek": seek, "ffmpeg": ffmpeg, "copy": copy, "playback": playback,
     "ready": ready, "find_files": find_files, "ls_album": ls_album, "appear": appear,
 }
