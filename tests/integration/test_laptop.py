@@ -31,8 +31,8 @@ from lockerfs import mountpoints
 from lockerfs.connections import IDLE_LIMIT
 from lockerfs.mount import READ_DEADLINE
 from tests.integration.test_faults_mount import drop_page_cache, log_of
-from tests.integration.test_mount import mounted_files
 from tests.support.faultproxy import FaultProxy
+from tests.support.library import mounted_tracks
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
 from tests.support.s3server import S3Server
 
@@ -128,7 +128,7 @@ def test_mount_over_a_killed_mount_cleans_it_up_and_mounts(shared_locker, env, t
     cleanup_mounts.append(mnt)
     options = ["--cache-dir", str(tmp_path / "cache")]
     start_mount(locker, mnt, env, *options)
-    first = next(iter(mounted_files(mnt).values()))
+    first = next(iter(mounted_tracks(mnt).values()))
     verify(first, sources)
     kill_mount(mnt)
     assert_stale(mnt)
@@ -138,7 +138,7 @@ def test_mount_over_a_killed_mount_cleans_it_up_and_mounts(shared_locker, env, t
     assert again.stderr.count("\n") == 1
     assert f"{mnt} was left mounted by a lockerfs process that died; unmounted it" in again.stderr
     assert mountpoints.state(mnt)[0] is mountpoints.State.LIVE
-    files = mounted_files(mnt)
+    files = mounted_tracks(mnt)
     assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()} == set(sources)
     assert lockerfs("umount", str(mnt), env=env).returncode == 0
     assert mountpoints.state(mnt)[0] is mountpoints.State.NOT_MOUNTED
@@ -200,7 +200,7 @@ def test_killed_in_its_first_second_then_mounted_offline(shared_locker, env, pro
     cleanup_mounts.append(mnt)
     cache = tmp_path / "cache"
     start_mount(locker, mnt, env, "--cache-dir", str(cache))
-    files = mounted_files(mnt)
+    files = mounted_tracks(mnt)
     played = sorted(files)[0]
     verify(files[played], sources)
     time.sleep(1.0)
@@ -211,7 +211,7 @@ def test_killed_in_its_first_second_then_mounted_offline(shared_locker, env, pro
     ready = mount_ready_seconds(cache)[-1]
     print(f"\n[killed at 1 s, then offline] offline mount ready in {ready:.2f} s")
     assert ready < OFFLINE_START_BOUND
-    assert mounted_files(mnt).keys() == files.keys()
+    assert mounted_tracks(mnt).keys() == files.keys()
     verify(mnt / played, sources)
     assert wait_until(lambda: log_of(cache).count("offline: ") == 1, timeout=READ_DEADLINE)
 
@@ -222,7 +222,7 @@ def test_offline_boot_serves_the_cache_and_picks_up_new_tracks_when_back(
     cache = tmp_path / "cache"
     options = ["--cache-dir", str(cache), "--refresh", "1"]
     with mounted(locker, tmp_path / "mnt", env, *options) as mnt:
-        files = dict(sorted(mounted_files(mnt).items()))
+        files = dict(sorted(mounted_tracks(mnt).items()))
         cached = dict(list(files.items())[: len(files) // 2])
         for path in cached.values():
             verify(path, sources)
@@ -233,7 +233,7 @@ def test_offline_boot_serves_the_cache_and_picks_up_new_tracks_when_back(
     start_mount(locker, mnt, env, *options)
     ready = mount_ready_seconds(cache)[-1]
     assert ready < OFFLINE_START_BOUND
-    assert mounted_files(mnt).keys() == files.keys()
+    assert mounted_tracks(mnt).keys() == files.keys()
     started = time.monotonic()
     for path in cached.values():
         verify(mnt / path.relative_to(tmp_path / "mnt"), sources)
@@ -280,7 +280,7 @@ def test_after_a_suspend_the_first_read_does_not_wait_on_dead_connections(
     mnt = tmp_path / "mnt"
     cleanup_mounts.append(mnt)
     start_mount(locker, mnt, env, "--cache-dir", str(tmp_path / "cache"))
-    files = dict(sorted(mounted_files(mnt).items()))
+    files = dict(sorted(mounted_tracks(mnt).items()))
     names = sorted({name.split("/")[0] for name in files})  # by artist: a scan warms what follows
     warm = {n: p for n, p in files.items() if n.split("/")[0] in names[len(names) // 2:]}
     cold = [p for n, p in files.items() if n.split("/")[0] not in warm and n.split("/")[0] in names[:1]]
@@ -359,7 +359,7 @@ def test_reads_in_flight_when_the_network_changes_fail_over_in_time(
     mnt = tmp_path / "mnt"
     cleanup_mounts.append(mnt)
     start_mount(locker, mnt, env, "--cache-dir", str(tmp_path / "cache"))
-    files = sorted(mounted_files(mnt).values(), key=lambda p: -p.stat().st_size)
+    files = sorted(mounted_tracks(mnt).values(), key=lambda p: -p.stat().st_size)
     verify(files[-1], sources)  # the pool holds connections to the old address
 
     proxy.set_latency(1.0)  # long enough that the requests below are in flight at the change
@@ -401,7 +401,7 @@ def test_reads_in_flight_when_the_network_changes_fail_over_in_time(
     assert not any(t.is_alive() for t in threads), "a reader hung"
     assert not errors, errors
     assert max(slowest.values()) < READ_DEADLINE * 1.25
-    assert mounted_files(mnt)
+    assert mounted_tracks(mnt)
 
 
 def test_after_a_network_change_the_first_read_goes_to_the_new_address(
@@ -412,7 +412,7 @@ def test_after_a_network_change_the_first_read_goes_to_the_new_address(
     mnt = tmp_path / "mnt"
     cleanup_mounts.append(mnt)
     start_mount(locker, mnt, env, "--cache-dir", str(tmp_path / "cache"))
-    files = dict(sorted(mounted_files(mnt).items()))
+    files = dict(sorted(mounted_tracks(mnt).items()))
     names = sorted({name.split("/")[0] for name in files})
     for name, path in files.items():
         if name.split("/")[0] in names[len(names) // 2:]:
