@@ -39,7 +39,6 @@ import gzip
 import io
 import json
 import logging
-import os
 import re
 import secrets
 import sys
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from lockerfs import columnar
+from lockerfs.durable import write_atomically
 from lockerfs.asset import SHA_RE, Asset, asset_from_dict, asset_to_dict, object_key
 from lockerfs.playlist import Playlist, playlist_from_dict, playlist_key, playlist_name, playlist_to_dict
 from lockerfs.store import NotFound, Store
@@ -741,18 +741,8 @@ class CatalogReader:
         threads take turns with this one at the interpreter's switch interval.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
         seen = [[item.key, item.last_modified.isoformat()] for item in self.seen.values()]
-        try:
-            with open(temporary, "wb") as raw:  # made first: a save cut short leaves only it behind
-                raw.write(self.state.to_columnar("local", {"seen": seen}, level=1))
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+        write_atomically(path, self.state.to_columnar("local", {"seen": seen}, level=1))
 
     def load_local(self, path: Path) -> bool:
         """Load a copy written by save(); False (and an empty catalog) if it is missing or bad."""
@@ -767,15 +757,6 @@ class CatalogReader:
             return False
         self.state, self.seen = state, seen
         return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (a crash could otherwise forget it)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_catalog(store: Store) -> CatalogReader:

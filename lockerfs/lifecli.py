@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockerfs import catalog, edits
 from lockerfs.catalog import track_from_dict
+from lockerfs.durable import human_bytes
 from lockerfs.edits import Placed
 from lockerfs.retag import FIELDS, TagError, parse_edits
 from lockerfs.store import UPLOAD_RETRIES, S3Store, StoreError
@@ -251,7 +252,7 @@ def _change(args: argparse.Namespace, removing: bool) -> int:
 def _print_list(what: str, placed: list[Placed]) -> int:
     size = sum(item.track.size for item in placed)
     count = f"{len(placed)} track{'s' if len(placed) != 1 else ''}"
-    print(f"{what} {count} ({_human(size)}):")
+    print(f"{what} {count} ({human_bytes(size)}):")
     for item in placed:
         print(f"  {_printable(item.where)}")
     return 0
@@ -318,10 +319,10 @@ def run_pin(args: argparse.Namespace) -> int:
     bar.close()
     for pin in answer["pins"]:
         print(f"pinned {_printable(pin['path'] or str(mountpoint))}: {pin['tracks']} tracks, "
-              f"{pin['objects'] - pin['tracks']} other files, {_human(pin['bytes'])}, on disk and checked")
+              f"{pin['objects'] - pin['tracks']} other files, {human_bytes(pin['bytes'])}, on disk and checked")
     seconds = answer["seconds"]
     rate = f" ({answer['fetched'] / seconds / 1e6:.1f} MB/s)" if seconds > 0 and answer["fetched"] > 0 else ""
-    print(f"fetched {_human(answer['fetched'])} in {seconds:.1f} s{rate}")
+    print(f"fetched {human_bytes(answer['fetched'])} in {seconds:.1f} s{rate}")
     return 0
 
 
@@ -331,7 +332,7 @@ def run_unpin(args: argparse.Namespace) -> int:
                    names=[item.given for item in located])
     for path in answer["unpinned"]:
         print(f"unpinned {_printable(path or str(mountpoint))}")
-    print(f"{_human(answer['released'])} may be evicted again")
+    print(f"{human_bytes(answer['released'])} may be evicted again")
     return 0
 
 
@@ -354,12 +355,12 @@ def run_pinned(args: argparse.Namespace) -> int:
             log.debug("skipping %s: %s", point, exc)  # another user's mount, or a dead one
             continue
         shown += 1
-        print(f"{point}: {_human(answer['pinned_bytes'])} pinned of {_human(answer['capacity'])} "
-              f"allowed ({answer['share']:.0%} of the {_human(answer['cache_size'])} cache)")
+        print(f"{point}: {human_bytes(answer['pinned_bytes'])} pinned of {human_bytes(answer['capacity'])} "
+              f"allowed ({answer['share']:.0%} of the {human_bytes(answer['cache_size'])} cache)")
         for pin in answer["pins"]:
-            state = "complete" if pin["on_disk"] >= pin["bytes"] else f"{_human(pin['on_disk'])} on disk"
+            state = "complete" if pin["on_disk"] >= pin["bytes"] else f"{human_bytes(pin['on_disk'])} on disk"
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(pin["created"]))
-            print(f"  {_printable(pin['path'] or '(everything)')}\t{pin['tracks']} tracks\t{_human(pin['bytes'])}"
+            print(f"  {_printable(pin['path'] or '(everything)')}\t{pin['tracks']} tracks\t{human_bytes(pin['bytes'])}"
                   f"\t{state}\tpinned {when}")
         if not answer["pins"]:
             print("  (nothing pinned)")
@@ -397,7 +398,7 @@ class _Bytes:
             self._bar.update(done - self._done)
         elif time.monotonic() - self._last >= PLAIN_PROGRESS_EVERY:
             self._last = time.monotonic()
-            print(f"{self.what}: {_human(done)} of {_human(total)}", file=sys.stderr, flush=True)
+            print(f"{self.what}: {human_bytes(done)} of {human_bytes(total)}", file=sys.stderr, flush=True)
         self._done = done
 
     def close(self) -> None:
@@ -426,11 +427,3 @@ class _Counter:
 
 def _printable(name: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")

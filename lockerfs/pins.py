@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import trio
 from lockerfs.cache import BlockCache
 from lockerfs.catalog import CatalogState
 from lockerfs.diskcache import HEADER
+from lockerfs.durable import human_bytes, write_atomically
 from lockerfs.objectref import ObjectRef
 
 log = logging.getLogger(__name__)
@@ -138,23 +138,8 @@ def load_pins(path: Path) -> list[Pin]:
 
 def save_pins(path: Path, pins: list[Pin]) -> None:
     """Write the pins atomically and durably: a crash leaves the previous file or this one."""
-    data = json.dumps({"version": FILE_VERSION, "pins": [pin_to_dict(pin) for pin in pins]},
-                      separators=(",", ":")).encode()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
-    try:
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, json.dumps({"version": FILE_VERSION, "pins": [pin_to_dict(pin) for pin in pins]},
+                                      separators=(",", ":")).encode())
 
 
 # --- the mount's pins ------------------------------------------------------------------
@@ -244,9 +229,9 @@ class Pins:
             raise PinError(f"{', '.join(pin.path for pin in added)} is being pinned already")
         if pinned + needed > self.capacity:
             what = ", ".join(pin.path or "the whole locker" for pin in added)
-            raise PinError(f"pinning {what} needs {_human(needed)} more; pins may use "
-                           f"{_human(self.capacity)} of the {_human(self.cache.disk.limit)} disk cache "
-                           f"({PIN_SHARE:.0%} of --cache-size) and {_human(pinned)} are pinned already: "
+            raise PinError(f"pinning {what} needs {human_bytes(needed)} more; pins may use "
+                           f"{human_bytes(self.capacity)} of the {human_bytes(self.cache.disk.limit)} disk cache "
+                           f"({PIN_SHARE:.0%} of --cache-size) and {human_bytes(pinned)} are pinned already: "
                            "unpin something or mount with a larger --cache-size")
         paths = {pin.path for pin in added}
         replaced = [pin for pin in self.pins if pin.path in paths]
@@ -389,11 +374,3 @@ def _followed(pin: Pin, state: CatalogState) -> Pin:
 def _under(path: str, folder: str) -> bool:
     """Whether `path` is `folder` or lies below it (mount-relative, "/"-separated)."""
     return folder == "" or path == folder or path.startswith(folder + "/")
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
