@@ -171,8 +171,9 @@ def test_a_file_of_a_newer_version_is_refused_with_the_upgrade_message() -> None
         reload(edited(lambda h, f: h.update(version=4)))
 
 
-@pytest.mark.parametrize("raw", [b"", b"not gzip", gzip.compress(b"lockerfs-columns\n"),
-                                 gzip.compress(b"lockerfs-columns\n{}\n"), gzip.compress(b"\0" * 100)])
+@pytest.mark.parametrize("raw", [b"", b"not gzip", gzip.compress(b"lockerfs-columns\n", mtime=0),
+                                 gzip.compress(b"lockerfs-columns\n{}\n", mtime=0), gzip.compress(b"\0" * 100, mtime=0)],
+                         ids=["empty", "not gzip", "magic alone", "empty header", "zeros"])
 def test_junk_is_a_damaged_file_not_a_crash(raw: bytes) -> None:
     with pytest.raises(CorruptCatalogFile):
         reload(raw)
