@@ -23,7 +23,7 @@ from mutagen.id3 import ID3, TIT2
 from lockerfs import catalog
 from lockerfs.asset import Asset, asset_id_for_file, stored_object
 from lockerfs.store import MOUNT_RETRIES, S3Store
-from tests.support.bounds import within
+from tests.support.bounds import start_lag, within
 from tests.support.faultproxy import FaultProxy
 from tests.support.library import Source, expected_paths, load_manifest, mounted_files
 from tests.support.mounting import LOCKERFS, lockerfs, mounted, readable, wait_until
@@ -448,7 +448,7 @@ def test_a_server_that_cannot_be_reached(command, uploaded, mnt, locker, env, pr
         sentence = one_sentence(result)
         print(f"{command}: {', '.join(f'{t:.1f}' for t in took)} s to say {sentence!r}")
         assert "cannot connect to the S3 endpoint" in sentence and "connection refused" in sentence
-        assert min(took) <= within(REFUSED_WITHIN)
+        assert min(took) <= within(REFUSED_WITHIN) + start_lag(env)
         after_tree = sorted(mounted_files(mnt))
         after_pins = lockerfs("pinned", str(mnt), env=env).stdout
     finally:

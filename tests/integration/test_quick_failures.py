@@ -19,19 +19,11 @@ from pathlib import Path
 import pytest
 
 from lockerfs.store import UPLOAD_RETRIES
-from tests.support.bounds import within
+from tests.support.bounds import start_lag, within
 from tests.support.mounting import lockerfs
 from tests.support.s3server import S3Server
 
 REFUSED_WITHIN = 2.0  # issue #12: seconds for any command to report a refused connection
-QUIET_START = 0.75  # `lockerfs --version` on this 2-core machine at rest (scripts/bench_life.py)
-
-
-def start_lag(env: dict[str, str]) -> float:
-    """How much longer than on a quiet machine Python and lockerfs take to start right now:
-    the suite runs on parallel workers, and the 2 s are meant for a machine at rest."""
-    floor, _, _ = run_timed(["--version"], env, runs=3)
-    return max(0.0, min(floor) - QUIET_START)
 LOCKER = "s3://nobody-home/music"
 
 
