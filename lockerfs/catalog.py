@@ -742,7 +742,7 @@ class CatalogReader:
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         seen = [[item.key, item.last_modified.isoformat()] for item in self.seen.values()]
-        write_atomically(path, self.state.to_columnar("local", {"seen": seen}, level=1))
+        write_atomically(path, lambda out: out.write(self.state.to_columnar("local", {"seen": seen}, level=1)))
 
     def load_local(self, path: Path) -> bool:
         """Load a copy written by save(); False (and an empty catalog) if it is missing or bad."""

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync of the folder.
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Temp file, `write(file)`, fsync, rename, fsync of the folder.
 
-    The temp file is named after this process and thread, so two writers never
-    share one; a write cut short leaves only the temp file, which is removed
-    when the failure is an exception.
+    The temp file is made before `write` produces the bytes, so a process
+    killed at any moment of the save leaves only the temp file behind. It is
+    named after this process and thread, so two writers never share one, and
+    removed when the failure is an exception.
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
     try:
         with open(temporary, "wb") as out:
-            out.write(data)
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)

@@ -138,8 +138,9 @@ def load_pins(path: Path) -> list[Pin]:
 
 def save_pins(path: Path, pins: list[Pin]) -> None:
     """Write the pins atomically and durably: a crash leaves the previous file or this one."""
-    write_atomically(path, json.dumps({"version": FILE_VERSION, "pins": [pin_to_dict(pin) for pin in pins]},
-                                      separators=(",", ":")).encode())
+    data = json.dumps({"version": FILE_VERSION, "pins": [pin_to_dict(pin) for pin in pins]},
+                      separators=(",", ":")).encode()
+    write_atomically(path, lambda out: out.write(data))
 
 
 # --- the mount's pins ------------------------------------------------------------------
