@@ -95,28 +95,27 @@ def first_byte(paths: list[str], gap_s: float) -> dict[str, Any]:
     succession look like a library scan to a system that tells them apart
     (lockerfs does), and would measure that instead.
     """
-    times = []
-    for number, path in enumerate(paths):
-        if number:
-            time.sleep(gap_s)
-        start = time.perf_counter()
-        with open(path, "rb", buffering=0) as track:
-            track.read(BLOCK)
-        times.append(time.perf_counter() - start)
-    return {"ms": [_ms(t) for t in times], "median_ms": _ms(statistics.median(times))}
+    return _timed_opens(paths, gap_s, lambda track: track.read(BLOCK))
 
 
 def covers(paths: list[str], gap_s: float) -> dict[str, Any]:
     """Read each album's cover.* whole, `gap_s` apart, as a file manager or a player showing
     an album does: compare with first_byte, a track's first block."""
+    def whole(cover: Any) -> None:
+        while cover.read(BLOCK):
+            pass
+    return _timed_opens(paths, gap_s, whole)
+
+
+def _timed_opens(paths: list[str], gap_s: float, read: Callable[[Any], object]) -> dict[str, Any]:
+    """Seconds from open to the end of `read(file)`, per path, `gap_s` apart."""
     times = []
     for number, path in enumerate(paths):
         if number:
             time.sleep(gap_s)
         start = time.perf_counter()
-        with open(path, "rb", buffering=0) as cover:
-            while cover.read(BLOCK):
-                pass
+        with open(path, "rb", buffering=0) as opened:
+            read(opened)
         times.append(time.perf_counter() - start)
     return {"ms": [_ms(t) for t in times], "median_ms": _ms(statistics.median(times)) if times else None}
 
