@@ -8,7 +8,6 @@ The corpus is built here (write_track + mutagen), never downloaded.
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from mutagen.id3 import ID3, TCON
 
 from lockerfs import catalog
 
+from tests.support.bombs import gzip_of_zeros
 from tests.support.bounds import EIO_WITHIN
 from tests.support.library import catalog_paths, mounted_files, sha256_of
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mounted
@@ -310,7 +310,7 @@ def test_raw_hostile_catalog_in_the_bucket_cannot_escape_or_crash_the_mount(s3_s
         client.put_object(Bucket=bucket, Key=_journal_key(prefix),
                           Body=b'{"kind":"journal","version":1,"records":[' + b"[" * 100_000 + b"]" * 100_000 + b"]}")
         client.put_object(Bucket=bucket, Key=f"{prefix}/{catalog.SNAPSHOT_PREFIX}{catalog.new_id()}.json.gz",
-                          Body=gzip.compress(b"\0" * (1 << 30), compresslevel=9))
+                          Body=gzip_of_zeros(1 << 30))
         time.sleep(4)
         assert sorted(p.relative_to(mnt).as_posix() for p in mnt.rglob("*")) == before
         assert (mnt / REAL_ONE).read_bytes() == real_track.path.read_bytes()

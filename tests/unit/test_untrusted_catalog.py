@@ -23,6 +23,7 @@ from lockerfs import catalog, layout
 from lockerfs.catalog import CatalogReader, FormatError
 from lockerfs.store import MemoryStore
 from lockerfs.tree import DirNode, FileNode, Tree
+from tests.support.bombs import gzip_of_zeros
 
 HOSTILE_TEXT = ["../../etc", "..", ".", "/abs/olute", "/", "a/../../b", "nul\x00byte", "\x00", "\x1b[2J",
                 "back\\..\\slash", "~root", "-rf", "  ", "", "\u202e\u2066", "x" * 5000, "é" * 3000,
@@ -184,7 +185,7 @@ def test_a_hundred_thousand_records_cost_bounded_memory_and_linear_time() -> Non
 
 def test_gzip_bomb_snapshot_is_refused_with_bounded_memory(store: MemoryStore) -> None:
     """1 GiB of zeros is 1 MB gzipped: inflating stops at the cap, whatever the claim."""
-    bomb = gzip.compress(b"\0" * (1 << 30), compresslevel=9)
+    bomb = gzip_of_zeros(1 << 30)
     assert len(bomb) < 2 << 20
     key = f"{catalog.SNAPSHOT_PREFIX}{catalog.new_id()}.json.gz"
     tracemalloc.start()
@@ -197,6 +198,11 @@ def test_gzip_bomb_snapshot_is_refused_with_bounded_memory(store: MemoryStore) -
     print(f"\n[gzip bomb] {len(bomb)} bytes -> refused; peak {peak / 2**20:.0f} MiB "
           f"(cap {catalog.MAX_CATALOG_FILE_BYTES / 2**20:.0f} MiB)")
     assert peak < 2 * catalog.MAX_CATALOG_FILE_BYTES + (64 << 20)
+
+
+def test_the_bomb_is_an_ordinary_gzip_of_zeros() -> None:
+    """tests/support/bombs.py builds its bomb without compressing it: what it inflates to."""
+    assert gzip.decompress(gzip_of_zeros(3 << 20)) == bytes(3 << 20)
 
 
 def test_deeply_nested_json_is_a_bad_file_not_a_crash(store: MemoryStore) -> None:
