@@ -5,8 +5,13 @@ proxy, and recovers with no manual step: no remount, no `umount` first. Bytes
 read are always the source's. Timings are printed (`pytest -s`) for the
 issue's closing note.
 
-The suspend test stops the mount process for LOCKERFS_SUSPEND_SECONDS
-(default 120, as the issue asks); it is most of this module's run time.
+The suspend test stops the mount process for LOCKERFS_SUSPEND_SECONDS. A
+SIGSTOP moves CLOCK_BOOTTIME and CLOCK_MONOTONIC alike, so what tells the
+resumed mount that its pooled connections are suspect is their idle time:
+the default stop is connections.IDLE_LIMIT plus bounds.MARGIN of it (34.5 s today),
+which proves the same as the 120 s the issue named. scripts/bench_laptop.py
+measures the full 120 s (`--suspend 120`, its default); run this test with
+LOCKERFS_SUSPEND_SECONDS=120 to see it here.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from lockerfs import mountpoints
 from lockerfs.connections import IDLE_LIMIT
 from lockerfs.mount import READ_DEADLINE
 from tests.integration.test_faults_mount import drop_page_cache, log_of
+from tests.support.bounds import within
 from tests.support.faultproxy import FaultProxy
 from tests.support.library import mounted_tracks
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
@@ -38,7 +44,7 @@ from tests.support.s3server import S3Server
 
 from synth_library import SynthTrack, write_track
 
-SUSPEND_SECONDS = float(os.environ.get("LOCKERFS_SUSPEND_SECONDS", "120"))
+SUSPEND_SECONDS = float(os.environ.get("LOCKERFS_SUSPEND_SECONDS", within(IDLE_LIMIT)))
 RTT = 0.2  # the round trip the proxy emulates in the timing tests
 # A cold read needs a connection (one round trip here) and a GET (at most two).
 FIRST_READ_BOUND = (2 * RTT + RTT) * 1.5
