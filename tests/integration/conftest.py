@@ -13,7 +13,8 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from synth_library import SynthTrack, synthesize_library  # noqa: E402
+from synth_library import SynthTrack  # noqa: E402
+from tests.support.synthesized import synthesized  # noqa: E402
 
 _bucket_numbers = itertools.count(1)
 
@@ -49,7 +50,6 @@ def locker(bucket: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthTrack]]:
-    """The small synthesized library (every format, multi-disc, compilation, missing tags)."""
-    root = tmp_path_factory.mktemp("library")
-    return root, synthesize_library(root, profile="small")
+def library() -> tuple[Path, list[SynthTrack]]:
+    """The small synthesized library (every format, multi-disc, compilation, missing tags); read-only."""
+    return synthesized("small")

@@ -3,7 +3,8 @@
 The "large" library (scripts/synth_library.py) is a 44 MiB FLAC and a 20 MiB
 MP3: both above the upload's 16 MiB multipart threshold, both larger than the
 memory cache the mount is given here, and the FLAC larger than its disk cache.
-It is written once per session, only when one of these tests runs.
+It is written only when one of these tests runs, and kept for later runs
+(tests/support/synthesized.py).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from tests.support.library import (Source, assert_serves_sources, expected_paths
 from tests.support.mounting import LOCKERFS, lockerfs, mounted, wait_until
 from tests.support.s3etags import S3EtagProxy
 from tests.support.s3server import S3Server
+from tests.support.synthesized import synthesized
 
-from synth_library import synthesize_library
 
 MiB = 1024 * 1024
 MEMORY_CACHE = "8M"  # smaller than both files
@@ -39,10 +40,9 @@ RANDOM_READS_EACH = 25
 
 
 @pytest.fixture(scope="session")
-def large_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("large")
-    synthesize_library(root, profile="large")
-    return root
+def large_library() -> Path:
+    """Read-only: a test that edits a file copies it first."""
+    return synthesized("large")[0]
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,12 @@ import pytest
 from tests.support.faultproxy import FaultProxy
 from tests.support.mounting import lockerfs, mounted
 from tests.support.s3server import S3Server
+from tests.support.synthesized import synthesized
 
 import countfs
 from mpd_update import have_mpd, private_mpd
 from record_traces import describe_files
-from synth_library import SynthTrack, synthesize_library
+from synth_library import SynthTrack
 
 # Bytes a cold MPD update through the mount may move, as a multiple of the floor.
 MAX_FLOOR_MULTIPLE = 1.5
@@ -32,12 +33,11 @@ QUIET_S = 0.5  # no new request for this long: the mount's background fetches ha
 
 
 @pytest.fixture(scope="module")
-def purchased(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthTrack]]:
+def purchased() -> tuple[Path, list[SynthTrack]]:
     """Two short tracks of each album shape of the purchased profile: VBR MP3 with and
     without a Xing frame, FLAC with 1.4 MB of art, M4A moov at the end and at the front,
-    Ogg and Opus with pictures, a 24/96 FLAC, cover.jpg side files."""
-    root = tmp_path_factory.mktemp("purchased")
-    return root, synthesize_library(root, profile="purchased-small")
+    Ogg and Opus with pictures, a 24/96 FLAC, cover.jpg side files. Read-only."""
+    return synthesized("purchased-small")
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.library import SIDE_SUFFIXES
 from tests.support.mounting import LOCKERFS, lockerfs, wait_until
 from tests.support.s3server import S3Server
+from tests.support.synthesized import synthesized
 
-from synth_library import synthesize_library, write_track
+from synth_library import write_track
 
 
 def sha256_file(path: Path) -> str:
@@ -75,12 +76,11 @@ def test_second_upload_sends_no_audio(library, locker, env, proxy: FaultProxy) -
     assert proxy.count("PUT", "/objects/") == 0
 
 
-def test_two_concurrent_uploads_both_complete(tmp_path, locker, env, s3_server, bucket) -> None:
-    first = synthesize_library(tmp_path / "one", profile="small", seed=11)
-    second = synthesize_library(tmp_path / "two", profile="small", seed=22)
-    runs = [subprocess.Popen([LOCKERFS, "upload", str(tmp_path / name), locker], env=env,
+def test_two_concurrent_uploads_both_complete(locker, env, s3_server, bucket) -> None:
+    (one, first), (two, second) = synthesized("small", seed=11), synthesized("small", seed=22)
+    runs = [subprocess.Popen([LOCKERFS, "upload", str(root), locker], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            for name in ("one", "two")]
+            for root in (one, two)]
     for run in runs:
         assert run.wait(300) == 0, run.stdout.read()
     records = assert_consistent(locker, env, s3_server, bucket)
@@ -142,9 +142,9 @@ def test_interrupt_stops_after_the_files_in_flight_and_rerun_finishes(tmp_path, 
 
 
 def test_compact_during_upload_loses_nothing(tmp_path, locker, env, s3_server, bucket) -> None:
-    tracks = synthesize_library(tmp_path / "lib", profile="small", seed=5)
+    lib, tracks = synthesized("small", seed=5)
     lockerfs("upload", str(_bulky_library(tmp_path / "first", 2)[0].parent), locker, env=env)
-    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(tmp_path / "lib"), locker], env=env,
+    run = subprocess.Popen([LOCKERFS, "upload", "--jobs", "1", str(lib), locker], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     compactions = 0
     while run.poll() is None or compactions < 2:
