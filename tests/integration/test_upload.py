@@ -43,8 +43,10 @@ def assert_consistent(locker: str, env: dict[str, str], server: S3Server, bucket
     return records
 
 
-def test_upload_stores_every_audio_file_byte_exact(library, locker, env, s3_server, bucket) -> None:
-    root, tracks = library
+def test_upload_stores_every_audio_file_byte_exact(library, locker, env, s3_server, bucket, tmp_path) -> None:
+    shared, tracks = library
+    root = tmp_path / "library"
+    shutil.copytree(shared, root)  # the shared library is read-only: the note goes into a copy
     (root / "notes.txt").write_text("not music")
     result = lockerfs("upload", str(root), locker, env=env)
     assert f"uploaded {len(tracks)} " in result.stdout

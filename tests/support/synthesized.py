@@ -14,8 +14,10 @@ builds it under a file lock while the others (workers, other checkouts) wait.
 
 Every hand-out checks the folder against its manifest: the same file names,
 sizes and SHA-256. A test that edited, added or removed a file in place would
-otherwise pass its damage on to every later run; it is rebuilt instead. Tests
-must still treat the library as read-only (copy a file before changing it).
+otherwise pass its damage on to every later run: the damaged folder is moved
+aside (kept for a look), a new one is written, and a warning in pytest's
+summary says so. Tests must treat the library as read-only: copy before
+changing anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import mutagen
@@ -104,7 +108,11 @@ def _build(root: Path, profile: str, seed: int) -> None:
     if _tracks(partial) != tracks:
         raise AssertionError(f"{profile}: manifest.json does not describe the tracks exactly (tags that JSON "
                              "cannot carry?), and tests/support/synthesized.py reads them back from it")
-    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        damaged = root.with_name(f"{root.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        root.rename(damaged)
+        warnings.warn(f"{root} did not match its manifest: a test changed the shared library in place "
+                      f"(moved to {damaged.name}, written again)", stacklevel=3)
     partial.rename(root)
 
 
