@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m pytest -ra -n 3 --dist loadfile "$@"
+# Modules run whole, longest first (tests/conftest.py orders them), on three workers.
+exec .venv/bin/python -m pytest -ra -n 3 --dist loadfile --no-loadscope-reorder "$@"

@@ -16,8 +16,42 @@ import pytest
 
 from tests.support.s3server import S3Server
 
-INTEGRATION_DIR = Path(__file__).parent / "integration"
+TESTS_DIR = Path(__file__).parent
+INTEGRATION_DIR = TESTS_DIR / "integration"
 NEEDS_A_SERVER = frozenset({"s3_server"})
+
+# The modules that take longest, longest first (from `--durations=0`, summed per module).
+# scripts/test.sh runs modules whole on three workers (`--dist loadfile`) in collection
+# order (`--no-loadscope-reorder`; by default xdist starts with the modules that hold
+# the most tests): so these start at once and the short ones fill in around them,
+# instead of a long module starting late and ending the run alone. The rest keep their
+# order, after these. A module missing here costs only balance, never a test.
+LONGEST_FIRST = [
+    "integration/test_life.py",
+    "integration/test_faults_upload.py",
+    "integration/test_faults_mount.py",
+    "integration/test_mount.py",
+    "unit/test_upload_pipeline.py",
+    "integration/test_quick_failures.py",
+    "integration/test_life_errors.py",
+    "integration/test_security.py",
+    "integration/test_upload.py",
+    "unit/test_tags.py",
+    "integration/test_laptop.py",
+    "integration/test_hostile.py",
+    "integration/test_upload_extras.py",
+    "integration/test_gc.py",
+    "integration/test_share.py",
+    "integration/test_extras_mount.py",
+    "integration/test_large.py",
+    "unit/test_untrusted_catalog.py",
+    "integration/test_mpd.py",
+]
+
+
+def _longest_first(item: pytest.Item) -> int:
+    module = Path(str(item.fspath)).relative_to(TESTS_DIR).as_posix()
+    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -25,6 +59,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         in_folder = Path(str(item.fspath)).is_relative_to(INTEGRATION_DIR)
         if in_folder or NEEDS_A_SERVER & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=_longest_first)  # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="session")
