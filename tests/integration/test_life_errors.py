@@ -12,7 +12,6 @@ that removes a track to have something to restore puts it back afterwards.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_life import ALBUM, ls_json
-from tests.support.bounds import start_lag, within
+from tests.support.bounds import runs_until_within, within, within_at_rest
 from tests.support.faultproxy import FaultProxy
 from tests.support.library import Source, expected_paths, load_manifest, mounted_files
 from tests.support.mounting import lockerfs, mounted
@@ -137,15 +136,13 @@ def test_a_server_that_cannot_be_reached(command, uploaded, mnt, locker, env, pr
     path = mnt / (ALBUM if command == "restore" else TRACK)
     proxy.set_down(True)
     try:
-        took = []
-        for _ in range(3):  # Python's start varies with the machine's load: the fastest run is held to the bound
-            began = time.monotonic()
-            result = lockerfs(*COMMANDS[command](str(path)), env=env, check=False)
-            took.append(time.monotonic() - began)
+        # Python's start varies with the machine's load: the fastest of up to three runs is held to the bound
+        took, result = runs_until_within(lambda: lockerfs(*COMMANDS[command](str(path)), env=env, check=False),
+                                         within(REFUSED_WITHIN))
         sentence = one_sentence(result)
         print(f"{command}: {', '.join(f'{t:.1f}' for t in took)} s to say {sentence!r}")
         assert "cannot connect to the S3 endpoint" in sentence and "connection refused" in sentence
-        assert min(took) <= within(REFUSED_WITHIN) + start_lag(env)
+        assert within_at_rest(min(took), within(REFUSED_WITHIN), env), took
         after_tree = sorted(mounted_files(mnt))
         after_pins = lockerfs("pinned", str(mnt), env=env).stdout
     finally:

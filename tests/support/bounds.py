@@ -10,9 +10,13 @@ from __future__ import annotations
 import inspect
 import subprocess
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from lockerfs.cache import BlockCache
 from tests.support.mounting import LOCKERFS
+
+T = TypeVar("T")
 
 # A read the mount cannot serve fails with EIO after at most this long. It is
 # BlockCache's default `read_deadline` today (the mount passes none); when it
@@ -40,3 +44,27 @@ def start_lag(env: dict[str, str]) -> float:
         subprocess.run([LOCKERFS, "--version"], env=env, capture_output=True, check=True, timeout=60)
         runs.append(time.monotonic() - started)
     return max(0.0, min(runs) - QUIET_START)
+
+
+def runs_until_within(run: Callable[[], T], bound: float, runs: int = 3) -> tuple[list[float], T]:
+    """Time `run` up to `runs` times, stopping at the first that ends within `bound`:
+    the seconds of each run made, and the last run's result.
+
+    For a promise that counts a command's whole run: the fastest of `runs` runs is
+    what is held to the bound (see start_lag), and once one run is within it, the
+    fastest is too, whatever further runs would take. Each run saved is a Python
+    start saved on a loaded machine.
+    """
+    times: list[float] = []
+    while True:
+        started = time.monotonic()
+        result = run()
+        times.append(time.monotonic() - started)
+        if times[-1] <= bound or len(times) == runs:
+            return times, result
+
+
+def within_at_rest(seconds: float, bound: float, env: dict[str, str]) -> bool:
+    """Whether `seconds` keeps to `bound` once the load's extra start time is allowed
+    (start_lag, measured only when the bound alone is exceeded: it only adds)."""
+    return seconds <= bound or seconds <= bound + start_lag(env)
