@@ -10,6 +10,7 @@ import stat
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,33 @@ def drop_page_cache(fd: int) -> None:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-@pytest.fixture
-def uploaded(library, locker, env) -> tuple[Path, list]:
+@pytest.fixture(scope="module")
+def locker(s3_server: S3Server) -> str:
+    """One locker for the module: its tests mount and read it, and change nothing in it
+    (the one that adds a track has a locker of its own: own_locker)."""
+    bucket = f"mount-{uuid.uuid4().hex[:8]}"
+    s3_server.make_bucket(bucket)
+    return f"s3://{bucket}/music"
+
+
+@pytest.fixture(scope="module")
+def uploaded(library, locker, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The small library in the module's locker, uploaded once, straight to the server."""
     root, tracks = library
+    env, home = s3_server.env(), tmp_path_factory.mktemp("mount-upload")
+    for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+        (home / name.lower()).mkdir(mode=0o700)
+        env[name] = str(home / name.lower())
     lockerfs("upload", str(root), locker, env=env)
     return root, tracks
+
+
+@pytest.fixture
+def own_locker(library, bucket: str, env: dict[str, str]) -> str:
+    """The small library in a locker of the test's own, for a test that adds to it."""
+    locker = f"s3://{bucket}/music"
+    lockerfs("upload", str(library[0]), locker, env=env)
+    return locker
 
 
 @pytest.fixture
@@ -131,7 +154,8 @@ def test_eight_concurrent_readers(uploaded, layout, locker, env, tmp_path) -> No
         assert len(results) == 8 and all(r == expected for r in results)
 
 
-def test_new_upload_appears_after_refresh(uploaded, locker, env, tmp_path) -> None:
+def test_new_upload_appears_after_refresh(own_locker, env, tmp_path) -> None:
+    locker = own_locker
     with mounted(locker, tmp_path / "mnt", env, "--cache-dir", str(tmp_path / "cache"), "--refresh", "1") as mnt:
         before = set(mounted_files(mnt))
         assert not (mnt / "Late Artist").exists()  # the kernel may now cache this absence
