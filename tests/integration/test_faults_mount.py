@@ -17,6 +17,7 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,11 +91,34 @@ def through(env: dict[str, str], proxy: FaultProxy) -> dict[str, str]:
     return {**env, "AWS_ENDPOINT_URL": proxy.endpoint}
 
 
-@pytest.fixture
-def uploaded_corpus(corpus, locker, env) -> tuple[Path, list[SynthTrack]]:
+@pytest.fixture(scope="module")
+def locker(s3_server: S3Server) -> str:
+    """One locker for the module: its tests mount and read it through their proxies and change
+    nothing in it (the one that adds a track has a locker of its own: own_corpus_locker)."""
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    s3_server.make_bucket(bucket)
+    return f"s3://{bucket}/music"
+
+
+@pytest.fixture(scope="module")
+def uploaded_corpus(corpus, locker, s3_server: S3Server,
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthTrack]]:
+    """The corpus in the module's locker, uploaded once, straight to the server."""
     root, tracks = corpus
+    env, home = s3_server.env(), tmp_path_factory.mktemp("faults-upload")
+    for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+        (home / name.lower()).mkdir(mode=0o700)
+        env[name] = str(home / name.lower())
     lockerfs("upload", str(root), locker, env=env)
     return root, tracks
+
+
+@pytest.fixture
+def own_corpus_locker(corpus, bucket: str, env: dict[str, str]) -> str:
+    """The corpus in a locker of the test's own, for a test that adds to it."""
+    locker = f"s3://{bucket}/music"
+    lockerfs("upload", str(corpus[0]), locker, env=env)
+    return locker
 
 
 def mount_process(mnt: Path) -> psutil.Process:
@@ -517,8 +541,9 @@ def test_full_block_disk_degrades_to_memory_with_a_warning(uploaded_corpus, corp
     assert "No space left on device" in log and "caching in memory only" in log
 
 
-def test_full_cache_disk_still_mounts_and_reads(uploaded_corpus, corpus_layout, locker, env, tmp_path, tmpfs) -> None:
+def test_full_cache_disk_still_mounts_and_reads(own_corpus_locker, corpus_layout, env, tmp_path, tmpfs) -> None:
     """The whole cache dir on a disk with no room at all: no catalog copy, no log, no blocks; reads work."""
+    locker = own_corpus_locker
     expected = expected_bytes(corpus_layout)
     cache = tmpfs(tmp_path / "cache", "1m")
     with open(cache / "filler", "wb") as filler:
