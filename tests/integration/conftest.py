@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.faultproxy import FaultProxy
+from tests.support.mounting import lockerfs
 from tests.support.s3server import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -53,3 +54,19 @@ def locker(bucket: str) -> str:
 def library() -> tuple[Path, list[SynthTrack]]:
     """The small synthesized library (every format, multi-disc, compilation, missing tags); read-only."""
     return synthesized("small")
+
+
+@pytest.fixture(scope="session")
+def small_locker(s3_server: S3Server, library: tuple[Path, list[SynthTrack]],
+                 tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The small library uploaded once per worker, straight to the server, with private XDG
+    folders: what tests.support.lockers.copy_locker copies for a test that needs a locker of
+    its own holding the library, instead of uploading it again."""
+    s3_server.make_bucket("small-locker")
+    env, home = s3_server.env(), tmp_path_factory.mktemp("small-locker")
+    for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+        (home / name.lower()).mkdir(mode=0o700)
+        env[name] = str(home / name.lower())
+    locker = "s3://small-locker/music"
+    lockerfs("upload", str(library[0]), locker, env=env)
+    return locker

@@ -26,6 +26,7 @@ from lockerfs.store import MOUNT_RETRIES, S3Store
 from tests.support.bounds import within
 from tests.support.faultproxy import FaultProxy
 from tests.support.library import Source, expected_paths, load_manifest, mounted_files
+from tests.support.lockers import copy_locker
 from tests.support.mounting import LOCKERFS, lockerfs, mounted, readable, wait_until
 from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY
 
@@ -35,11 +36,11 @@ REFRESH = 1.0  # --refresh of a second mount that must see another machine's cha
 
 
 @pytest.fixture
-def uploaded(library, locker, env) -> dict[str, Source]:
-    """The small library in the locker; mount path -> its source."""
-    root, _ = library
-    lockerfs("upload", str(root), locker, env=env)
-    return expected_paths(load_manifest(root))
+def uploaded(library, small_locker, locker, s3_server) -> dict[str, Source]:
+    """The small library in the test's own locker (a server-side copy of one upload: these
+    tests change their locker); mount path -> its source."""
+    copy_locker(s3_server, small_locker, locker)
+    return expected_paths(load_manifest(library[0]))
 
 
 @pytest.fixture
@@ -135,6 +136,9 @@ def test_rm_and_restore_by_match_without_a_mount(uploaded, locker, env) -> None:
 def test_uploading_a_removed_file_again_brings_it_back(library, uploaded, mnt, locker, env) -> None:
     name = f"{ALBUM}/04 Triangle Man.flac"
     source = uploaded[name]
+    # The locker is a copy: this upload gives the run below the local state of the one that
+    # stored the file (it finds the file unchanged, yet not in the catalog).
+    assert f"matched {len(library[1])}," in lockerfs("upload", str(library[0]), locker, env=env).stdout
     lockerfs("rm", str(mnt / name), env=env)
     result = lockerfs("upload", str(source.path), locker, env=env)
     assert source.sha256 in ls_json(locker, env), result.stdout

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.library import assert_serves_sources, expected_paths, load_manifest, mounted_files
+from tests.support.lockers import copy_locker
 from tests.support.mounting import LOCKERFS, force_unmount, lockerfs, mount_pids, mounted, wait_until
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -24,10 +25,10 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture
-def uploaded(library, locker, env):  # type: ignore[no-untyped-def]
-    root, tracks = library
-    lockerfs("upload", str(root), locker, env=env)
-    return root, tracks
+def uploaded(library, small_locker, locker, s3_server):  # type: ignore[no-untyped-def]
+    """The small library in the test's locker: a server-side copy of one upload (tests/support/lockers.py)."""
+    copy_locker(s3_server, small_locker, locker)
+    return library
 
 
 def mount_options(mnt: Path) -> list[str]:

@@ -18,17 +18,18 @@ import pytest
 from lockerfs.share import AUDIO_TYPES
 from tests.support.faultproxy import FaultProxy
 from tests.support.library import Source, expected_paths, load_manifest
+from tests.support.lockers import copy_locker
 from tests.support.mounting import lockerfs, mounted
 
 SEVEN_DAYS = 7 * 24 * 3600
 
 
 @pytest.fixture
-def uploaded(library, locker, env) -> dict[str, Source]:
-    """Mount path -> source, after uploading the small library."""
-    root, _ = library
-    lockerfs("upload", str(root), locker, env=env)
-    return expected_paths(load_manifest(root))
+def uploaded(library, small_locker, locker, s3_server) -> dict[str, Source]:
+    """Mount path -> source, with the small library in the test's locker (a server-side copy
+    of one upload, tests/support/lockers.py)."""
+    copy_locker(s3_server, small_locker, locker)
+    return expected_paths(load_manifest(library[0]))
 
 
 def read_playlist(text: str) -> list[tuple[str, str]]:
