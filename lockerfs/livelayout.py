@@ -418,15 +418,19 @@ class LiveLayout:
 
     def _load(self) -> set[Key]:
         """update() of every row into an empty layout: the same steps in tight loops (a
-        300,000-track mount runs them before it is ready)."""
+        300,000-track mount runs them before it is ready). A row's album is looked up by its
+        raw values, the memo _album_of fills, without a call per row."""
         table = self.table
         live, sizes = table.live, table.size
-        album_of, albums = self._album_of, self.albums
+        album_of, albums, album_names = self._album_of, self.albums, self._album_names
         row_album, counted = self.row_album, self._counted
+        text = table.text
+        raws = zip(text["albumartist"], text["artist"], text["album"], table.compilation)
         total = count = 0
-        for row in range(len(live)):
+        for row, raw in enumerate(raws):
             if live[row]:
-                key = album_of(row)[2]
+                named = album_names.get(raw)
+                key = (named or album_of(row))[2]
                 album = albums.get(key)
                 if album is None:
                     album = albums[key] = _Album(array("I"))
@@ -440,6 +444,16 @@ class LiveLayout:
             self._album_facts(album)
         head_of, row_head, head_rows = self._head, self.row_head, self.head_rows
         for album in albums.values():
+            if self._album_level:  # one head for all of the album's rows
+                head = head_of(album.rows[0])
+                for row in album.rows:
+                    row_head[row] = head
+                rows = head_rows.get(head)
+                if rows is None:
+                    head_rows[head] = array("I", album.rows)
+                else:
+                    rows.extend(album.rows)
+                continue
             for row in album.rows:
                 head = row_head[row] = head_of(row)
                 rows = head_rows.get(head)
@@ -540,7 +554,7 @@ class LiveLayout:
     def _place_assets(self, changed: set[int], all_of_them: bool) -> set[Key]:
         state = self.state
         shas = self.table.shas
-        rows_of, alive = self.table.row, self.table.live
+        alive = self.table.live
         if all_of_them:
             idents = set(state.assets) | set(self.placed) | set(self._asset_stamps)
         else:
@@ -550,8 +564,10 @@ class LiveLayout:
                 idents |= self._pending.get(shas[row], set())
                 idents.update(self._assets_of(row))
         affected: set[Key] = set()
+        rows_of = self.table.rows_by_sha.get  # a lookup per reference: 600,000 of them at 300,000 tracks
         for ident in idents:
-            affected |= self._unplace(ident)
+            if ident in self._asset_stamps or ident in self.placed:  # else nothing of it to take back
+                affected |= self._unplace(ident)
             versioned = state.assets.get(ident)
             if versioned is None:
                 self._asset_stamps.pop(ident, None)
@@ -560,21 +576,23 @@ class LiveLayout:
             asset = versioned.value
             if asset is None:
                 continue
-            live = set()
+            live: dict[str, int] = {}  # the live tracks it leads to, and their rows
             for sha in asset.tracks:
                 row = rows_of(sha)
-                current = sha if row is not None and alive[row] else state.current(sha)
+                if row is not None and alive[row]:
+                    live[sha] = row
+                    continue
+                current = state.current(sha)
                 if current is None:
                     self._pending.setdefault(sha, set()).add(ident)
                 else:
-                    live.add(current)
+                    live[current] = rows_of(current)  # type: ignore[assignment]
             if not live:
                 continue
             files = tuple((name, state.current(sha)) for name, sha in asset.cue.files) if asset.cue else ()
             placed = self.placed[ident] = PlacedAsset(asset, versioned.stamp, tuple(sorted(live)), files)
             for sha in placed.tracks:
-                row = self.table.row(sha)
-                assert row is not None
+                row = live[sha]
                 if self.row_asset[row] is None:
                     self.row_asset[row] = ident
                 else:
