@@ -143,12 +143,12 @@ class LockerOperations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self._dir_handles[fh]
-        for index in range(start_id, len(directory.names)):
-            name = directory.names[index]
-            node = self.tree.nodes.get(directory.children[name])
+        names = directory.names
+        for index in range(start_id, len(names)):
+            node = self.tree.entry(directory, index)
             if node is None:
                 continue  # removed by a refresh while listing
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), index + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), self.attributes(node), index + 1):
                 return
 
     async def releasedir(self, fh: int) -> None:

@@ -466,12 +466,18 @@ class LiveLayout:
         return affected
 
     def _album_facts(self, album: _Album) -> None:
-        years_col, discs_col, totals = self.table.numbers["year"], self.table.numbers["disc"], self.table.numbers["disctotal"]
-        years = {years_col[row] - 1 for row in album.rows if years_col[row] != NONE}
-        album.year = years.pop() if len(years) == 1 else _most_common(
-            years_col[row] - 1 for row in album.rows if years_col[row] != NONE)
-        discs = {discs_col[row] for row in album.rows if discs_col[row] != NONE}
-        album.multi_disc = len(discs) > 1 or any(totals[row] - 1 > 1 for row in album.rows if totals[row] != NONE)
+        """The album's year (the one its tracks agree on, else the most common) and whether
+        it has several discs; the columns are read by map() in C (25,000 albums at load)."""
+        numbers = self.table.numbers
+        rows = album.rows
+        years = set(map(numbers["year"].__getitem__, rows))
+        years.discard(NONE)
+        album.year = years.pop() - 1 if len(years) == 1 else _most_common(
+            year - 1 for year in map(numbers["year"].__getitem__, rows) if year != NONE)
+        discs = set(map(numbers["disc"].__getitem__, rows))
+        discs.discard(NONE)
+        # disctotal is stored + 1 (0: unknown), so "more than one disc" is a stored value above 2
+        album.multi_disc = len(discs) > 1 or max(map(numbers["disctotal"].__getitem__, rows), default=NONE) > 2
 
     def _count_heads(self, heads: dict[str, int]) -> set[Key]:
         """Move each changed head's tracks between folder spellings; rename folders whose
