@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -86,7 +85,7 @@ class LiveLayout:
         self.albums: dict[AlbumKey, _Album] = {}
         self.head_rows: dict[str, array[int]] = {}  # rows as 32-bit numbers: no int object per row
         self._head_folder: dict[str, tuple[Key, tuple[str, ...]]] = {}  # head -> (key, sanitized names)
-        self.spellings: dict[Key, Counter[str]] = {}
+        self.spellings: dict[Key, dict[str, int]] = {}  # folder -> its spellings' track counts
         self.children: dict[Key, set[Key]] = {(): set()}
         self.folder_heads: dict[Key, set[str]] = {(): set()}
         self.shown: dict[Key, Path] = {(): ()}
@@ -495,12 +494,13 @@ class LiveLayout:
                 folder = key[:depth]
                 spelling = self.spellings.get(folder)
                 if spelling is None:
-                    spelling = self.spellings[folder] = Counter()
+                    spelling = self.spellings[folder] = {}
                     self.children.setdefault(folder[:-1], set()).add(folder)
                     affected.add(folder[:-1])
-                spelling[names[depth - 1]] += delta
-                if spelling[names[depth - 1]] <= 0:
-                    del spelling[names[depth - 1]]
+                name = names[depth - 1]
+                count = spelling[name] = spelling.get(name, 0) + delta
+                if count <= 0:
+                    del spelling[name]
                 touched.add(folder)
             if self.head_rows.get(head):
                 self.folder_heads.setdefault(key, set()).add(head)
@@ -515,7 +515,10 @@ class LiveLayout:
             if not spelling:  # no track below any more
                 self._drop(folder, affected)
                 continue
-            name = min(spelling.items(), key=lambda item: (-item[1], item[0]))[0]
+            if len(spelling) == 1:  # one spelling (the rule): it is the name
+                name = next(iter(spelling))
+            else:
+                name = min(spelling.items(), key=lambda item: (-item[1], item[0]))[0]
             shown = (*self.shown[folder[:-1]], name)
             if self.shown.get(folder) != shown:
                 self._rename(folder, shown, affected)
