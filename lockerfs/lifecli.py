@@ -209,6 +209,7 @@ def _selection(args: argparse.Namespace) -> None:
 
 def _matching(args: argparse.Namespace, store: S3Store, removed: bool) -> list[Placed]:
     from lockerfs import edits
+    from lockerfs.edits import Placed
 
     wanted = edits.parse_matches(args.match)
     state = catalog.load_catalog(store).state
