@@ -254,9 +254,10 @@ class Tree:
     def entry(self, folder: DirNode, index: int) -> Node | None:
         """The node at `index` of the folder's listing (readdir walks them in order): no
         name or inode to look up again, for a folder the tree still holds."""
-        if self._dirs.get(folder.inode) is not folder:  # replaced by a refresh: the tree's
-            listing = folder._listed()               # current entries only, by inode
-            return self._node(_inode_at(folder, listing, index))
+        if self._dirs.get(folder.inode) is not folder:
+            # Replaced by a refresh while it was listed: what the tree holds now, by inode
+            # (an entry the refresh removed is None).
+            return self._node(_inode_at(folder, folder._listed(), index))
         return self._node_at(folder, folder._listed(), index)
 
     def siblings(self, node: FileNode) -> list[FileNode]:
