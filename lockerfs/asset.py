@@ -88,7 +88,10 @@ def clean_text(value: object, limit: int) -> str:
         return ""
     if value.isascii() and value.isprintable():  # most names: nothing to remove, already NFC
         return value[:limit].strip()
-    text = value[: limit * 2].translate(_CONTROLS)
+    text = value[: limit * 2]
+    if text.isprintable() and unicodedata.is_normalized("NFC", text):  # nothing to remove or compose
+        return text[:limit].strip()
+    text = text.translate(_CONTROLS)
     text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
     return unicodedata.normalize("NFC", text)[:limit].strip()
 

@@ -164,6 +164,11 @@ def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], me
     digests = section("asset_refs", refs, 32).hex()
     if offsets[0] != 0 or offsets[-1] != refs or any(map(int.__gt__, offsets[:-1], offsets[1:])):
         raise ColumnError("asset track offsets are out of order")
+    # Each reference once as a string, the table's own where the track is in it (a cover
+    # names a dozen tracks: 300,000 references in a large catalog, no copy of each).
+    references = [digests[i:i + 64] for i in range(0, len(digests), 64)]
+    references = list(map(same.get, references, references))
+    del digests
     names: dict[int, str] = {}
     objects: dict[tuple[int, int], tuple[str, str] | None] = {}
     found: list[tuple[Stamp, Asset]] = []
@@ -176,8 +181,7 @@ def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], me
                 kinds = objects[(ext[n], kind[n])] = _object_kinds(strings[ext[n]], strings[kind[n]])
             if kinds is None or not 0 <= size[n] <= MAX_OBJECT_SIZE or stamp_file[n] >= len(files) or stamp_pos[n] < 0:
                 raise ValueError
-            refs = {digests[i * 64:i * 64 + 64] for i in range(offsets[n], offsets[n + 1])}
-            tracks = tuple(sorted(same.get(sha, sha) for sha in refs))
+            tracks = tuple(sorted(set(references[offsets[n]:offsets[n + 1]])))
             if not tracks or len(tracks) > MAX_ATTACHED or (role == "lyrics" and len(tracks) != 1):
                 raise ValueError
             own = names.get(name[n])
@@ -355,9 +359,11 @@ def _clean(rows: int, columns: dict[str, Any], strings: list[str | None], raw: d
     if rows and not (all(map(math.isfinite, mtime)) and min(mtime) >= 0 and max(mtime) < 1e11):
         columns["mtime"] = array("d", (m if math.isfinite(m) and 0 <= m < 1e11 else 0.0 for m in mtime))
     duration = columns["duration"]
-    if rows and any(not (0 <= d < 1e12) for d in duration if d == d):
+    known = list(filter(math.isfinite, duration))  # NaN (unknown) and infinities left out, in C
+    if known and (min(known) < 0 or max(known) >= 1e12) or len(known) + sum(map(math.isnan, duration)) != rows:
         columns["duration"] = array("d", (d if math.isnan(d) or 0 <= d < 1e12 else math.nan for d in duration))
-    long_tags = [i for i, text in enumerate(strings) if text is not None and len(text) > MAX_TEXT]
+    long_tags = [i for i, text in enumerate(strings) if text is not None and len(text) > MAX_TEXT] \
+        if len(strings) > 1 and max(map(len, strings[1:])) > MAX_TEXT else []  # type: ignore[arg-type]
     if long_tags:  # tag values are capped shorter than sources
         capped = {index: len(strings) + n for n, index in enumerate(long_tags)}
         strings.extend(strings[index][:MAX_TEXT] for index in long_tags)  # type: ignore[index]

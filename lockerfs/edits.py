@@ -33,6 +33,7 @@ from typing import Any
 from lockerfs import catalog, retag, writeorder
 from lockerfs.asset import CONTENT_TYPES, object_key
 from lockerfs.containers import CONTENT_TYPES as AUDIO_CONTENT_TYPES
+from lockerfs.editfields import MATCH_FIELDS, MATCH_NUMBERS, MATCH_RECORD, MATCH_TEXT
 from lockerfs.retag import Edit, TagError
 from lockerfs.store import Store, StoreError
 from lockerfs.tags import read_track_info
@@ -40,11 +41,6 @@ from lockerfs.track import Track
 
 log = logging.getLogger(__name__)
 
-# --match FIELD=VALUE: tag fields compare case-blind; numbers as numbers.
-MATCH_TEXT = ("artist", "albumartist", "album", "title", "genre", "format")
-MATCH_NUMBERS = ("track", "disc", "year")
-MATCH_RECORD = ("sha256", "source", "ext")
-MATCH_FIELDS = (*MATCH_TEXT, *MATCH_NUMBERS, *MATCH_RECORD)
 HEAD_PARALLEL = 8
 PARALLEL_TRACKS = 4  # tracks fetched, rewritten and stored at once by `tag`
 

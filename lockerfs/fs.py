@@ -143,12 +143,12 @@ class LockerOperations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self._dir_handles[fh]
-        for index in range(start_id, len(directory.names)):
-            name = directory.names[index]
-            node = self.tree.nodes.get(directory.children[name])
+        names = directory.names
+        for index in range(start_id, len(names)):
+            node = self.tree.entry(directory, index)
             if node is None:
                 continue  # removed by a refresh while listing
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), index + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), self.attributes(node), index + 1):
                 return
 
     async def releasedir(self, fh: int) -> None:
@@ -236,23 +236,32 @@ class LockerOperations(pyfuse3.Operations):
             self.prefetcher.released(opened.reading)
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        value = self._xattrs(self._node(inode)).get(name)
-        if value is None:
+        node = self._node(inode)
+        if name not in self._xattr_names(node):  # `ls -l` asks every file for ACLs and labels
             raise pyfuse3.FUSEError(errno.ENODATA)
-        return value
+        return self._xattr(node, name)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return list(self._xattrs(self._node(inode)))
+        return self._xattr_names(self._node(inode))
 
-    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
-        """What getfattr shows; from the tables alone (no request, no disk I/O)."""
+    def _xattr_names(self, node: Node) -> list[bytes]:
+        """What getfattr shows; names only: a value (how much is cached) is worked out only
+        when asked for, since `ls -l` lists the names of every file it shows."""
         if isinstance(node, DirNode):
-            if node.inode == ROOT_INODE and self.control_socket is not None:
-                return {XATTR_CONTROL.encode(): self.control_socket}
-            return {}
-        obj = node.content if isinstance(node.content, ObjectRef) else None
-        if obj is None:  # a cue sheet or playlist made from the catalog: nothing to fetch or pin
-            return {}
-        return {XATTR_SHA256.encode(): obj.sha256.encode(),
-                XATTR_CACHED.encode(): str(self.cache.cached_bytes(obj)).encode(),
-                XATTR_PINNED.encode(): b"yes" if self.cache.is_pinned(obj) else b"no"}
+            return [XATTR_CONTROL.encode()] if node.inode == ROOT_INODE and self.control_socket is not None else []
+        if not isinstance(node.content, ObjectRef):  # a cue sheet or playlist made from the catalog
+            return []
+        return [XATTR_SHA256.encode(), XATTR_CACHED.encode(), XATTR_PINNED.encode()]
+
+    def _xattr(self, node: Node, name: bytes) -> bytes:
+        """One of the node's _xattr_names, from the tables alone (no request, no disk I/O)."""
+        if isinstance(node, DirNode):
+            assert self.control_socket is not None
+            return self.control_socket
+        obj = node.content
+        assert isinstance(obj, ObjectRef)
+        if name == XATTR_SHA256.encode():
+            return obj.sha256.encode()
+        if name == XATTR_CACHED.encode():
+            return str(self.cache.cached_bytes(obj)).encode()
+        return b"yes" if self.cache.is_pinned(obj) else b"no"

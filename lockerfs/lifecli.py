@@ -19,18 +19,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lockerfs import catalog, edits
+from lockerfs import catalog
 from lockerfs.catalog import track_from_dict
 from lockerfs.durable import human_bytes
-from lockerfs.edits import Placed
-from lockerfs.retag import FIELDS, TagError, parse_edits
+from lockerfs.editfields import FIELDS, MATCH_FIELDS
 from lockerfs.store import UPLOAD_RETRIES, S3Store, StoreError
 
 if TYPE_CHECKING:
     from lockerfs.control import MountedPath
+    from lockerfs.edits import Placed
 
 # control.py (and with it trio, a fifth of a second) is imported by the commands that reach a
 # mount, when they run: every other command's start, and its quick failure, stays as it was.
+# So are edits.py and retag.py (mutagen): `lockerfs mount` builds this parser too.
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,16 @@ def _add_selection(parser: argparse.ArgumentParser, add_endpoint: Callable) -> N
     parser.add_argument("--locker", metavar="LOCKER", help="s3://BUCKET[/PREFIX]: choose by --match, no mount")
     parser.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
                         help=f"with --locker: tracks whose FIELD is VALUE (case-blind; all must match); "
-                             f"fields: {', '.join(edits.MATCH_FIELDS)}")
+                             f"fields: {', '.join(MATCH_FIELDS)}")
     parser.add_argument("paths", nargs="*", metavar="PATH")
 
 
 def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """One sentence and an exit code for everything a user can meet; tracebacks only for bugs."""
     def guarded(args: argparse.Namespace) -> int:
+        from lockerfs import edits
         from lockerfs.control import ControlError
+        from lockerfs.retag import TagError
 
         try:
             return run(args)
@@ -139,6 +142,8 @@ def _call(mountpoint: Path, op: str, **args: Any) -> dict[str, Any]:
 def _placed_under(mountpoint: Path, located: list[MountedPath], op: str) -> list[Placed]:
     """The tracks the mount places under the paths; a path it does not know, or that holds no
     track, is refused (naming it as the user typed it)."""
+    from lockerfs.edits import Placed
+
     answer = _call(mountpoint, op, paths=[item.relative for item in located])
     by_relative = {item.relative: item.given for item in located}
     missing = answer.get("missing", [])
@@ -203,6 +208,9 @@ def _selection(args: argparse.Namespace) -> None:
 
 
 def _matching(args: argparse.Namespace, store: S3Store, removed: bool) -> list[Placed]:
+    from lockerfs import edits
+    from lockerfs.edits import Placed
+
     wanted = edits.parse_matches(args.match)
     state = catalog.load_catalog(store).state
     pool = state.restorable() if removed else state.tracks()
@@ -224,6 +232,9 @@ def run_restore(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace, removing: bool) -> int:
+    from lockerfs import edits
+    from lockerfs.edits import Placed
+
     _selection(args)
     verb = "remove" if removing else "restore"
     mountpoint = None
@@ -261,6 +272,9 @@ def _print_list(what: str, placed: list[Placed]) -> int:
 # --- tag ---------------------------------------------------------------------------------------
 
 def run_tag(args: argparse.Namespace) -> int:
+    from lockerfs import edits
+    from lockerfs.retag import parse_edits
+
     paths, assignments = _split_tag_items(args.items)
     changes = parse_edits(assignments)  # bad input is refused before anything is asked or fetched
     mountpoint, located = _one_mount(paths, "re-tag")

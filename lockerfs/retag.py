@@ -30,9 +30,9 @@ from mutagen.asf import ASFTags
 from mutagen.id3 import ID3, ID3NoHeaderError, ID3v1SaveOptions
 from mutagen.mp4 import MP4Tags
 
+from lockerfs.editfields import FIELDS
 from lockerfs.trackinfo import TrackInfo
 
-FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "year", "genre")
 NUMBERED = frozenset({"track", "disc"})
 # Containers whose tags sit around a raw stream: ID3v2 in front, APEv2 and ID3v1 at the end.
 STREAM_FORMATS = frozenset({"mp3", "aac", "tta"})

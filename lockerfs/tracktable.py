@@ -87,6 +87,11 @@ class TrackTable(Mapping[str, Entry]):
     def row(self, sha: str) -> int | None:
         return self._rows.get(sha)
 
+    @property
+    def rows_by_sha(self) -> Mapping[str, int]:
+        """sha256 -> row, for loops that look up many (a call of row() each costs more)."""
+        return self._rows
+
     def stamp(self, row: int) -> Stamp:
         return self.files[self.stamp_file[row]], self.stamp_pos[row]
 

@@ -251,6 +251,15 @@ class Tree:
         index = _index(listing.names, name)
         return None if index is None else self._node_at(directory, listing, index)
 
+    def entry(self, folder: DirNode, index: int) -> Node | None:
+        """The node at `index` of the folder's listing (readdir walks them in order): no
+        name or inode to look up again, for a folder the tree still holds."""
+        if self._dirs.get(folder.inode) is not folder:
+            # Replaced by a refresh while it was listed: what the tree holds now, by inode
+            # (an entry the refresh removed is None).
+            return self._node(_inode_at(folder, folder._listed(), index))
+        return self._node_at(folder, folder._listed(), index)
+
     def siblings(self, node: FileNode) -> list[FileNode]:
         """The files in the node's folder, in name order (an album in play order)."""
         return self.files_in(self._dirs[node.parent])

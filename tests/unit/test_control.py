@@ -273,3 +273,19 @@ def test_a_socket_that_cannot_be_made_costs_the_commands_not_the_mount(tmp_path:
     with caplog.at_level("WARNING"):
         trio.run(main)
     assert "cannot reach this mount" in caplog.text
+
+
+def test_listing_names_or_asking_for_others_does_not_count_cached_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ls -l` lists every file's attribute names and asks for ACLs and security labels:
+    counting a track's cached blocks (a walk over all of them) is for getfattr's value only."""
+    fs = Fs()
+    inode = fs.inode("Artist", "Album", "01.flac")
+    counted: list[object] = []
+    real = fs.cache.cached_bytes
+    monkeypatch.setattr(fs.cache, "cached_bytes", lambda obj: counted.append(obj) or real(obj))
+    assert len(run(lambda: fs.ops.listxattr(inode, CTX))) == 3
+    for other in (b"security.selinux", b"system.posix_acl_access"):
+        assert fuse_errno(lambda name=other: fs.ops.getxattr(inode, name, CTX)) == errno.ENODATA
+    assert counted == []
+    assert run(lambda: fs.ops.getxattr(inode, b"user.lockerfs.cached", CTX)) == b"0"
+    assert len(counted) == 1

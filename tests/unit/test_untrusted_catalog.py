@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from lockerfs import catalog, layout
+from lockerfs.asset import clean_text
 from lockerfs.catalog import CatalogReader, FormatError
 from lockerfs.store import MemoryStore
 from lockerfs.tree import DirNode, FileNode, Tree
@@ -222,3 +223,21 @@ def test_removes_of_unknown_tracks_and_duplicate_adds_are_harmless(store: Memory
     reader, tree = build_tree(store)
     assert sorted(t.sha256 for t in reader.tracks()) == sorted([sha(1), sha(2)])
     assert tree.track_count == 2
+
+
+@pytest.mark.parametrize("value", [
+    "Café Noir", "Cafe\u0301 Noir", "line\u2028break", "tab\there", "nul\0byte", "lone \ud800 surrogate",
+    "Déjà" * 300, "e" * 1023 + "e\u0301", "  padded Ünder  ", "\u0085next line", "ﬁ ligature (NFC keeps it)",
+])
+def test_clean_text_is_nfc_without_controls_and_capped(value: str) -> None:
+    """Names from untrusted records: whatever path clean_text takes (ASCII, already clean
+    Unicode, or the full cleaning), the result is NFC, has no control or separator
+    character, is at most `limit` long and is what the full cleaning gives."""
+    limit = 1024
+    cleaned = clean_text(value, limit)
+    assert unicodedata.is_normalized("NFC", cleaned) and len(cleaned) <= limit
+    assert not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in cleaned)
+    full = unicodedata.normalize("NFC", value[:limit * 2].translate(
+        dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029])).encode("utf-8", "replace")
+        .decode("utf-8"))[:limit].strip()
+    assert cleaned == full
