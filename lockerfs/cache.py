@@ -389,13 +389,14 @@ class BlockCache:
         if rest:
             self._claim(obj, rest, urgent=True)
         await self._fill_inset(obj, inside[0][0] * bs + inside[0][1], inside[-1][0] * bs + inside[-1][2])
-        for need in inside:
+        still = []
+        for need in sorted(rest + inside):  # the others' loads may have ended meanwhile too
             piece = self._memory.get((obj.sha256, need[0]))
             if piece is not None and _holds(piece, need[1], need[2]):
                 got[need[0]] = piece_slice(piece, need[1], need[2])
             else:
-                rest.append(need)  # the inset could not be read: from obj itself
-        return sorted(rest)
+                still.append(need)  # being loaded, or the inset could not be read: from obj itself
+        return still
 
     async def _fill_inset(self, obj: ObjectRef, start: int, end: int) -> None:
         """Put what [start, end) holds of obj's inset into obj's blocks, read from the inset's
