@@ -263,6 +263,8 @@ class BlockCache:
         if missing:
             try:
                 with trio.fail_after(self.read_deadline):
+                    if obj.inset is not None:
+                        missing = await self._read_inset(obj, missing, got)
                     await self._wait_for(obj, missing, got, f"bytes {offset}-{end - 1}")
             except trio.TooSlowError:
                 self.stats.timeouts += 1
@@ -342,6 +344,8 @@ class BlockCache:
         start, end = max(start, 0), min(end, obj.size)
         if start >= end:
             return None
+        if obj.inset is not None:
+            await self._fill_inset(obj, start, end)
         needs = self._needs(obj, start, end)
         if not exact:
             needs = [(index, 0, self._block_length(obj, index)) for index, _, _ in needs]
@@ -369,6 +373,81 @@ class BlockCache:
             self.stats.warm_failures += 1
             log.debug("warming %s bytes %d-%d: %s", obj.key, start, end - 1, error)
         return error
+
+    # --- insets: a run of an object's bytes read from the shared object that holds them ---
+
+    async def _read_inset(self, obj: ObjectRef, missing: list[Need], got: dict[int, bytes]) -> list[Need]:
+        """Serve the missing needs that lie inside obj's inset from the inset's object, into
+        `got`; return those still missing. The others' loads start first, so both run at once."""
+        assert obj.inset is not None
+        low, high = obj.inset.offset, obj.inset.offset + obj.inset.object.size
+        bs = self.block_size
+        inside = [need for need in missing if low <= need[0] * bs + need[1] and need[0] * bs + need[2] <= high]
+        if not inside:
+            return missing
+        rest = [need for need in missing if need not in inside]
+        if rest:
+            self._claim(obj, rest, urgent=True)
+        await self._fill_inset(obj, inside[0][0] * bs + inside[0][1], inside[-1][0] * bs + inside[-1][2])
+        still = []
+        for need in sorted(rest + inside):  # the others' loads may have ended meanwhile too
+            piece = self._memory.get((obj.sha256, need[0]))
+            if piece is not None and _holds(piece, need[1], need[2]):
+                got[need[0]] = piece_slice(piece, need[1], need[2])
+            else:
+                still.append(need)  # being loaded, or the inset could not be read: from obj itself
+        return still
+
+    async def _fill_inset(self, obj: ObjectRef, start: int, end: int) -> None:
+        """Put what [start, end) holds of obj's inset into obj's blocks, read from the inset's
+        object (fetched once for every track that holds it). Never raises: what could not be
+        had this way is left to be fetched from obj itself.
+
+        Only parts that meet what a block already holds are put (a block is one run of
+        bytes), and a block's part is widened to the whole inset within it, so the bytes
+        around the inset are all that is left to fetch from obj."""
+        inset = obj.inset
+        assert inset is not None
+        low, high = max(start, inset.offset), min(end, inset.offset + inset.object.size)
+        if low >= high:
+            return
+        bs = self.block_size
+        span_low, span_high = inset.offset, inset.offset + inset.object.size
+        parts = [(index, max(span_low - index * bs, 0), min(span_high - index * bs, self._block_length(obj, index)))
+                 for index, _, _ in self._needs(obj, low, high)]
+        parts = [part for part in parts if self._fits(obj, part)]
+        if not parts:
+            return
+        first, last = parts[0][0] * bs + parts[0][1], parts[-1][0] * bs + parts[-1][2]
+        try:
+            data = await self.read(inset.object, first - inset.offset, last - first)
+        except FetchError as exc:
+            log.debug("reading %s for %s: %s; reading the track's own bytes", inset.object.key, obj.key, exc)
+            return
+        if len(data) != last - first:  # the inset's object is shorter than the record says
+            return
+        saved = []
+        for index, a, b in parts:
+            if not self._fits(obj, (index, a, b)):  # a load put other bytes there meanwhile
+                continue
+            at = index * bs + a - first
+            piece = data[at:at + b - a]
+            whole = a == 0 and b == self._block_length(obj, index)
+            saved.append((index, self._remember(obj, index, piece if whole else Part(a, piece))))
+            self.stats.inset_bytes += b - a
+        self.disk.save_soon(obj.sha256, saved)
+
+    def _fits(self, obj: ObjectRef, need: Need) -> bool:
+        """Whether the part `need` of a block is worth putting there: not held yet, and meeting
+        what the block holds (if anything), so that the two join."""
+        index, a, b = need
+        key = (obj.sha256, index)
+        if key not in self._memory:
+            # a part the disk holds would be replaced by this one (a block is one run), and
+            # then fetched again: leave the block to the track's own load
+            return self.disk.held(key, self._block_length(obj, index)) is None
+        held = piece_range(self._memory[key])
+        return not (held[0] <= a and b <= held[1]) and held[0] <= b and a <= held[1]
 
     def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
         """Whether every byte of [start, end) is in memory (or, unless `in_memory`, on disk); no I/O."""
@@ -511,10 +590,14 @@ class BlockCache:
             key = (obj.sha256, index)
             pending = self._pending.get(key)
             if pending is None:
-                # the bytes needed, when asked for exactly or when the disk has them (a part of
-                # the block there serves them); otherwise the whole block
-                start, end = (a, b) if exact or self.disk.has(key, a, b) else (0, self._block_length(obj, index))
-                start, end = self._meeting(obj, index, start, end)
+                # the bytes needed, when the disk has them (a part of the block there serves
+                # them) or when asked for exactly (less what is held); else the rest of the block
+                if self.disk.has(key, a, b):
+                    start, end = self._meeting(obj, index, a, b)
+                elif exact:
+                    start, end = self._meeting(obj, index, *self._unheld(obj, index, a, b))
+                else:
+                    start, end = self._meeting(obj, index, *self._rest(obj, index, a, b))
                 pending = self._pending[key] = _Pending(urgent, start, end)
                 mine.append(index)
             elif not pending.brings(a, b):
@@ -530,6 +613,37 @@ class BlockCache:
                                             name=f"lockerfs.cache load {obj.key}")
         return waits, elsewhere
 
+    def _held(self, obj: ObjectRef, index: int) -> tuple[int, int] | None:
+        """The run of bytes memory, else the disk, holds of a block; None if neither holds any."""
+        key = (obj.sha256, index)
+        piece = self._memory.get(key)
+        return piece_range(piece) if piece is not None else self.disk.held(key, self._block_length(obj, index))
+
+    def _rest(self, obj: ObjectRef, index: int, start: int, end: int) -> tuple[int, int]:
+        """What a reader's load of [start, end) brings: the whole block, or, when a part of
+        the block held at one of its ends leaves [start, end) wholly outside it, the rest
+        of the block (an inset's edge: the bytes around a cover already read from it)."""
+        length = self._block_length(obj, index)
+        held = self._held(obj, index)
+        if held is not None:
+            if held[0] == 0 and held[1] <= start:
+                return held[1], length
+            if held[1] == length and end <= held[0]:
+                return 0, held[0]
+        return 0, length
+
+    def _unheld(self, obj: ObjectRef, index: int, start: int, end: int) -> tuple[int, int]:
+        """[start, end) less what the block holds at one end of it. Only for a warm's exact
+        load: nobody slices its bytes out of the load itself (a reader joining it must find
+        its bytes in [start, end), or waits and claims again)."""
+        held = self._held(obj, index)
+        if held is not None:
+            if held[0] <= start < held[1] < end:
+                return held[1], end
+            if start < held[0] < end <= held[1]:
+                return start, held[0]
+        return start, end
+
     def _meeting(self, obj: ObjectRef, index: int, start: int, end: int) -> tuple[int, int]:
         """[start, end) widened to meet the bytes of the block already held, so the two join.
 
@@ -538,9 +652,7 @@ class BlockCache:
         bytes a reader already had would be fetched again. Filling the hole
         costs less than a block.
         """
-        key = (obj.sha256, index)
-        piece = self._memory.get(key)
-        held = piece_range(piece) if piece is not None else self.disk.held(key, self._block_length(obj, index))
+        held = self._held(obj, index)
         if held is None:
             return start, end
         return min(start, held[1]), max(end, held[0])

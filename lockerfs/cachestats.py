@@ -20,6 +20,7 @@ class CacheStats:
     corrupt_blocks: int = 0  # block files that failed their checksum
     corrupt_objects: int = 0  # objects whose cached bytes did not hash to their name
     verified_objects: int = 0
+    inset_bytes: int = 0  # bytes of tracks read from the shared object holding them (a cover)
     disk_errors: int = 0
     disk_skipped: int = 0  # not written: the disk lagged too far behind
     evicted_blocks: int = 0  # from disk

@@ -55,6 +55,7 @@ from typing import Any, Generic, TypeVar
 from lockerfs import columnar
 from lockerfs.durable import write_atomically
 from lockerfs.asset import SHA_RE, Asset, asset_from_dict, asset_to_dict, object_key
+from lockerfs.insets import inset_from_dict, inset_to_dict
 from lockerfs.playlist import Playlist, playlist_from_dict, playlist_key, playlist_name, playlist_to_dict
 from lockerfs.store import NotFound, Store
 from lockerfs.track import Track
@@ -162,9 +163,12 @@ def track_to_dict(track: Track) -> dict[str, Any]:
     """The JSON form of a track (unknown info fields left out). Hand-written: asdict() is
     slow enough to matter when a 100k-track catalog is saved."""
     info = track.info
-    return {"sha256": track.sha256, "key": track.key, "size": track.size, "ext": track.ext,
-            "source": track.source, "mtime": track.mtime,
-            "info": {name: value for name in _INFO_NAMES if (value := getattr(info, name)) is not None}}
+    record = {"sha256": track.sha256, "key": track.key, "size": track.size, "ext": track.ext,
+              "source": track.source, "mtime": track.mtime,
+              "info": {name: value for name in _INFO_NAMES if (value := getattr(info, name)) is not None}}
+    if track.art is not None:
+        record["art"] = inset_to_dict(track.art)
+    return record
 
 
 _TEXT, _INT, _REAL, _FLAG = (str,), (int,), (int, float), (bool,)
@@ -236,7 +240,7 @@ def track_from_dict(record: Any) -> Track:
     raw_info = record.get("info")
     info = _clean_info(raw_info if isinstance(raw_info, dict) else {}, size)
     return Track(sha256=sha, key=key, size=size, ext=sys.intern(ext), source=source,
-                 mtime=float(mtime), info=info)
+                 mtime=float(mtime), info=info, art=inset_from_dict(record.get("art"), size))
 
 
 # --- the writer API: records, validated as a reader will validate them ------------------

@@ -40,6 +40,8 @@ from typing import Any
 from lockerfs.asset import (CONTENT_TYPE_RE, CONTENT_TYPES, MAX_ATTACHED, Asset, StoredObject, base_name,
                             clean_mtime, clean_text, object_key)
 from lockerfs.asset import MAX_SOURCE as MAX_ASSET_SOURCE
+from lockerfs.insets import MIN_INSET
+from lockerfs.objectref import ObjectRef
 from lockerfs.tracktable import NONE, NUMBERS, REGIONS, SHARED_TEXT, Stamp, TrackTable
 
 MAGIC = b"lockerfs-columns\n"
@@ -99,13 +101,15 @@ def encode(table: TrackTable, snapshot_id: str, assets: list[tuple[Stamp, Asset]
         sections.append((name, _little(array("d", floats[name]))))
     sections.append(("live", bytes(table.live)))
     sections.append(("compilation", bytes(table.compilation)))
+    arts, art_sections = _art_sections(table, index)
+    sections.extend(art_sections)
     sections.extend(_asset_sections(assets, index, table))
     sections.append(("strings", b"".join(text.encode("utf-8", "surrogatepass").replace(b"\0", b"") + b"\0"
                                          for text in strings)))  # a tag may hold a lone surrogate
     sections.append(("other", json.dumps(other, separators=(",", ":")).encode()))
     header = {"kind": "snapshot", "version": VERSION, "id": snapshot_id, "rows": len(table.shas),
               "files": table.files, "strings": len(strings), "assets": len(assets),
-              "refs": sum(len(asset.tracks) for _, asset in assets),
+              "refs": sum(len(asset.tracks) for _, asset in assets), "arts": arts,
               "sections": [[name, len(data)] for name, data in sections], **(extra_header or {})}
     body = io.BytesIO()
     with gzip.GzipFile(fileobj=body, mode="wb", compresslevel=level, mtime=0) as out:
@@ -114,6 +118,57 @@ def encode(table: TrackTable, snapshot_id: str, assets: list[tuple[Stamp, Asset]
         for _, data in sections:
             out.write(data)
     return body.getvalue()
+
+
+def _art_sections(table: TrackTable, index: Callable[[str | None], int]) -> tuple[int, list[tuple[str, bytes]]]:
+    """Embedded covers held as their own objects (Track.art): a table of the objects, and
+    per row its 1-based number there (0: none) and where the track holds it."""
+    numbers: dict[str, int] = {}
+    objects: list[ObjectRef] = []
+
+    def number(art: ObjectRef | None) -> int:
+        if art is None:
+            return 0
+        found = numbers.get(art.sha256)
+        if found is None:
+            found = numbers[art.sha256] = len(objects) + 1
+            objects.append(art)
+        return found
+
+    rows = array("I", map(number, table.art))
+    return len(objects), [
+        ("art", _little(rows)), ("art_at", _little(array("q", (max(at, 0) for at in table.art_at)))),
+        ("art_sha256", bytes.fromhex("".join(art.sha256 for art in objects))),
+        ("art_size", _little(array("q", [art.size for art in objects]))),
+        ("art_ext", _little(array("I", [index(art.key.rsplit(".", 1)[1]) for art in objects])))]
+
+
+def _decode_art(header: dict[str, Any], sized: Callable[[str, int, int], memoryview], rows: int,
+                strings: list[str | None], size: array[int]) -> tuple[list[ObjectRef | None], array[int]]:
+    """The rows' embedded-cover objects and offsets; a snapshot written before them has none.
+    A bad object or offset drops that row's cover (it is read from the track), never the row."""
+    none: list[ObjectRef | None] = [None] * rows
+    count = header.get("arts", 0)
+    if count == 0:
+        return none, array("q", [-1]) * rows
+    if type(count) is not int or not 0 <= count <= MAX_ROWS:
+        raise ColumnError("bad embedded cover count")
+    digests = sized("art_sha256", count, 32).hex()
+    sizes, exts = _from_little("q", sized("art_size", count, 8)), _from_little("I", sized("art_ext", count, 4))
+    objects: list[ObjectRef | None] = [None]
+    for n in range(count):
+        ext = strings[exts[n]] if exts[n] < len(strings) else None
+        good = ext is not None and _EXT_RE.match(ext) and MIN_INSET <= sizes[n] <= MAX_OBJECT_SIZE
+        sha = digests[n * 64:n * 64 + 64]
+        objects.append(ObjectRef(object_key(sha, ext), sha, sizes[n]) if good else None)  # type: ignore[arg-type]
+    numbers, at = _from_little("I", sized("art", rows, 4)), _from_little("q", sized("art_at", rows, 8))
+    art = none
+    offsets = array("q", [-1]) * rows
+    for row in (row for row, number in enumerate(numbers) if number):
+        obj = objects[numbers[row]] if numbers[row] <= count else None
+        if obj is not None and 0 <= at[row] and at[row] + obj.size <= size[row]:
+            art[row], offsets[row] = obj, at[row]
+    return art, offsets
 
 
 ROLE_CODES = {"cover": 1, "image": 2, "lyrics": 3}  # cue sheets stay in the other entries (their text)
@@ -314,6 +369,7 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
     if not isinstance(other, list):
         raise ColumnError("the other entries are not a list")
     rejected = _clean(rows, columns, strings, sections)
+    columns["art"], columns["art_at"] = _decode_art(header, sized, rows, strings, columns["size"])
     try:
         for name in TEXT_COLUMNS:  # indexes -> the strings themselves
             columns[name] = list(map(strings.__getitem__, columns[name]))

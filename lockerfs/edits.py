@@ -34,10 +34,13 @@ from lockerfs import catalog, retag, writeorder
 from lockerfs.asset import CONTENT_TYPES, object_key
 from lockerfs.containers import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from lockerfs.editfields import MATCH_FIELDS, MATCH_NUMBERS, MATCH_RECORD, MATCH_TEXT
+from lockerfs.insets import Edges, locate
+from lockerfs.objectref import Inset
 from lockerfs.retag import Edit, TagError
 from lockerfs.store import Store, StoreError
 from lockerfs.tags import read_track_info
 from lockerfs.track import Track
+from lockerfs.trackinfo import TrackInfo
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,7 @@ def _retag_one(store: Store, item: Placed, edits: Sequence[Edit], copy: Path, no
         raise EditError(f"nothing was changed: the locker's copy of {item.where} is damaged "
                         "(its bytes do not hash to its name)")
     copy.write_bytes(data)
+    cover = data[track.art.offset:track.art.offset + track.art.object.size] if track.art else b""
     del data
     try:
         retag.rewrite(copy, track.info.format, edits, track.info)
@@ -212,8 +216,18 @@ def _retag_one(store: Store, item: Placed, edits: Sequence[Edit], copy: Path, no
         return item
     # mtime: now, so players that look for changed files by date (MPD, Jellyfin) read the new tags
     new = Track(sha256=sha, key=object_key(sha, track.ext), size=size, ext=track.ext,
-                source=track.source, mtime=now, info=info)
+                source=track.source, mtime=now, info=info, art=_inset_after(track, cover, copy, info))
     return Retagged(item, new, copy, md5)
+
+
+def _inset_after(track: Track, cover: bytes, copy: Path, info: TrackInfo) -> Inset | None:
+    """The old track's embedded cover, where the rewritten copy still holds it (tags were
+    rewritten around it, so it has moved): the mount goes on reading it from the shared object."""
+    if track.art is None or hashlib.sha256(cover).hexdigest() != track.art.object.sha256:
+        return None  # (a record may claim anything: the bytes must be the cover's)
+    rewritten = copy.read_bytes()
+    at = locate(cover, Edges(rewritten, rewritten, len(rewritten)), info.head_size, info.tail_size)
+    return None if at is None else Inset(at, track.art.object)
 
 
 def _digests(path: Path) -> tuple[str, str, int]:

@@ -86,8 +86,11 @@ class GcResult:
 
 
 def referenced_keys(state: CatalogState) -> set[str]:
-    """Every object key a current record names: live tracks, live assets, live playlists' files."""
-    keys = {track.key for track in state.tracks()}
+    """Every object key a current record names: live tracks and the covers they hold as insets,
+    live assets, live playlists' files."""
+    tracks = state.tracks()
+    keys = {track.key for track in tracks}
+    keys.update(track.art.object.key for track in tracks if track.art is not None)
     keys.update(v.value.object.key for v in state.assets.values() if v.value is not None)
     keys.update(v.value.object.key for v in state.playlists.values()
                 if v.value is not None and v.value.object is not None)

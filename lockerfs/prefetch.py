@@ -95,7 +95,7 @@ WARMED_MEMORY = 65536  # tracks whose warmed zones are remembered
 
 
 def object_of(track: Track) -> ObjectRef:
-    return ObjectRef(track.key, track.sha256, track.size)
+    return ObjectRef(track.key, track.sha256, track.size, track.art)
 
 
 def head_end(track: Track) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lockerfs.objectref import Inset
 from lockerfs.trackinfo import TrackInfo
 
 
@@ -22,3 +23,4 @@ class Track:
     source: str  # path of the uploaded file relative to the folder given to upload
     mtime: float  # modification time of the uploaded file (seconds since the epoch)
     info: TrackInfo
+    art: Inset | None = None  # where the track holds its embedded cover, stored as its own object too

@@ -26,6 +26,7 @@ from typing import Any
 from dataclasses import dataclass
 
 from lockerfs.asset import object_key
+from lockerfs.objectref import Inset, ObjectRef
 from lockerfs.track import Track
 from lockerfs.trackinfo import TrackInfo
 
@@ -63,7 +64,12 @@ class TrackTable(Mapping[str, Entry]):
         self.numbers: dict[str, array[int]] = {name: array("q") for name in (*NUMBERS, *REGIONS)}
         self.duration = array("d")  # NaN: unknown
         self.compilation = bytearray()
+        # a track's embedded cover held as its own object (Track.art): the object, shared by
+        # the tracks of an album, and where the track holds it (-1: no such cover)
+        self.art: list[ObjectRef | None] = []
+        self.art_at = array("q")
         self._shared: dict[str, str] = {}
+        self._art_objects: dict[str, ObjectRef] = {}
         self.changed: set[int] = set()  # rows changed since the last take_changed()
         self.live_count = 0
 
@@ -124,7 +130,11 @@ class TrackTable(Mapping[str, Entry]):
             sample_rate=number("sample_rate"), channels=number("channels"),
             head_size=numbers["head_size"][row], tail_size=numbers["tail_size"][row])
         return Track(sha256=sha, key=object_key(sha, ext), size=self.size[row], ext=ext,
-                     source=self.source[row], mtime=self.mtime[row], info=info)
+                     source=self.source[row], mtime=self.mtime[row], info=info, art=self.inset(row))
+
+    def inset(self, row: int) -> Inset | None:
+        art = self.art[row]
+        return None if art is None else Inset(self.art_at[row], art)
 
     def tracks(self) -> list[Track]:
         return [self.track(row) for row in self.live_rows()]
@@ -175,6 +185,8 @@ class TrackTable(Mapping[str, Entry]):
             values.append(0 if name in REGIONS else NONE)
         self.duration.append(math.nan)
         self.compilation.append(0)
+        self.art.append(None)
+        self.art_at.append(-1)
         return row
 
     def _append_track(self, sha: str, stamp: Stamp, track: Track) -> None:
@@ -206,6 +218,8 @@ class TrackTable(Mapping[str, Entry]):
         numbers["tail_size"].append(info.tail_size)
         self.duration.append(math.nan if info.duration is None else info.duration)
         self.compilation.append(1 if info.compilation else 0)
+        self.art.append(self.share_art(track.art.object) if track.art else None)
+        self.art_at.append(track.art.offset if track.art else -1)
         self.live_count += 1
         self.changed.add(row)
 
@@ -226,6 +240,10 @@ class TrackTable(Mapping[str, Entry]):
             return None
         return self._shared.setdefault(text, text)
 
+    def share_art(self, art: ObjectRef) -> ObjectRef:
+        """One ObjectRef per cover: the tracks of an album hold the same one."""
+        return self._art_objects.setdefault(art.sha256, art)
+
     def _fill(self, row: int, track: Track) -> None:
         info = track.info
         self.size[row] = track.size
@@ -242,6 +260,8 @@ class TrackTable(Mapping[str, Entry]):
             self.numbers[name][row] = getattr(info, name)
         self.duration[row] = math.nan if info.duration is None else info.duration
         self.compilation[row] = 1 if info.compilation else 0
+        self.art[row] = self.share_art(track.art.object) if track.art else None
+        self.art_at[row] = track.art.offset if track.art else -1
 
     # --- bulk loading (columnar snapshots) -------------------------------------------
 
@@ -282,6 +302,9 @@ class TrackTable(Mapping[str, Entry]):
             self.numbers[name][row] = columns[name][source]
         self.duration[row] = columns["duration"][source]
         self.compilation[row] = columns["compilation"][source]
+        art = columns["art"][source]
+        self.art[row] = self.share_art(art) if art else None
+        self.art_at[row] = columns["art_at"][source]
 
     def _adopt(self, shas: list[str], columns: dict[str, Any], files: list[str]) -> None:
         rows = len(shas)
@@ -301,6 +324,9 @@ class TrackTable(Mapping[str, Entry]):
         self.numbers = {name: columns[name] for name in (*NUMBERS, *REGIONS)}
         self.duration = columns["duration"]
         self.compilation = columns["compilation"]
+        self.art = columns["art"]
+        self.art_at = columns["art_at"]
+        self._art_objects = {art.sha256: art for art in self.art if art is not None}
         self.live_count = sum(self.live)
         self.changed = set(range(rows))
 
@@ -316,6 +342,7 @@ class TrackTable(Mapping[str, Entry]):
         other.text = {name: list(column) for name, column in self.text.items()}
         other.numbers = {name: array("q", column) for name, column in self.numbers.items()}
         other.duration, other.compilation = array("d", self.duration), bytearray(self.compilation)
-        other._shared = dict(self._shared)
+        other.art, other.art_at = list(self.art), array("q", self.art_at)
+        other._shared, other._art_objects = dict(self._shared), dict(self._art_objects)
         other.changed, other.live_count = set(self.changed), self.live_count
         return other

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lockerfs.cache import ObjectRef
+from lockerfs.objectref import Inset
 from lockerfs.track import Track
 from lockerfs.tracktable import TrackTable
 
@@ -180,7 +181,8 @@ class FileNode:
         """What the block cache reads for this file."""
         table, row = self.table, self.row
         sha = table.shas[row]
-        return ObjectRef(f"objects/sha256/{sha[:2]}/{sha}.{table.ext[row]}", sha, table.size[row])
+        return ObjectRef(f"objects/sha256/{sha[:2]}/{sha}.{table.ext[row]}", sha, table.size[row],
+                         table.inset(row))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FileNode) and (self.inode, self.row, self.name) == (other.inode, other.row, other.name)
@@ -640,3 +642,6 @@ class _TrackList:
 
     def track(self, row: int) -> Track:
         return self.tracks[row]
+
+    def inset(self, row: int) -> Inset | None:
+        return self.tracks[row].art

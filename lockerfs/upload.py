@@ -60,7 +60,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lockerfs import catalog, sidefiles, writeorder
@@ -74,6 +74,7 @@ from lockerfs.containers import (
     name_extension,
     sniff_format,
 )
+from lockerfs.insets import EdgeKeeper, Edges, locate, make_inset
 from lockerfs.store import CorruptUpload, Store, StoreError, Unreachable
 from lockerfs.tagpool import TagReader
 from lockerfs.sidefiles import ChangedWhileRead, NotASideFile, SideFile, read_side_file, side_kind
@@ -266,9 +267,11 @@ class _Digests:
         self.md5.update(data)
         return self
 
-    def feed_stream(self, stream: object) -> _Digests:
+    def feed_stream(self, stream: object, edges: EdgeKeeper | None = None) -> _Digests:
         while chunk := stream.read(HASH_CHUNK):  # type: ignore[attr-defined]
             self.update(chunk)
+            if edges is not None:
+                edges.feed(chunk)
         return self
 
     def hexdigests(self) -> tuple[str, str]:
@@ -308,8 +311,10 @@ class _Prepared:
     track: Track
     md5: str
     data: bytes | None  # the file's bytes when held in memory (at most MEMORY_THRESHOLD)
-    art: _Art | None = None  # its embedded front cover, if the folder needs one (no image beside it)
+    art: _Art | None = None  # its embedded front cover, if the folder needs one or the track holds it raw
     matched: bool = False  # the catalog has the track already: only its cover is to be stored
+    wants_cover: bool = False  # its folder has no image: the embedded cover is to be shown as one
+    art_at: int | None = None  # where the track holds the cover's bytes (insets.locate)
 
 
 @dataclass(slots=True)
@@ -551,8 +556,8 @@ class Uploader:
                     senders.submit(self._send_side, source, prepared).add_done_callback(self._done.put)
                     handed_on = True
                     return None
-                if not self._claim(prepared.track):
-                    art = prepared.art
+                if not self._claim(prepared.track):  # no record to write: the cover only if shown
+                    art = prepared.art = prepared.art if prepared.wants_cover else None
                     if art is None or art.object.key in self._stored_extras:
                         self.on_bytes(stat.st_size)
                         return _Outcome(source, "matched", "already in the locker", prepared.track, stat,
@@ -583,25 +588,34 @@ class Uploader:
                 if not sniff_format(first):
                     return _Outcome(source, "skipped", f"not audio (.{ext or 'no extension'})")
             tag_reader = self._tags()
-            want_art = self._probe.wants_art(path.parent)
-            tags = tag_reader.submit(path, art=want_art)
+            # the cover is always taken: where the track holds it raw, it is stored once for
+            # every track of the album and the mount reads it from there (insets.py)
+            tags = tag_reader.submit(path, art=True)
             if stat.st_size <= MEMORY_THRESHOLD:
                 data: bytes | None = first + f.read() if first else f.read()
                 digests.update(data)
+                edges = Edges(data, data, len(data))
             else:
                 data = None
-                digests.update(first).feed_stream(f)
+                keeper = EdgeKeeper()
+                keeper.feed(first)
+                digests.update(first).feed_stream(f, keeper)
+                edges = keeper.edges()
             after = os.fstat(f.fileno())
         if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns) or (
                 data is not None and len(data) != stat.st_size):
             tags.cancel()
             return _Outcome(source, "failed", "file changed while it was being read")
         sha, md5 = digests.hexdigests()
-        info, art = tag_reader.result(tags, path, want_art)
+        info, picture = tag_reader.result(tags, path, True)
         ext = canonical_extension(info.format, ext)
         track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
                       source=source.relative, mtime=stat.st_mtime, info=info)
-        return _Prepared(source, stat, track, md5, data, _art(art))
+        wants_cover = self._probe.wants_art(path.parent)
+        at = locate(picture, edges, info.head_size, info.tail_size) if picture else None
+        art = _art(picture) if wants_cover or at is not None else None
+        return _Prepared(source, stat, track, md5, data, art, wants_cover=wants_cover,
+                         art_at=at if art is not None else None)
 
     def _read_side(self, source: SourceFile, stat: os.stat_result, kind: str) -> _Outcome | SideFile:
         """Read an image, lyrics file, cue sheet or playlist once, checked and hashed; or say why not
@@ -638,7 +652,10 @@ class Uploader:
                 self._known.discard(track.sha256)
             return self._failure(source, stat, exc)
         else:
-            outcome.art = self._store_art(prepared)
+            art = self._store_art(prepared)
+            if art is not None and prepared.art_at is not None and outcome.track is not None:
+                outcome.track = replace(outcome.track, art=make_inset(art.sha256, art.ext, art.size, prepared.art_at))
+            outcome.art = art if prepared.wants_cover else None
             return outcome
         finally:
             prepared.data = None
