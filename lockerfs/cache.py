@@ -342,10 +342,28 @@ class BlockCache:
         stopped.
         """
         start, end = max(start, 0), min(end, obj.size)
+        if start >= end or obj.inset is None:
+            return await self._warm(obj, start, end, into_memory, max_request, exact)
+        low, high = obj.inset.offset, obj.inset.offset + obj.inset.object.size
+        errors: list[str | None] = []
+
+        async def around(a: int, b: int) -> None:
+            errors.append(await self._warm(obj, a, b, into_memory, max_request, exact))
+
+        async with trio.open_nursery() as nursery:  # the cover and the bytes around it, at once
+            nursery.start_soon(self._fill_inset, obj, start, end)
+            for a, b in ((start, min(end, low)), (max(start, high), end)):
+                if a < b:
+                    nursery.start_soon(around, a, b)
+        # what the cover's object could not bring comes from obj itself (nothing, when it did)
+        errors.append(await self._warm(obj, max(start, low), min(end, high), into_memory, max_request, exact))
+        return next((error for error in errors if error), None)
+
+    async def _warm(self, obj: ObjectRef, start: int, end: int, into_memory: bool, max_request: int | None,
+                    exact: bool) -> str | None:
+        """warm() of bytes of obj itself."""
         if start >= end:
             return None
-        if obj.inset is not None:
-            await self._fill_inset(obj, start, end)
         needs = self._needs(obj, start, end)
         if not exact:
             needs = [(index, 0, self._block_length(obj, index)) for index, _, _ in needs]

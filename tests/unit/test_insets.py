@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import random
 from pathlib import Path
 
 import pytest
+import trio
 
 from lockerfs import catalog, columnar
 from lockerfs.cache import ObjectRef
@@ -181,3 +183,24 @@ def test_a_columnar_snapshot_keeps_insets_and_drops_bad_ones() -> None:
     again.merge_columns(decoded.shas, decoded.columns, decoded.header["files"], decoded.rejected)
     assert [again.track(row).art for row in range(5)] == [t.art for t in tracks[:4]] + [None]
     assert again.art[0] is again.art[1]  # one object for the album's tracks
+
+
+def test_a_warm_asks_for_the_cover_and_the_bytes_around_it_at_once(store: TestStore, tmp_path: Path) -> None:
+    """Two round trips one after the other per track would double a cold scan's wait."""
+    ref, data = track_with_cover(store, 5)
+    assert ref.inset is not None
+    gate = store.gates[ref.inset.object.key] = threading.Event()
+    zone = HEAD + len(COVER) + 100
+
+    async def scenario() -> None:
+        with new_cache(store, tmp_path / "cache") as cache:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: cache.warm(ref, 0, zone, exact=True))
+                with trio.fail_after(5):  # the track's own bytes are asked for while the cover is held up
+                    while got_from(store, ref.key) < zone - len(COVER):
+                        await trio.sleep(0.01)
+                gate.set()
+            assert await cache.read(ref, 0, zone) == data[:zone]
+
+    trio.run(scenario)
+    assert got_from(store, ref.key) == zone - len(COVER)
