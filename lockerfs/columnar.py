@@ -147,10 +147,11 @@ def _decode_art(header: dict[str, Any], sized: Callable[[str, int, int], memoryv
                 strings: list[str | None], size: array[int]) -> tuple[list[ObjectRef | None], array[int]]:
     """The rows' embedded-cover objects and offsets; a snapshot written before them has none.
     A bad object or offset drops that row's cover (it is read from the track), never the row."""
-    none: list[ObjectRef | None] = [None] * rows
+    art: list[ObjectRef | None] = [None] * rows
+    offsets = array("q", [-1]) * rows
     count = header.get("arts", 0)
     if count == 0:
-        return none, array("q", [-1]) * rows
+        return art, offsets
     if type(count) is not int or not 0 <= count <= MAX_ROWS:
         raise ColumnError("bad embedded cover count")
     digests = sized("art_sha256", count, 32).hex()
@@ -162,8 +163,6 @@ def _decode_art(header: dict[str, Any], sized: Callable[[str, int, int], memoryv
         sha = digests[n * 64:n * 64 + 64]
         objects.append(ObjectRef(object_key(sha, ext), sha, sizes[n]) if good else None)  # type: ignore[arg-type]
     numbers, at = _from_little("I", sized("art", rows, 4)), _from_little("q", sized("art_at", rows, 8))
-    art = none
-    offsets = array("q", [-1]) * rows
     for row in (row for row, number in enumerate(numbers) if number):
         obj = objects[numbers[row]] if numbers[row] <= count else None
         if obj is not None and 0 <= at[row] and at[row] + obj.size <= size[row]:

@@ -22,18 +22,15 @@ its own object), never an error.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from lockerfs.asset import object_key
+from lockerfs.asset import EXT_RE, SHA_RE, object_key
 from lockerfs.objectref import Inset, ObjectRef
 
 MIN_INSET = 16 * 1024  # a smaller picture costs the mount a request more than it saves
 EDGE = 8 * 1024 * 1024  # bytes kept from each end of a file too large to hold whole
-_SHA_RE = re.compile(r"[0-9a-f]{64}")
-_EXT_RE = re.compile(r"[a-z0-9]{1,8}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +101,7 @@ def inset_from_dict(raw: Any, track_size: int) -> Inset | None:
     if not isinstance(raw, dict):
         return None
     sha, ext, size, at = raw.get("sha256"), raw.get("ext"), raw.get("size"), raw.get("at")
-    if not (isinstance(sha, str) and _SHA_RE.fullmatch(sha) and isinstance(ext, str) and _EXT_RE.fullmatch(ext)
+    if not (isinstance(sha, str) and SHA_RE.match(sha) and isinstance(ext, str) and EXT_RE.match(ext)
             and type(size) is int and type(at) is int and MIN_INSET <= size and 0 <= at
             and at + size <= track_size):
         return None

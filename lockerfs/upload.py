@@ -590,7 +590,7 @@ class Uploader:
             tag_reader = self._tags()
             # the cover is always taken: where the track holds it raw, it is stored once for
             # every track of the album and the mount reads it from there (insets.py)
-            tags = tag_reader.submit(path, art=True)
+            tags = tag_reader.submit(path)
             if stat.st_size <= MEMORY_THRESHOLD:
                 data: bytes | None = first + f.read() if first else f.read()
                 digests.update(data)
@@ -607,7 +607,7 @@ class Uploader:
             tags.cancel()
             return _Outcome(source, "failed", "file changed while it was being read")
         sha, md5 = digests.hexdigests()
-        info, picture = tag_reader.result(tags, path, True)
+        info, picture = tag_reader.result(tags, path)
         ext = canonical_extension(info.format, ext)
         track = Track(sha256=sha, key=catalog.object_key(sha, ext), size=stat.st_size, ext=ext,
                       source=source.relative, mtime=stat.st_mtime, info=info)
