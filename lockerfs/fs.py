@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from lockerfs.cache import BlockCache, FetchError, ObjectRef
-from lockerfs.prefetch import Prefetcher, ReadState, object_of
+from lockerfs.prefetch import WHOLE_FILE_MAX, Prefetcher, ReadState, object_of
 from lockerfs.tree import ROOT_INODE, DirNode, ExtraNode, FileNode, Node, Tree
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ STATFS_BLOCK = 64 * 1024
 # st_blksize: stdio and Python buffer this much per read. Small, so that a tag
 # reader's last buffered read runs little past its tags (see prefetch.HEAD_SLACK).
 IO_BLOCK = 16 * 1024
-WHOLE_FILE_MAX = 8 * 1024 * 1024  # a cover or lyrics file up to this size is fetched whole at its first miss
 NAME_MAX = 255
 # Extended attributes (getfattr -d): a file's object, how much of it this machine
 # holds, whether it is pinned; on the root, the control socket (control.py).

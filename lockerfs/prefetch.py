@@ -17,8 +17,13 @@ tail (ID3v1, APEv2, a trailing moov, the last Ogg page) and the audio between.
   within its zones. Two opens of tracks within SCAN_WINDOW_SECONDS that are
   not being played, from any threads, in any folders, start a scan. While it
   lasts, each folder it enters, and the folders after it in walk order up to
-  SCAN_AHEAD_TRACKS tracks, have their tracks' zones warmed at once, so a scan
-  waits on the network about once per folder, not once per read.
+  SCAN_AHEAD_TRACKS tracks, have their tracks' zones warmed, and their other
+  stored files (covers, images, lyrics: scanners open every file of a folder,
+  and such a file is fetched whole at its first read anyway) warmed whole, so
+  a scan waits on the network about once per folder, not once per read. The
+  opened track's zones go first; the rest waits for its first read to be
+  answered (at most OPEN_WARM_WAIT), so that read does not share the link
+  with the whole look-ahead.
 - Scanners read more than tags, each in its own way (one reads 256 KiB
   pieces, another probes a few frames for the duration). A handle that read
   near the head, or read on past it and went away soon after, teaches
@@ -92,6 +97,7 @@ SCAN_WINDOW_SECONDS = 10.0  # two opens of tracks not being played this close to
 SCAN_AHEAD_TRACKS = 64  # a scan warms folders ahead in walk order until this many tracks are covered
 REWARM_MIN = 16 * KiB  # a track's zones are warmed again only if they grew by more than this
 WARMED_MEMORY = 65536  # tracks whose warmed zones are remembered
+WHOLE_FILE_MAX = 8 * MiB  # a cover or lyrics file up to this size is fetched whole at its first miss
 
 
 def object_of(track: Track) -> ObjectRef:
@@ -135,10 +141,15 @@ class ProbeExtents:
 
     def __init__(self) -> None:
         self._seen: dict[str, deque[tuple[float, int, int]]] = {}  # format -> (when, head, tail)
+        self.generation = 0  # counts the times a widening grew: zones warmed since are still wide enough
 
     def learn(self, fmt: str, past_head: int, into_tail: int) -> None:
+        before = self.widening(fmt)
         seen = self._seen.setdefault(fmt, deque(maxlen=PROBE_MEMORY))
         seen.append((time.monotonic(), min(max(past_head, 0), PROBE_MAX), min(max(into_tail, 0), PROBE_MAX)))
+        after = self.widening(fmt)
+        if after[0] > before[0] or after[1] > before[1]:
+            self.generation += 1
 
     def widening(self, fmt: str) -> tuple[int, int]:
         """(bytes past the head zone, bytes before the tail zone) a scanner reads of this container.
@@ -198,9 +209,11 @@ class Prefetcher:
         self._nursery: trio.Nursery | None = None
         self.probes = ProbeExtents()
         self._recent_opens: deque[tuple[float, ReadState]] = deque(maxlen=256)
-        # inode -> the zones already warmed, [0, head) and [tail, size), and whether a reader
-        # has read the track since (then they hold what it read as well)
-        self._warmed: LRUCache[int, tuple[int, int, bool]] = LRUCache(maxsize=WARMED_MEMORY)
+        # inode -> the zones already warmed, [0, head) and [tail, size), whether a reader has
+        # read the track since (then they hold what it read as well), and the widening they
+        # were warmed for (_widening_now)
+        self._warmed: LRUCache[int, tuple[int, int, bool, int]] = LRUCache(maxsize=WARMED_MEMORY)
+        self._warmed_whole: LRUCache[str, bool] = LRUCache(maxsize=WARMED_MEMORY)  # sha256 of other files
         self._scan_until = 0.0  # monotonic clock: opens before this belong to a scan in progress
         self.pull_window = min(PULL_WINDOW, max(cache.memory_limit // 4, cache.block_size))
 
@@ -219,6 +232,12 @@ class Prefetcher:
     @property
     def scanning(self) -> bool:
         return time.monotonic() < self._scan_until
+
+    def _widening_now(self) -> int:
+        """Names the widening zones get now: none outside a scan, else the probes' generation.
+        Zones warmed under the same name need no second look, which keeps a scan's opens
+        cheap: each walks SCAN_AHEAD_TRACKS tracks that are mostly warmed already."""
+        return self.probes.generation if self.scanning else -1
 
     # --- zones -------------------------------------------------------------------
 
@@ -260,16 +279,19 @@ class Prefetcher:
     def _warm_zones(self, node: FileNode, after: trio.Event | None = None) -> None:
         """Warm the track's zones, or what they have grown by since they were last warmed (a
         scan that reads more than the last one did); a few bytes more are not worth a request."""
+        warmed = self._warmed.get(node.inode)
+        widening = self._widening_now()
+        if warmed and warmed[3] in (widening, self.probes.generation):  # as wide as zones can be now
+            return
         track = node.track
         zones = self.zones(track)
-        warmed = self._warmed.get(node.inode)
-        head, tail, read = warmed or (0, track.size, False)
+        head, tail, read, _ = warmed or (0, track.size, False, widening)
         # Once a scanner has read a track, its reads are what the next one needs, give or take
         # the slack its zones were widened by: only a scanner reading much more warms it again.
         worth = REWARM_MIN + (WIDEN_SLACK if read else 0)
         if warmed and zones.head <= head + worth and zones.tail >= tail - worth:
             return
-        self._warmed[node.inode] = (max(head, zones.head), min(tail, zones.tail), read)
+        self._warmed[node.inode] = (max(head, zones.head), min(tail, zones.tail), read, widening)
         obj = object_of(track)
         if not warmed:
             for start, end in zones.ranges(track.size):
@@ -287,7 +309,7 @@ class Prefetcher:
         and the next folders'."""
         state = ReadState(node)
         if self._opens_look_like_a_scan(state):
-            self._warm_ahead(node)  # its own zones too, at once: a scan has the link busy anyway
+            self._warm_ahead(node, after=state.first_read_served)
         else:
             self._warm_zones(node, after=state.first_read_served)
         return state
@@ -306,9 +328,10 @@ class Prefetcher:
             return True
         return False
 
-    def _warm_ahead(self, opened: FileNode) -> None:
-        """Warm the zones of the opened track, of its folder's tracks and of the folders after it
-        in walk order, up to SCAN_AHEAD_TRACKS tracks."""
+    def _warm_ahead(self, opened: FileNode, after: trio.Event) -> None:
+        """Warm the zones of the opened track at once; then, once `after` is set, its folder's
+        tracks and other stored files, and the folders after it in walk order, up to
+        SCAN_AHEAD_TRACKS tracks."""
         self._warm_zones(opened)
         tree = self._tree_of()
         if opened.parent not in tree.nodes:
@@ -318,10 +341,20 @@ class Prefetcher:
         for folder in [tree.nodes[opened.parent], *tree.folders_after(opened.parent, SCAN_AHEAD_TRACKS)]:
             files = tree.files_in(folder)[:SIBLINGS_MAX]  # type: ignore[arg-type]
             for node in files:
-                self._warm_zones(node)
+                self._warm_zones(node, after)
+            for obj in tree.stored_extras_in(folder)[:SIBLINGS_MAX]:  # type: ignore[arg-type]
+                self._warm_whole(obj, after)
             tracks += len(files)
             if tracks >= SCAN_AHEAD_TRACKS:
                 break
+
+    def _warm_whole(self, obj: ObjectRef, after: trio.Event) -> None:
+        """Warm a folder's cover, image or lyrics file whole, once (the size a reader's first
+        read would fetch: fs.py reads such a file whole)."""
+        if obj.size > WHOLE_FILE_MAX or obj.sha256 in self._warmed_whole:
+            return
+        self._warmed_whole[obj.sha256] = True
+        self._spawn(None, obj, 0, obj.size, after)
 
     def served(self, state: ReadState) -> None:
         """A read of the handle was answered (or failed): its open's warming may start."""
@@ -410,6 +443,6 @@ class Prefetcher:
             past_head = state.frontier - head_end(track)
             into_tail = tail_start(track) - state.lowest_tail_read if state.lowest_tail_read is not None else 0
             self.probes.learn(track.info.format, past_head, into_tail)
-            head, tail, _ = self._warmed.get(state.node.inode, (0, track.size, False))
+            head, tail, _, widening = self._warmed.get(state.node.inode, (0, track.size, False, -1))
             lowest = track.size if state.lowest_tail_read is None else state.lowest_tail_read
-            self._warmed[state.node.inode] = (max(head, state.frontier), min(tail, lowest), True)
+            self._warmed[state.node.inode] = (max(head, state.frontier), min(tail, lowest), True, widening)

@@ -271,6 +271,12 @@ class Tree:
         return [self._node_at(folder, listing, i) for i, ref in enumerate(listing.refs)  # type: ignore[misc]
                 if type(ref) is int]
 
+    def stored_extras_in(self, folder: DirNode) -> list[ObjectRef]:
+        """The objects behind a folder's other files (covers, images, lyrics), in name order;
+        generated files (cue sheets, playlists) have none."""
+        return [ref.content for ref in folder._listed().refs
+                if type(ref) is not int and not isinstance(ref, _Sub) and isinstance(ref.content, ObjectRef)]
+
     def _replace(self, node: DirNode) -> DirNode:
         """A new DirNode for a folder about to be re-listed: whoever holds the old one (an
         open directory handle) keeps the listing it started with."""
