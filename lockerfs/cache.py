@@ -755,6 +755,7 @@ class BlockCache:
             for index, pending in load.pendings.items():
                 if not pending.done.is_set():
                     self._finish(load.obj, index, pending, error=reason)
+                pending.load = None  # a cycle with its bytes in it would wait for a full gc
             if error is None and load.obj.sha256 not in self._verified and self._complete(load.obj):
                 self._verified[load.obj.sha256] = True
                 trio.lowlevel.spawn_system_task(self._verify, load.obj, name=f"lockerfs.cache verify {load.obj.key}")

@@ -124,7 +124,8 @@ class FreshConnections:
             return f"no request for {idle:.0f} s"
         return None
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
+        """A request got its answer: the pool's connections work."""
         with self._lock:
             self._last_activity = self._clock()
 
@@ -133,7 +134,7 @@ class FreshConnections:
 
     def _after_attempt(self, caught_exception: BaseException | None = None, **kwargs: object) -> None:
         if caught_exception is None:
-            self._touch()
+            self.touch()
         else:
             self.failed(caught_exception)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import trio
 
+from lockerfs import dropped
 from lockerfs.cachestats import CacheStats
 from lockerfs.objectref import ObjectRef
 from lockerfs.store import Store, StoreError
@@ -167,9 +168,11 @@ class Fetcher:
                                                 limiter=fetch._slot, abandon_on_cancel=True)
         except StoreError as err:
             error = str(err)
+            dropped.drop(err)
         except Exception as err:  # a bug in a store; the waiters must still hear of it
             log.exception("reading %s bytes %d-%d", obj.key, start, end - 1)
             error = f"reading {obj.key} failed: {err!r}"
+            dropped.drop(err)
         else:
             self._stats.fetched_bytes += got
             log.debug("GET %s bytes %d-%d: %d bytes%s", obj.key, start, end - 1, got,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import boto3
 import boto3.exceptions
@@ -35,7 +35,9 @@ import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from lockerfs import dropped
 from lockerfs.connections import FreshConnections
+from lockerfs.rangedget import URL_LIFETIME_SECONDS, Delegate, SignedBody, SignedRangeGets
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,7 @@ class S3Store:
         self.first_contact.register(self._client.meta.events)
         self._probe: object | None = None  # check()'s client, made when first needed (a client costs 0.1 s)
         self._presigner: object | None = None  # presign_get()'s
+        self._presigner_lock = threading.Lock()
         self._expected_md5: dict[str, str] = {}  # full key -> base64 MD5 for its single-part PUT
         self._expected_lock = threading.Lock()
         events = self._client.meta.events
@@ -217,6 +220,10 @@ class S3Store:
                                         multipart_chunksize=16 * 1024 * 1024,
                                         max_concurrency=4, use_threads=True)
         self.endpoint = self._client.meta.endpoint_url
+        # the client's own urllib3 session: its pools, TLS settings and proxies (botocore has no public handle)
+        self._signed = SignedRangeGets(lambda key: self.presign_get(key, URL_LIFETIME_SECONDS),
+                                       self._client._endpoint.http_session, self.first_contact,
+                                       retries.max_attempts, self.endpoint)
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -247,14 +254,11 @@ class S3Store:
             with self._errors(key):
                 broken: Exception
                 try:
-                    response = self._client.get_object(Bucket=self.bucket, Key=self._full(key),
-                                                       Range=f"bytes={position}-{end - 1}")
+                    body, length, content_range = self._open_range(key, position, end)
                 except urllib3.exceptions.ProtocolError as exc:
                     broken = exc
                 else:
-                    body = response["Body"]
-                    length = response.get("ContentLength")
-                    if length is not None and length != end - position and not _ends_object(response, length):
+                    if length is not None and length != end - position and not _ends_object(content_range, length):
                         body.close()
                         raise StoreError(f"the S3 server at {self.endpoint} answered a request for "
                                          f"{end - position} bytes of {key} with {length}")
@@ -272,11 +276,42 @@ class S3Store:
                     except _BODY_ERRORS as exc:
                         broken = exc
                 self.connections.failed(broken)
-                if attempt == self._body_attempts:
-                    raise broken
-                log.debug("body of %s broke at %d (%s); resuming", key, position, type(broken).__name__)
+                try:
+                    if attempt == self._body_attempts:
+                        raise broken
+                    log.debug("body of %s broke at %d (%s); resuming", key, position, type(broken).__name__)
+                    dropped.drop(broken)
+                finally:
+                    del broken  # its traceback holds this frame (lockerfs.dropped)
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         return position - start
+
+    def _open_range(self, key: str, start: int, end: int) -> tuple[Any, int | None, str]:
+        """A ranged GET's body (not yet read), Content-Length and Content-Range: by signed URL
+        (lockerfs.rangedget: a fraction of botocore's CPU), or through botocore for an answer
+        that path hands back."""
+        refused: Delegate | None = None
+        if self._signed.enabled:
+            try:
+                reply = self._signed.open(key, start, end, self.connections)
+            except Delegate as why:
+                refused = why
+                if why.lasting:
+                    self._stop_signing(why)
+            else:
+                header = reply.headers.get("content-length", "")
+                length = int(header) if header.isdigit() else None
+                return SignedBody(reply, length, self.endpoint), length, reply.headers.get("content-range", "")
+        response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), Range=f"bytes={start}-{end - 1}")
+        if refused is not None and refused.status == 403:
+            self._stop_signing(refused)  # botocore's request was let in where the signed URL was not
+        return response["Body"], response.get("ContentLength"), response.get("ContentRange", "")
+
+    def _stop_signing(self, why: Delegate) -> None:
+        if self._signed.enabled:
+            self._signed.enabled = False
+            log.info("ranged GETs go through botocore from now on: %s answered a signed URL with %s",
+                     self.endpoint, why)
 
     def get(self, key: str) -> bytes:
         return self._get_body(key)
@@ -433,10 +468,11 @@ class S3Store:
         """
         if not 1 <= expires <= PRESIGN_MAX_SECONDS:
             raise ValueError(f"a presigned URL lives 1 s to {PRESIGN_MAX_SECONDS} s, not {expires} s")
-        if self._presigner is None:
-            self._presigner = self._session.client(
-                "s3", endpoint_url=self.endpoint, region_name=self.region,
-                config=self._config.merge(Config(signature_version="s3v4")))
+        with self._presigner_lock:  # worker threads sign the URLs of ranged GETs
+            if self._presigner is None:
+                self._presigner = self._session.client(
+                    "s3", endpoint_url=self.endpoint, region_name=self.region,
+                    config=self._config.merge(Config(signature_version="s3v4")))
         params = {"Bucket": self.bucket, "Key": self._full(key)}
         if content_type:
             params["ResponseContentType"] = content_type
@@ -583,7 +619,10 @@ class _ErrorMapper:
         mapped = self._map(exc)
         if mapped is None:
             return False
-        raise mapped from exc
+        try:
+            raise mapped from exc
+        finally:
+            del mapped  # its traceback holds this frame (lockerfs.dropped)
 
     def _map(self, exc: BaseException) -> StoreError | None:
         if isinstance(exc, boto3.exceptions.S3UploadFailedError):
@@ -622,9 +661,9 @@ class _ErrorMapper:
         return None
 
 
-def _ends_object(response: dict, length: int) -> bool:
+def _ends_object(content_range: str, length: int) -> bool:
     """Whether a ranged reply of `length` bytes is short only because the object ends there."""
-    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", str(response.get("ContentRange", "")))
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", content_range or "")
     return bool(match) and int(match[2]) + 1 == int(match[3]) and int(match[2]) - int(match[1]) + 1 == length
 
 
