@@ -1009,3 +1009,18 @@ def test_an_object_whose_bytes_do_not_hash_to_its_name_is_dropped(
         assert not any(cache.cached(obj, i * BS, (i + 1) * BS) for i in range(SIZE // BS + 1))
         assert cache.disk_bytes == 0 and block_files(cache_dir) == []
     assert "do not hash to its name" in caplog.text
+
+
+def test_an_object_shorter_than_its_record_fails_its_reads_and_says_the_store_answered_short(
+        store: TestStore, cache_dir: Path) -> None:
+    """The bucket's object lost its tail (replaced, truncated): a ranged GET past its end is
+    answered short without any error from the store. The read fails, and the reason says
+    the store returned too few bytes (what the mount's failure report shows), not that the
+    GET was stopped, which would blame the reader."""
+    obj, data = put(store, SIZE)
+    store.objects[obj.key] = (data[:3 * BS + 10], store.objects[obj.key][1])
+    with new_cache(store, cache_dir) as cache:
+        with pytest.raises(FetchError, match=r"returned 10 bytes of \S+ at 3072 where \d+ were asked for"):
+            run(lambda: cache.read(obj, 3 * BS, 2 * BS + 100))
+        assert cache.stats.failed_requests == 1 and cache.stats.stopped_requests == 0
+        assert not cache.cached(obj, 3 * BS, SIZE)

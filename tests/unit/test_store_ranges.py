@@ -1,0 +1,52 @@
+"""S3Store.get_range_stream takes only a reply that covers exactly the bytes asked for.
+
+A server (or a proxy, or a cache in front of it) that ignores Range answers a
+ranged GET with the whole object: its first bytes are not the ones asked for,
+and a store that took them would have the cache serve one part of a track in
+place of another, with no error anywhere. No test of the S3 server can show this
+(rclone honours Range), so the client is a stand-in that answers as such a server.
+"""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+
+from lockerfs.store import S3Store, StoreError
+
+OBJECT = bytes(range(256)) * 64  # 16 KiB, every offset's byte known
+
+
+def store_answering(reply) -> S3Store:  # type: ignore[no-untyped-def]
+    store = S3Store("s3://bucket/music", endpoint_url="http://127.0.0.1:9", region_name="us-east-1")
+    store._client = SimpleNamespace(get_object=reply)  # type: ignore[assignment]
+    return store
+
+
+def ignoring_range(**request: object) -> dict:
+    return {"Body": io.BytesIO(OBJECT), "ContentLength": len(OBJECT)}  # 200, the whole object
+
+
+def honouring_range(Range: str, **request: object) -> dict:  # noqa: N803 (boto3's name)
+    first, last = (int(n) for n in Range.removeprefix("bytes=").split("-"))
+    last = min(last, len(OBJECT) - 1)
+    return {"Body": io.BytesIO(OBJECT[first:last + 1]), "ContentLength": last + 1 - first,
+            "ContentRange": f"bytes {first}-{last}/{len(OBJECT)}"}
+
+
+def test_a_reply_that_ignored_the_range_is_refused_before_any_byte_is_taken() -> None:
+    got: list[bytes] = []
+    with pytest.raises(StoreError, match="answered a request for 100 bytes"):
+        store_answering(ignoring_range).get_range_stream("objects/a.flac", 1000, 1100, got.append)
+    assert got == []
+
+
+def test_a_reply_of_the_range_asked_is_taken_whole() -> None:
+    got: list[bytes] = []
+    assert store_answering(honouring_range).get_range_stream("objects/a.flac", 1000, 1100, got.append) == 100
+    assert b"".join(got) == OBJECT[1000:1100]
+    got.clear()  # short only because the object ends there: taken
+    assert store_answering(honouring_range).get_range_stream("objects/a.flac", 16000, 17000, got.append) == 384
+    assert b"".join(got) == OBJECT[16000:]
