@@ -290,28 +290,28 @@ class S3Store:
         """A ranged GET's body (not yet read), Content-Length and Content-Range: by signed URL
         (lockerfs.rangedget: a fraction of botocore's CPU), or through botocore for an answer
         that path hands back."""
-        refused: Delegate | None = None
+        refused = 0  # the HTTP status a signed URL was answered with, if it was handed back
         if self._signed.enabled:
             try:
                 reply = self._signed.open(key, start, end, self.connections)
             except Delegate as why:
-                refused = why
+                refused = why.status  # not the exception: its traceback holds this frame
                 if why.lasting:
-                    self._stop_signing(why)
+                    self._stop_signing(refused)
             else:
                 header = reply.headers.get("content-length", "")
                 length = int(header) if header.isdigit() else None
                 return SignedBody(reply, length, self.endpoint), length, reply.headers.get("content-range", "")
         response = self._client.get_object(Bucket=self.bucket, Key=self._full(key), Range=f"bytes={start}-{end - 1}")
-        if refused is not None and refused.status == 403:
+        if refused == 403:
             self._stop_signing(refused)  # botocore's request was let in where the signed URL was not
         return response["Body"], response.get("ContentLength"), response.get("ContentRange", "")
 
-    def _stop_signing(self, why: Delegate) -> None:
+    def _stop_signing(self, status: int) -> None:
         if self._signed.enabled:
             self._signed.enabled = False
-            log.info("ranged GETs go through botocore from now on: %s answered a signed URL with %s",
-                     self.endpoint, why)
+            log.info("ranged GETs go through botocore from now on: %s answered a signed URL with HTTP %d",
+                     self.endpoint, status)
 
     def get(self, key: str) -> bytes:
         return self._get_body(key)
