@@ -59,6 +59,7 @@ Lock rules
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -86,6 +87,7 @@ MiB = 1024 * KiB
 FAILED_TTL = 1.0  # seconds a block that failed a reader is not asked for again (the kernel retries at once)
 VERIFIED_MEMORY = 65536  # objects remembered as verified this mount (an LRU of digests)
 DISK_BATCH = 16  # blocks of one GET written to disk together
+INSET_WAITS = 3  # loads in flight a part read from an inset waits for before it is left to the track's own
 
 
 class FetchError(Exception):
@@ -93,6 +95,14 @@ class FetchError(Exception):
 
 
 Need = tuple[int, int, int]  # (block index, start, end): bytes of one block wanted, within it
+
+
+class _Room(enum.Enum):
+    """Whether a part read from an inset can be put in its block (see BlockCache._room_for)."""
+
+    NOW = "now"
+    LATER = "after the load in flight"
+    NONE = "none"
 
 
 class _Pending:
@@ -350,11 +360,18 @@ class BlockCache:
         async def around(a: int, b: int) -> None:
             errors.append(await self._warm(obj, a, b, into_memory, max_request, exact))
 
+        filled: list[bool] = []
+
+        async def fill() -> None:
+            filled.append(await self._fill_inset(obj, start, end))
+
         async with trio.open_nursery() as nursery:  # the cover and the bytes around it, at once
-            nursery.start_soon(self._fill_inset, obj, start, end)
+            nursery.start_soon(fill)
             for a, b in ((start, min(end, low)), (max(start, high), end)):
                 if a < b:
                     nursery.start_soon(around, a, b)
+        if filled[0]:  # the bytes around it may have come after it did, and only now meet it
+            await self._fill_inset(obj, start, end)
         # what the cover's object could not bring comes from obj itself (nothing, when it did)
         errors.append(await self._warm(obj, max(start, low), min(end, high), into_memory, max_request, exact))
         return next((error for error in errors if error), None)
@@ -395,20 +412,20 @@ class BlockCache:
     # --- insets: a run of an object's bytes read from the shared object that holds them ---
 
     async def _read_inset(self, obj: ObjectRef, missing: list[Need], got: dict[int, bytes]) -> list[Need]:
-        """Serve the missing needs that lie inside obj's inset from the inset's object, into
-        `got`; return those still missing. The others' loads start first, so both run at once."""
-        assert obj.inset is not None
-        low, high = obj.inset.offset, obj.inset.offset + obj.inset.object.size
+        """Serve what the missing needs hold of obj's inset from the inset's object, into `got`;
+        return the needs still missing. The bytes beside the inset are claimed from obj first, so
+        both come at once. A read across the inset's edge is the usual case, not a rare one: the
+        kernel reads whole pages, and the audio after a picture seldom starts on a page."""
         bs = self.block_size
-        inside = [need for need in missing if low <= need[0] * bs + need[1] and need[0] * bs + need[2] <= high]
-        if not inside:
+        touching = [need for need in missing if self._inset_part(obj, need[0], need[1], need[2]) is not None]
+        if not touching:
             return missing
-        rest = [need for need in missing if need not in inside]
-        if rest:
-            self._claim(obj, rest, urgent=True)
-        await self._fill_inset(obj, inside[0][0] * bs + inside[0][1], inside[-1][0] * bs + inside[-1][2])
+        beside = [part for need in missing if (part := self._beside_inset(obj, need)) is not None]
+        if beside:
+            self._claim(obj, beside, urgent=True)
+        await self._fill_inset(obj, touching[0][0] * bs + touching[0][1], touching[-1][0] * bs + touching[-1][2])
         still = []
-        for need in sorted(rest + inside):  # the others' loads may have ended meanwhile too
+        for need in missing:  # the others' loads may have ended meanwhile too
             piece = self._memory.get((obj.sha256, need[0]))
             if piece is not None and _holds(piece, need[1], need[2]):
                 got[need[0]] = piece_slice(piece, need[1], need[2])
@@ -416,56 +433,104 @@ class BlockCache:
                 still.append(need)  # being loaded, or the inset could not be read: from obj itself
         return still
 
-    async def _fill_inset(self, obj: ObjectRef, start: int, end: int) -> None:
+    def _inset_part(self, obj: ObjectRef, index: int, start: int = 0, end: int | None = None) -> tuple[int, int] | None:
+        """What [start, end) of a block (the whole block by default) holds of obj's inset."""
+        if obj.inset is None:
+            return None
+        base = index * self.block_size
+        low = max(obj.inset.offset - base, start)
+        high = min(obj.inset.offset + obj.inset.object.size - base,
+                   self._block_length(obj, index) if end is None else end)
+        return (low, high) if low < high else None
+
+    def _beside_inset(self, obj: ObjectRef, need: Need) -> Need | None:
+        """The part of a need its block's own bytes must bring: none when the inset holds all of
+        it, the bytes on one side when the inset holds the other, else the whole need (a small
+        inset inside it: a block is one run)."""
+        index, a, b = need
+        part = self._inset_part(obj, index, a, b)
+        if part is None:
+            return need
+        if part == (a, b):
+            return None
+        if part[0] == a:
+            return index, part[1], b
+        if part[1] == b:
+            return index, a, part[0]
+        return need
+
+    async def _fill_inset(self, obj: ObjectRef, start: int, end: int) -> bool:
         """Put what [start, end) holds of obj's inset into obj's blocks, read from the inset's
         object (fetched once for every track that holds it). Never raises: what could not be
-        had this way is left to be fetched from obj itself.
+        had this way is left to be fetched from obj itself. Returns False if the inset's object
+        could not be read.
 
-        Only parts that meet what a block already holds are put (a block is one run of
-        bytes), and a block's part is widened to the whole inset within it, so the bytes
-        around the inset are all that is left to fetch from obj."""
+        Only parts that join what a block holds are put (a block is one run of bytes), and a
+        block's part is widened to the whole inset within it, so the bytes around the inset are
+        all that is left to fetch from obj. A part whose block a load is bringing other bytes
+        of waits for that load: put before, it would be replaced when the load's bytes came."""
         inset = obj.inset
         assert inset is not None
         low, high = max(start, inset.offset), min(end, inset.offset + inset.object.size)
         if low >= high:
-            return
+            return True
         bs = self.block_size
         span_low, span_high = inset.offset, inset.offset + inset.object.size
         parts = [(index, max(span_low - index * bs, 0), min(span_high - index * bs, self._block_length(obj, index)))
                  for index, _, _ in self._needs(obj, low, high)]
-        parts = [part for part in parts if self._fits(obj, part)]
+        parts = [part for part in parts if self._room_for(obj, part) is not _Room.NONE]
         if not parts:
-            return
+            return True
         first, last = parts[0][0] * bs + parts[0][1], parts[-1][0] * bs + parts[-1][2]
         try:
             data = await self.read(inset.object, first - inset.offset, last - first)
         except FetchError as exc:
             log.debug("reading %s for %s: %s; reading the track's own bytes", inset.object.key, obj.key, exc)
-            return
+            return False
         if len(data) != last - first:  # the inset's object is shorter than the record says
-            return
+            return False
         saved = []
-        for index, a, b in parts:
-            if not self._fits(obj, (index, a, b)):  # a load put other bytes there meanwhile
-                continue
-            at = index * bs + a - first
-            piece = data[at:at + b - a]
-            whole = a == 0 and b == self._block_length(obj, index)
-            saved.append((index, self._remember(obj, index, piece if whole else Part(a, piece))))
-            self.stats.inset_bytes += b - a
+        for waits in range(INSET_WAITS + 1):
+            later = []
+            for index, a, b in parts:
+                room = self._room_for(obj, (index, a, b))
+                if room is _Room.LATER:
+                    later.append((index, a, b))
+                elif room is _Room.NOW:
+                    at = index * bs + a - first
+                    piece = data[at:at + b - a]
+                    whole = a == 0 and b == self._block_length(obj, index)
+                    saved.append((index, self._remember(obj, index, piece if whole else Part(a, piece))))
+                    self.stats.inset_bytes += b - a
+            parts = later
+            if not parts or waits == INSET_WAITS:
+                break
+            for index in sorted({index for index, _, _ in parts}):
+                pending = self._pending.get((obj.sha256, index))
+                if pending is not None:
+                    await pending.done.wait()
         self.disk.save_soon(obj.sha256, saved)
+        return True
 
-    def _fits(self, obj: ObjectRef, need: Need) -> bool:
-        """Whether the part `need` of a block is worth putting there: not held yet, and meeting
-        what the block holds (if anything), so that the two join."""
-        index, a, b = need
+    def _room_for(self, obj: ObjectRef, part: Need) -> _Room:
+        """Whether a part of a block read from an inset can be put there now: it is not held
+        yet, it meets what the block holds (if anything), and a load in flight for the block
+        brings bytes that meet it (their join keeps both). A part the disk holds would be
+        replaced by this one, and then fetched again: that block is left to the track's own
+        load, or to the load in flight, after which there may be room."""
+        index, a, b = part
         key = (obj.sha256, index)
-        if key not in self._memory:
-            # a part the disk holds would be replaced by this one (a block is one run), and
-            # then fetched again: leave the block to the track's own load
-            return self.disk.held(key, self._block_length(obj, index)) is None
-        held = piece_range(self._memory[key])
-        return not (held[0] <= a and b <= held[1]) and held[0] <= b and a <= held[1]
+        pending = self._pending.get(key)
+        if key in self._memory:
+            held = piece_range(self._memory[key])
+            if held[0] <= a and b <= held[1]:
+                return _Room.NONE
+            meets = held[0] <= b and a <= held[1]
+        else:
+            meets = self.disk.held(key, self._block_length(obj, index)) is None
+        if pending is None:
+            return _Room.NOW if meets else _Room.NONE
+        return _Room.NOW if meets and pending.start <= b and a <= pending.end else _Room.LATER
 
     def cached(self, obj: ObjectRef, start: int, end: int, *, in_memory: bool = False) -> bool:
         """Whether every byte of [start, end) is in memory (or, unless `in_memory`, on disk); no I/O."""
@@ -638,17 +703,18 @@ class BlockCache:
         return piece_range(piece) if piece is not None else self.disk.held(key, self._block_length(obj, index))
 
     def _rest(self, obj: ObjectRef, index: int, start: int, end: int) -> tuple[int, int]:
-        """What a reader's load of [start, end) brings: the whole block, or, when a part of
-        the block held at one of its ends leaves [start, end) wholly outside it, the rest
-        of the block (an inset's edge: the bytes around a cover already read from it)."""
-        length = self._block_length(obj, index)
-        held = self._held(obj, index)
-        if held is not None:
-            if held[0] == 0 and held[1] <= start:
-                return held[1], length
-            if held[1] == length and end <= held[0]:
-                return 0, held[0]
-        return 0, length
+        """What a reader's load of [start, end) brings: the block, less what lies wholly to one
+        side of [start, end) at an end of the block and is either held already or obj's inset
+        (its bytes come from the inset's object): the bytes around a cover are all it fetches."""
+        load_start, load_end = 0, self._block_length(obj, index)
+        runs = sorted(run for run in (self._held(obj, index), self._inset_part(obj, index)) if run is not None)
+        for low, high in runs:  # from the block's start: an inset, then the bytes held after it
+            if low <= load_start < high <= start:
+                load_start = high
+        for low, high in reversed(runs):  # and from its end
+            if end <= low < load_end <= high:
+                load_end = low
+        return load_start, load_end
 
     def _unheld(self, obj: ObjectRef, index: int, start: int, end: int) -> tuple[int, int]:
         """[start, end) less what the block holds at one end of it. Only for a warm's exact

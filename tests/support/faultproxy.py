@@ -102,6 +102,7 @@ class RequestRecord:
     request_bytes: int = 0  # head and body as received from the client
     response_bytes: int = 0  # everything sent to the client, 100 Continue included
     content_type: str | None = None  # the request's Content-Type header, if any
+    byte_range: tuple[int, int] | None = None  # [start, end) of a GET's `Range: bytes=a-b`, if it has one
 
 
 @dataclass
@@ -176,6 +177,15 @@ class _Message:
     def wants_close(self, version: str) -> bool:
         connection = self.tokens("connection")
         return "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
+
+
+def _byte_range(headers: dict[str, str]) -> tuple[int, int] | None:
+    """[start, end) of a single closed `Range: bytes=a-b` (the only kind lockerfs sends), else None."""
+    unit, _, spec = headers.get("range", "").partition("=")
+    first, dash, last = spec.partition("-")
+    if unit.strip() != "bytes" or not dash or not first.isdigit() or not last.isdigit():
+        return None
+    return int(first), int(last) + 1
 
 
 class _Wire:
@@ -529,7 +539,7 @@ class FaultProxy:
                 request = _Message.parse(head)
                 method, target, version = (request.first_line + ["HTTP/1.0"])[:3]
                 path, _, query = target.partition("?")
-                record = self._arrived(method, path, query, len(head))
+                record = self._arrived(method, path, query, len(head), _byte_range(request.headers))
                 record.content_type = request.headers.get("content-type")
                 self._delay()
                 try:
@@ -576,9 +586,10 @@ class FaultProxy:
             elif upstream:
                 _reset(upstream.sock)  # the rest of a response is unread; no one needs it
 
-    def _arrived(self, method: str, path: str, query: str, head_bytes: int) -> RequestRecord:
+    def _arrived(self, method: str, path: str, query: str, head_bytes: int,
+                 byte_range: tuple[int, int] | None) -> RequestRecord:
         """Note a request as soon as its head is in, so counts are exact once a client call returns."""
-        record = RequestRecord(method, unquote(path), query, request_bytes=head_bytes)
+        record = RequestRecord(method, unquote(path), query, request_bytes=head_bytes, byte_range=byte_range)
         with self._lock:
             record.fault = self._choose_fault(method, record.path)
             if record.fault:

@@ -204,3 +204,61 @@ def test_a_warm_asks_for_the_cover_and_the_bytes_around_it_at_once(store: TestSt
 
     trio.run(scenario)
     assert got_from(store, ref.key) == zone - len(COVER)
+
+
+@pytest.mark.parametrize("offset, length", [(HEAD + len(COVER) - 100, 4096), (HEAD + len(COVER) + 10, 4096),
+                                            (0, HEAD + 100)])
+def test_a_read_beside_the_cover_before_the_cover_came_fetches_none_of_it(
+        store: TestStore, tmp_path: Path, offset: int, length: int) -> None:
+    """A tag reader's first read past the picture starts inside it (the kernel reads whole pages)
+    or just after it, and on a busy machine it comes before the cover's object has: the track's
+    own GET must bring only the bytes beside the picture, not its block whole."""
+    ref, data = track_with_cover(store, 6)
+    assert ref.inset is not None
+    gate = store.gates[ref.inset.object.key] = threading.Event()
+    cover_end = HEAD + len(COVER)
+
+    async def scenario() -> None:
+        with new_cache(store, tmp_path / "cache") as cache:
+            async with trio.open_nursery() as nursery:
+                async def reader() -> None:
+                    assert await cache.read(ref, offset, length) == data[offset:offset + length]
+                nursery.start_soon(reader)
+                with trio.fail_after(5):
+                    while not got_from(store, ref.key):
+                        await trio.sleep(0.01)
+                gate.set()
+
+    trio.run(scenario)
+    # from the picture's end on (the read runs on to the track's end), or up to its start
+    beside = (0, HEAD) if offset < HEAD else (cover_end, len(data))
+    assert [(start, end) for key, start, end in store.ranges if key == ref.key] == [beside]
+
+
+def test_a_cover_that_comes_before_a_load_of_its_block_is_kept_when_the_load_ends(
+        store: TestStore, tmp_path: Path) -> None:
+    """A block is one run of bytes: the picture's part put there while a load of other bytes of
+    the block is in flight would be replaced by them, and then fetched again from the track.
+    It waits for the load instead (a scan's zones of one track are warmed at once)."""
+    ref, data = track_with_cover(store, 7)
+    assert ref.inset is not None
+    cover = ref.inset.object
+    gate = store.gates[ref.key] = threading.Event()
+    zone = HEAD + len(COVER) + 100
+
+    async def scenario() -> None:
+        with new_cache(store, tmp_path / "cache") as cache:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: cache.warm(ref, 0, 100, exact=True))  # held up at the store
+                with trio.fail_after(5):
+                    while not got_from(store, ref.key):
+                        await trio.sleep(0.01)
+                nursery.start_soon(lambda: cache.warm(ref, 0, zone, exact=True))
+                with trio.fail_after(5):  # the cover is in before the track's first load ends
+                    while not cache.cached(cover, 0, len(COVER)):
+                        await trio.sleep(0.01)
+                gate.set()
+            assert await cache.read(ref, 0, zone) == data[:zone]
+
+    trio.run(scenario)
+    assert got_from(store, ref.key) == zone - len(COVER)
