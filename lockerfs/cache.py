@@ -149,13 +149,14 @@ class _Pending:
 class _Load:
     """The cache's side of one GET: the blocks it brings and those waiting for the disk."""
 
-    __slots__ = ("obj", "fetch", "pendings", "to_disk")
+    __slots__ = ("obj", "fetch", "pendings", "to_disk", "undelivered")
 
     def __init__(self, obj: ObjectRef, pendings: dict[int, _Pending]) -> None:
         self.obj = obj
         self.fetch: Fetch  # set as soon as the GET starts
         self.pendings = pendings
         self.to_disk: list[tuple[int, Piece]] = []
+        self.undelivered = len(pendings)
 
 
 class BlockCache:
@@ -806,7 +807,10 @@ class BlockCache:
             piece = self._remember(load.obj, index, data if whole else Part(offset, data))
             self._finish(load.obj, index, load.pendings[index], data=piece)
             load.to_disk.append((index, piece))
-            if len(load.to_disk) >= DISK_BATCH:
+            load.undelivered -= 1
+            # The last block goes to the disk with the rest at once, not when the GET's thread
+            # ends: whoever waited for the blocks then finds them written or being written.
+            if len(load.to_disk) >= DISK_BATCH or load.undelivered == 0:
                 self.disk.save_soon(load.obj.sha256, load.to_disk)
                 load.to_disk = []
         except Exception:  # a callback of the trio loop must never raise

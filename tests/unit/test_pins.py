@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,6 +140,31 @@ def test_keep_on_disk_fetches_in_one_get_and_checks_the_sha256(tmp_path: Path) -
             assert cache.on_disk(obj) == obj.size
             assert len(store.ranges) == 1 and store.ranges[0][1:] == (0, obj.size)
             assert await cache.keep_on_disk(obj) is None  # nothing more to do
+            assert len(store.ranges) == 1
+
+    run(main)
+
+
+class LateEndingStore(TestStore):
+    """Its GETs hand over every byte, then take a while to return (a busy machine's thread)."""
+
+    def get_range_stream(self, key: str, start: int, end: int, sink: Callable[[bytes], None],
+                         stop: threading.Event | None = None) -> int:
+        got = super().get_range_stream(key, start, end, sink, stop)
+        time.sleep(0.3)
+        return got
+
+
+def test_keep_on_disk_fetches_once_though_the_get_returns_after_its_last_block(tmp_path: Path) -> None:
+    """The blocks go to the disk as soon as the last one came: a pin that then finds them not
+    on disk yet would fetch them again."""
+    store = LateEndingStore()
+    obj, _ = put(store, 5 * BS + 7, seed=5)
+
+    async def main() -> None:
+        with new_cache(store, tmp_path, memory_limit=BS) as cache:
+            assert await cache.keep_on_disk(obj) is None
+            assert cache.on_disk(obj) == obj.size
             assert len(store.ranges) == 1
 
     run(main)
