@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ MAX_REQUEST = 4 * 1024 * 1024  # a request names paths
 MAX_REPLY = 512 * 1024 * 1024  # a reply may list every track of a large library (about 600 bytes each)
 MAX_SESSIONS = 16
 REQUEST_WAIT = 10.0  # seconds a connected client has to send its request
+ADDRESS_WAIT = 10.0  # seconds a command waits for a mount to name its control socket
 PROTOCOL = 1
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -303,11 +305,31 @@ class Connection:
 
 def connect(mountpoint: Path, timeout: float | None = 30.0) -> Connection:
     """A connection to the mount at `mountpoint`, checked to be served by this user's process."""
-    try:
-        address = os.fsdecode(os.getxattr(mountpoint, XATTR))
-    except OSError as exc:
-        raise ControlError(_why_no_answer(mountpoint, exc)) from None
-    return open_socket(Path(address), mountpoint, timeout)
+    return open_socket(Path(_control_address(mountpoint)), mountpoint, timeout)
+
+
+def _control_address(mountpoint: Path) -> str:
+    """The mount's answer to XATTR. Asked from a thread, and given up on after ADDRESS_WAIT: the
+    kernel holds whoever asks a mount whose process is stopped or stuck until it answers, and
+    `lockerfs pinned` asks every mount on the machine. The thread left behind ends with the
+    command (a FUSE request's wait gives way to the exit's kill)."""
+    answers: list[bytes | OSError] = []
+
+    def ask() -> None:
+        try:
+            answers.append(os.getxattr(mountpoint, XATTR))
+        except OSError as exc:
+            answers.append(exc)
+
+    asking = threading.Thread(target=ask, name=f"lockerfs ask {mountpoint}", daemon=True)
+    asking.start()
+    asking.join(ADDRESS_WAIT)
+    if not answers:
+        raise ControlError(f"the lockerfs mount at {mountpoint} has not answered for {ADDRESS_WAIT:g} s "
+                           "(its process is stopped or stuck: see its mount.log)")
+    if isinstance(answers[0], OSError):
+        raise ControlError(_why_no_answer(mountpoint, answers[0]))
+    return os.fsdecode(answers[0])
 
 
 def open_socket(address: Path, mountpoint: Path, timeout: float | None = 30.0) -> Connection:

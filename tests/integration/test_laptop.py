@@ -34,6 +34,7 @@ import pytest
 
 from lockerfs import mountpoints
 from lockerfs.connections import IDLE_LIMIT
+from lockerfs.control import ADDRESS_WAIT
 from lockerfs.mount import READ_DEADLINE
 from tests.integration.test_faults_mount import drop_page_cache, log_of
 from tests.support.bounds import within
@@ -299,7 +300,11 @@ def test_after_a_suspend_the_first_read_does_not_wait_on_dead_connections(
     os.kill(pid, signal.SIGSTOP)
     try:
         proxy.drop_silently()
-        time.sleep(SUSPEND_SECONDS)
+        stopped_at = time.monotonic()
+        # a command that asks every mount is not held by a stopped one
+        asked = lockerfs("pinned", env=env, check=False, timeout=ADDRESS_WAIT + 30)
+        assert time.monotonic() - stopped_at < ADDRESS_WAIT + 10 and str(mnt) not in asked.stdout
+        time.sleep(max(0.0, SUSPEND_SECONDS - (time.monotonic() - stopped_at)))
     finally:
         os.kill(pid, signal.SIGCONT)
     first = timed_first_read(cold[0], sources)
