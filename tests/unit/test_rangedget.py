@@ -10,12 +10,14 @@ from collections.abc import Iterator
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from lockerfs.store import MOUNT_RETRIES, NotFound, S3Store, StoreError
+from lockerfs.store import MOUNT_RETRIES, NotFound, RetryPolicy, S3Store, StoreError
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3Server
 
 DATA = bytes(range(256)) * 1024
 SIGNED = "X-Amz-Signature"
+# the mount's attempts, with timeouts no busy test machine reaches: only the faults injected retry
+PATIENT = RetryPolicy(MOUNT_RETRIES.max_attempts, connect_timeout=30, read_timeout=60)
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def proxied_store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Itera
         if name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             monkeypatch.setenv(name, value)
     with FaultProxy(s3_server.port) as proxy:
-        yield S3Store(f"s3://{bucket}/music", proxy.endpoint, MOUNT_RETRIES, pool_size=4), proxy
+        yield S3Store(f"s3://{bucket}/music", proxy.endpoint, PATIENT, pool_size=4), proxy
 
 
 def test_ranged_gets_go_by_a_url_signed_once_per_object(proxied_store, monkeypatch) -> None:
