@@ -96,8 +96,9 @@ def lay_out_extras(library: Library, paths: Mapping[Path, Track], template: Temp
     for folder in sorted(by_folder):
         extras.update(place_folder(folder, by_folder[folder], where, info_of, taken[folder], template))
     if library.playlists:
-        folder_name, files = place_playlists(library.playlists, lambda sha: paths[where[sha]], where, taken[()],
-                                             template)
+        folder_name, files = place_playlists(
+            library.playlists, lambda placed: render_m3u8(placed, lambda sha: paths[where[sha]], where), taken[()],
+            template)
         extras.update(((folder_name, name), file) for name, file in files.items())
     return extras
 
@@ -254,9 +255,10 @@ class _AlbumFolder:
         return placed.asset.mtime or _stamp_time(placed.stamp)
 
 
-def place_playlists(playlists: list[PlacedPlaylist], track_of: Callable[[str], Track], where: Mapping[str, Path],
+def place_playlists(playlists: list[PlacedPlaylist], render: Callable[[PlacedPlaylist], bytes],
                     root_taken: set[str], template: Template) -> tuple[str, dict[str, ExtraFile]]:
-    """The playlists folder's name (claimed in `root_taken`) and its .m3u8 files."""
+    """The playlists folder's name (claimed in `root_taken`) and its .m3u8 files, each made
+    by `render` (render_m3u8, or a memo of it)."""
     files: dict[str, ExtraFile] = {}
     folder_name = unique_name(PLAYLISTS_FOLDER, "", hashlib.sha256(PLAYLISTS_FOLDER.encode()).hexdigest(),
                               root_taken)
@@ -264,7 +266,7 @@ def place_playlists(playlists: list[PlacedPlaylist], track_of: Callable[[str], T
     for placed in sorted(playlists, key=lambda p: (fold(p.playlist.name), p.playlist.name)):
         key_sha = hashlib.sha256(fold(placed.playlist.name).encode()).hexdigest()
         name = unique_name(file_stem(placed.playlist.name, template.names, ".m3u8"), ".m3u8", key_sha, taken)
-        data = render_m3u8(placed, track_of, where)
+        data = render(placed)
         mtime = placed.playlist.mtime or _stamp_time(placed.stamp)
         files[name] = ExtraFile.of_bytes(data, mtime, "playlist")
     return folder_name, files

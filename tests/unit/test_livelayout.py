@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lockerfs import catalog, extras
+from lockerfs import catalog, extras, livelayout
 from lockerfs.catalog import CatalogState
 from lockerfs.cache import ObjectRef
 from lockerfs.layout import DEFAULT_TEMPLATE, Template, parse_template
@@ -215,6 +215,33 @@ def test_a_refresh_of_new_tracks_re_files_only_their_folders() -> None:
     assert len(affected) < 20
     tree.sync(affected)
     assert comparable(shown(tree)) == reference(state, parse_template(DEFAULT_TEMPLATE))
+
+
+def test_a_refresh_makes_again_only_the_playlists_that_name_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refresh lists the playlists folder again; making every playlist again each
+    time cost most of a 300,000-track refresh. A playlist is made again when a track it
+    names was re-filed (here: retitled), and never kept stale."""
+    state = state_of(list(scale_records(6100, seed=3)))  # three playlists, of different albums
+    template = parse_template(DEFAULT_TEMPLATE)
+    live, tree = live_tree(state, template)
+    shown(tree)
+    made: list[str] = []
+    render = extras.render_m3u8
+    for module in (extras, livelayout):
+        monkeypatch.setattr(module, "render_m3u8", lambda placed, *args: made.append(placed.playlist.name)
+                            or render(placed, *args))
+    first = next(v.value for v in state.playlists.values() if v.value is not None)
+    named = state.entries[first.entries[0].sha256].track  # type: ignore[index, union-attr]
+    assert named is not None and len(live.playlists) == 3
+    steps = [list(scale_records(30, seed=4, first=50_000)),  # new albums: no playlist names them
+             [catalog.add_record(dataclasses.replace(named, info=dataclasses.replace(named.info, title="Renamed")))]]
+    for step, records in enumerate(steps):
+        made.clear()
+        apply(state, records, f"18000000{step:05d}-0000000000000000")
+        tree.sync(live.update(state.entries.take_changed()))
+        now = comparable(shown(tree))
+        assert made == ([] if step == 0 else [first.name]), step
+        assert now == reference(state, template)  # no playlist stale
 
 
 def test_hostile_catalog_from_the_bucket_lays_out_like_the_reference() -> None:
