@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import dataclasses
 import errno
 import gc
@@ -446,6 +447,7 @@ class Mounted:
     def _write_copy(self) -> None:
         write_catalog_copy(self.reader, self.catalog_copy)
         self.copy_dirty = False
+        _trim_heap()  # its temporaries: about 160 MB at their peak at 300,000 tracks
 
     def close(self) -> None:
         if self.copy_dirty and self._first_load is None:  # unmounted before the copy was saved
@@ -516,8 +518,28 @@ def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
 
 def _settle_memory() -> None:
     """What is alive now (the catalog, its layout) lives as long as the mount: out of the
-    cyclic collector's sight."""
+    cyclic collector's sight. The temporaries of making it are given back to the system."""
     gc.freeze()
+    _trim_heap()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none."""
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Hand the free pages inside malloc's heaps back to the system. Decoding a catalog in a
+    worker thread and writing its copy free tens of MB of large temporaries that glibc keeps
+    as holes between live blocks (about 25 MB at 300,000 tracks); a few ms each time."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _prepare_mount(options: MountOptions, cache_dir: Path) -> Mounted:

@@ -229,7 +229,7 @@ class Tree:
         self._by_key: dict[Key, DirNode] = {}
         self._dirs: dict[int, DirNode] = {}
         self._next_inode = ROOT_INODE
-        self._kids: dict[int, set[int]] = {}  # folder inode -> its subfolders' inodes
+        self._kids: dict[int, list[int]] = {}  # folder inode -> its subfolders' inodes (lists: 50,000 folders)
         self._eager = True
         self._walk: tuple[list[int], dict[int, int]] | None = None
         self.nodes = _Nodes(self)
@@ -347,9 +347,10 @@ class Tree:
                 if parent is not None:
                     changes.entries.append((parent.inode, node.name))
                 changes.dirs.add(node.inode)
-        for key, node in old_by_key.items():
-            if node.inode not in reused:
-                self._forget_dir(node, changes)
+        gone = [node for node in old_by_key.values() if node.inode not in reused]
+        for node in gone:
+            self._forget_dir(node, changes)
+        self._unlink(gone)
         self._refresh(set(self._by_key), changes)
         return _unique(changes)
 
@@ -357,14 +358,17 @@ class Tree:
         """Follow a change of the current source in the folders `affected`."""
         changes = Changes()
         source = self._source
+        gone = []
         for key in sorted(affected, key=len):
             node = self._by_key.get(key)
             if node is not None and (not source.exists(key) or node.name != source.name(key)
                                      or node.parent != self._parent_inode(key)):
                 self._forget_subtree(node, changes)
+                gone.append(node)
                 node = None
             if node is None and source.exists(key):
                 self._ensure(key, changes)
+        self._unlink(gone)
         self._refresh({key for key in affected if key in self._by_key}, changes)
         return _unique(changes)
 
@@ -401,7 +405,7 @@ class Tree:
         node = DirNode(inode, parent.inode if parent else inode, name, key, self)
         self._dirs[inode] = node
         if parent is not None:
-            self._kids.setdefault(parent.inode, set()).add(inode)
+            self._kids.setdefault(parent.inode, []).append(inode)  # a new inode: not there yet
         self._by_key[key] = node
         self._walk = None
         return node
@@ -420,21 +424,30 @@ class Tree:
         self._forget_dir(node, changes)
 
     def _forget_dir(self, node: DirNode, changes: Changes) -> None:
-        """Drop a folder and what the kernel may have seen below it, entry by entry."""
+        """Drop a folder and what the kernel may have seen below it, entry by entry (its
+        parent's list of subfolders is _unlink's)."""
         if node.inode == ROOT_INODE or self._dirs.get(node.inode) is not node:
             return
         changes.entries.append((node.parent, node.name))
         if node.listing is not None:
             changes.entries.extend((node.inode, name) for name, ref in zip(node.listing.names, node.listing.refs)
                                    if not isinstance(ref, _Sub))
-        for child in list(self._kids.pop(node.inode, ())):
+        for child in self._kids.pop(node.inode, ()):
             if child in self._dirs:
                 self._forget_dir(self._dirs[child], changes)
-        self._kids.get(node.parent, set()).discard(node.inode)
         self._dirs.pop(node.inode, None)
         if self._by_key.get(node.key) is node:
             del self._by_key[node.key]
         self._walk = None
+
+    def _unlink(self, forgotten: list[DirNode]) -> None:
+        """Take forgotten folders out of their parents' lists, one pass per parent: a refresh
+        may forget thousands of the root's folders, which one removal each would make quadratic."""
+        gone = {node.inode for node in forgotten if node.inode not in self._dirs}
+        for parent in {node.parent for node in forgotten}:
+            siblings = self._kids.get(parent)
+            if siblings is not None:
+                siblings[:] = [inode for inode in siblings if inode not in gone]
 
     def _refresh(self, keys: set[Key], changes: Changes) -> None:
         """Attributes of these folders, and their listings where the kernel may have seen them."""
