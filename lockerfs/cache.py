@@ -476,9 +476,8 @@ class BlockCache:
         if low >= high:
             return True
         bs = self.block_size
-        span_low, span_high = inset.offset, inset.offset + inset.object.size
-        parts = [(index, max(span_low - index * bs, 0), min(span_high - index * bs, self._block_length(obj, index)))
-                 for index, _, _ in self._needs(obj, low, high)]
+        parts = [(index, *part) for index, _, _ in self._needs(obj, low, high)
+                 if (part := self._inset_part(obj, index)) is not None]
         parts = [part for part in parts if self._room_for(obj, part) is not _Room.NONE]
         if not parts:
             return True

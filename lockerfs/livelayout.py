@@ -249,17 +249,19 @@ class LiveLayout:
 
     def _folder_of(self, sha: str) -> Key | None:
         """The folder a live track is shown in; None if it is not shown."""
-        row = self.table.row(sha)
+        return self._folder_of_row(self.table.row(sha))
+
+    def _folder_of_row(self, row: int | None) -> Key | None:
         head = self.row_head[row] if row is not None and row < len(self.row_head) else None
         return None if head is None else self._head_folder[head][0]
 
     def path_of(self, sha: str, asking: Key, own: list[tuple[str, int]] | None = None) -> Path | None:
         """Where a live track is shown (naming its folder if need be); `asking` is
         recorded as depending on that folder's names (`own`: the asking folder's)."""
-        key = self._folder_of(sha)
+        row = self.table.row(sha)
+        key = self._folder_of_row(row)
         if key is None:
             return None
-        row = self.table.row(sha)
         if key != asking:
             self._depends.setdefault(key, set()).add(asking)
         for name, named_row in (own if own is not None and key == asking else self._track_names(key)):
