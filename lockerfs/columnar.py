@@ -215,14 +215,12 @@ def _decode_assets(header: dict[str, Any], section: Callable[[str, int, int], me
     name, source = _from_little("I", section("asset_name", count, 4)), _from_little("I", section("asset_source", count, 4))
     mtime = _from_little("d", section("asset_mtime", count, 8))
     offsets = _from_little("I", section("asset_tracks", count + 1, 4))
-    digests = section("asset_refs", refs, 32).hex()
     if offsets[0] != 0 or offsets[-1] != refs or any(map(int.__gt__, offsets[:-1], offsets[1:])):
         raise ColumnError("asset track offsets are out of order")
     # Each reference once as a string, the table's own where the track is in it (a cover
     # names a dozen tracks: 300,000 references in a large catalog, no copy of each).
-    references = [digests[i:i + 64] for i in range(0, len(digests), 64)]
+    references = _hex_items(section("asset_refs", refs, 32))
     references = list(map(same.get, references, references))
-    del digests
     names: dict[int, str] = {}
     objects: dict[tuple[int, int], tuple[str, str] | None] = {}
     found: list[tuple[Stamp, Asset]] = []
@@ -292,13 +290,7 @@ class Decoded:
 
 def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> Decoded:
     """Inflate (at most `limit` bytes) and validate a columnar snapshot; raises ColumnError."""
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
-            data = stream.read(limit + 1)
-    except (OSError, EOFError, zlib.error):
-        raise ColumnError("not valid gzip") from None
-    if len(data) > limit:
-        raise ColumnError(f"inflates past {limit} bytes")
+    data = _inflate(raw, limit)
     if not data.startswith(MAGIC):
         raise ColumnError("not a columnar snapshot")
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER)
@@ -339,9 +331,7 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
     def section(name: str, width: int) -> memoryview:
         return sized(name, rows, width)
 
-    digests = section("sha256", 32).hex()
-    shas = [digests[i:i + 64] for i in range(0, len(digests), 64)]
-    del digests
+    shas = _hex_items(section("sha256", 32))
     try:
         strings: list[str | None] = [None, *str(sections.get("strings", b""), "utf-8", "surrogatepass").split("\0")]
     except UnicodeDecodeError:
@@ -378,6 +368,35 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
     assets, bad_assets = _decode_assets(header, sized, strings, files, same)
     del same
     return Decoded(header, rows, shas, columns, other, rejected, assets, bad_assets)
+
+
+def _inflate(raw: bytes, limit: int) -> bytes:
+    """The gzip stream's bytes, at most `limit` of them (ColumnError past it): one call into
+    zlib per member, which checks each member's CRC and length. GzipFile's reads go 8 KiB at
+    a time through Python, 0.4 s more for the 30 MB of a 300,000-track snapshot."""
+    parts: list[bytes] = []
+    room, rest = limit + 1, raw
+    try:
+        while True:
+            member = zlib.decompressobj(wbits=31)
+            part = member.decompress(rest, room)
+            parts.append(part)
+            room -= len(part)
+            if room <= 0:
+                raise ColumnError(f"inflates past {limit} bytes")
+            if not member.eof:
+                raise ColumnError("not valid gzip (cut short)")
+            rest = member.unused_data
+            if not rest:
+                return b"".join(parts) if len(parts) > 1 else parts[0]
+    except zlib.error:
+        raise ColumnError("not valid gzip") from None
+
+
+def _hex_items(blob: memoryview) -> list[str]:
+    """Each 32-byte item of blob as 64 hex digits, split in C (a slice per item in Python
+    cost 0.25 s for 300,000 digests)."""
+    return blob.hex(" ", 32).split()
 
 
 def _below_2_40(blob: memoryview, rows: int) -> bool:

@@ -186,6 +186,18 @@ def test_a_bomb_is_refused_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
         reload(bomb)
 
 
+def test_a_stream_cut_short_or_with_a_wrong_checksum_is_refused_and_two_members_are_read() -> None:
+    whole = varied_state().to_columnar("s")
+    with pytest.raises(CorruptCatalogFile, match="cut short"):
+        reload(whole[:-9])  # the last deflate bytes and the trailer
+    wrong_crc = whole[:-8] + bytes(b ^ 0xFF for b in whole[-8:-4]) + whole[-4:]
+    with pytest.raises(CorruptCatalogFile, match="not valid gzip"):
+        reload(wrong_crc)
+    inflated = gzip.decompress(whole)  # the same bytes as two gzip members, as `cat a.gz b.gz` makes
+    split = gzip.compress(inflated[:1000], mtime=0) + gzip.compress(inflated[1000:], mtime=0)
+    assert sorted(t.sha256 for t in reload(split).tracks()) == sorted(t.sha256 for t in reload(whole).tracks())
+
+
 def row_of(state: CatalogState, sha: str) -> int:
     header, found = sections(state.to_columnar("s"))
     digests = found["sha256"]
