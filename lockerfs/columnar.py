@@ -42,7 +42,7 @@ from lockerfs.asset import (CONTENT_TYPE_RE, CONTENT_TYPES, MAX_ATTACHED, Asset,
 from lockerfs.asset import MAX_SOURCE as MAX_ASSET_SOURCE
 from lockerfs.insets import MIN_INSET
 from lockerfs.objectref import ObjectRef
-from lockerfs.tracktable import NONE, NUMBERS, REGIONS, SHARED_TEXT, Stamp, TrackTable
+from lockerfs.tracktable import NONE, NUMBERS, REGIONS, SHARED_TEXT, Stamp, TrackTable, widened
 
 MAGIC = b"lockerfs-columns\n"
 VERSION = 3
@@ -92,8 +92,9 @@ def encode(table: TrackTable, snapshot_id: str, assets: list[tuple[Stamp, Asset]
         "ext": table.ext, "source": table.source, "title": table.title, **table.text}
     for name in TEXT_COLUMNS:
         sections.append((name, _little(array("I", map(index, columns[name])))))
+    # tag numbers as value + 1 (0: unknown), as the table keeps them, in 64 bits again
     ints: dict[str, Any] = {"stamp_file": table.stamp_file, "stamp_pos": table.stamp_pos, "size": table.size,
-                            **table.numbers}  # tag numbers as value + 1 (0: unknown), as the table keeps them
+                            **{name: widened(column) for name, column in table.numbers.items()}}
     for name in INT_COLUMNS:
         sections.append((name, _little(array("q", ints[name]))))
     floats = {"mtime": table.mtime, "duration": table.duration}

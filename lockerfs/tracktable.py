@@ -20,6 +20,7 @@ incremental refresh.
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -36,6 +37,47 @@ NONE = 0  # an unknown tag number; the columns hold value + 1, so that every sto
 SHARED_TEXT = ("format", "codec", "artist", "albumartist", "album", "date", "genre")
 NUMBERS = ("track", "tracktotal", "disc", "disctotal", "year", "bitrate", "sample_rate", "channels")
 REGIONS = ("head_size", "tail_size")
+
+
+_SIGN = bytes(0 if byte < 0x80 else 0xFF for byte in range(256))  # a top byte -> its sign extension
+_NARROW = (("b", 1), ("h", 2), ("i", 4))
+
+
+def narrowest(values: array[int]) -> array[int]:
+    """A 64-bit column in the narrowest signed type that holds all its values (tag numbers
+    fit a byte or two: 17 MB less at 300,000 tracks). Byte planes copied in C, no Python
+    object per value; a later value that does not fit widens the column (TrackTable._put)."""
+    if values.typecode != "q" or sys.byteorder != "little" or not values:
+        return values
+    raw = memoryview(values).cast("B")
+    for code, width in _NARROW:
+        sign = bytes(raw[width - 1::8]).translate(_SIGN)
+        if all(bytes(raw[plane::8]) == sign for plane in range(width, 8)):
+            narrow = bytearray(len(values) * width)
+            for plane in range(width):
+                narrow[plane::width] = raw[plane::8]
+            found = array(code)
+            found.frombytes(narrow)
+            return found
+    return values
+
+
+def widened(values: array[int]) -> array[int]:
+    """A column as 64-bit numbers again (what the columnar file holds), sign extended in C."""
+    if values.typecode == "q":
+        return values
+    if sys.byteorder != "little" or not values:
+        return array("q", values)
+    width, raw = values.itemsize, memoryview(values).cast("B")
+    wide = bytearray(len(values) * 8)
+    for plane in range(width):
+        wide[plane::8] = raw[plane::width]
+    sign = bytes(raw[width - 1::width]).translate(_SIGN)
+    for plane in range(width, 8):
+        wide[plane::8] = sign
+    found = array("q")
+    found.frombytes(wide)
+    return found
 
 
 @dataclass(slots=True)
@@ -209,13 +251,12 @@ class TrackTable(Mapping[str, Entry]):
                             ("albumartist", info.albumartist), ("album", info.album), ("date", info.date),
                             ("genre", info.genre)):
             text[name].append(None if value is None else share(value, value))
-        numbers = self.numbers
         for name, value in (("track", info.track), ("tracktotal", info.tracktotal), ("disc", info.disc),
                             ("disctotal", info.disctotal), ("year", info.year), ("bitrate", info.bitrate),
                             ("sample_rate", info.sample_rate), ("channels", info.channels)):
-            numbers[name].append(NONE if value is None else value + 1)
-        numbers["head_size"].append(info.head_size)
-        numbers["tail_size"].append(info.tail_size)
+            self._append_number(name, NONE if value is None else value + 1)
+        self._append_number("head_size", info.head_size)
+        self._append_number("tail_size", info.tail_size)
         self.duration.append(math.nan if info.duration is None else info.duration)
         self.compilation.append(1 if info.compilation else 0)
         self.art.append(self.share_art(track.art.object) if track.art else None)
@@ -233,6 +274,21 @@ class TrackTable(Mapping[str, Entry]):
     def _set_stamp(self, row: int, stamp: Stamp) -> None:
         self.stamp_file[row] = self._file(stamp[0])
         self.stamp_pos[row] = stamp[1]
+
+    def _append_number(self, name: str, value: int) -> None:
+        try:
+            self.numbers[name].append(value)
+        except OverflowError:  # past a narrowed column's type (see narrowest)
+            self.numbers[name] = array("q", self.numbers[name])
+            self.numbers[name].append(value)
+
+    def _put(self, name: str, row: int, value: int) -> None:
+        """Set a number, widening its column if the value does not fit (see narrowest)."""
+        try:
+            self.numbers[name][row] = value
+        except OverflowError:
+            self.numbers[name] = array("q", self.numbers[name])
+            self.numbers[name][row] = value
 
     def share(self, text: str | None) -> str | None:
         """One object per distinct value: artists, albums and dates repeat across rows."""
@@ -255,9 +311,9 @@ class TrackTable(Mapping[str, Entry]):
             self.text[name][row] = self.share(getattr(info, name))
         for name in NUMBERS:
             value = getattr(info, name)
-            self.numbers[name][row] = NONE if value is None else value + 1
+            self._put(name, row, NONE if value is None else value + 1)
         for name in REGIONS:
-            self.numbers[name][row] = getattr(info, name)
+            self._put(name, row, getattr(info, name))
         self.duration[row] = math.nan if info.duration is None else info.duration
         self.compilation[row] = 1 if info.compilation else 0
         self.art[row] = self.share_art(track.art.object) if track.art else None
@@ -299,7 +355,7 @@ class TrackTable(Mapping[str, Entry]):
         for name in SHARED_TEXT:
             self.text[name][row] = self.share(columns[name][source])
         for name in (*NUMBERS, *REGIONS):
-            self.numbers[name][row] = columns[name][source]
+            self._put(name, row, columns[name][source])
         self.duration[row] = columns["duration"][source]
         self.compilation[row] = columns["compilation"][source]
         art = columns["art"][source]
@@ -321,7 +377,7 @@ class TrackTable(Mapping[str, Entry]):
         self.source = [text or "" for text in columns["source"]]
         self.title = columns["title"]
         self.text = {name: columns[name] for name in SHARED_TEXT}
-        self.numbers = {name: columns[name] for name in (*NUMBERS, *REGIONS)}
+        self.numbers = {name: narrowest(columns[name]) for name in (*NUMBERS, *REGIONS)}
         self.duration = columns["duration"]
         self.compilation = columns["compilation"]
         self.art = columns["art"]
@@ -340,7 +396,7 @@ class TrackTable(Mapping[str, Entry]):
         other.live, other.size, other.mtime = bytearray(self.live), array("q", self.size), array("d", self.mtime)
         other.ext, other.source, other.title = list(self.ext), list(self.source), list(self.title)
         other.text = {name: list(column) for name, column in self.text.items()}
-        other.numbers = {name: array("q", column) for name, column in self.numbers.items()}
+        other.numbers = {name: array(column.typecode, column) for name, column in self.numbers.items()}
         other.duration, other.compilation = array("d", self.duration), bytearray(self.compilation)
         other.art, other.art_at = list(self.art), array("q", self.art_at)
         other._shared, other._art_objects = dict(self._shared), dict(self._art_objects)

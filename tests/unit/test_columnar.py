@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import struct
+from array import array
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from lockerfs import catalog, columnar
 from lockerfs.catalog import CatalogReader, CatalogState, CorruptCatalogFile, FormatError
 from lockerfs.playlist import Playlist, PlaylistEntry
 from lockerfs.store import MemoryStore
-from lockerfs.tracktable import TrackTable
+from lockerfs.tracktable import TrackTable, narrowest, widened
 from tests.unit.test_catalog import make_track
 from tests.unit.test_extras import cue_asset, embedded, lyrics, side, track
 
@@ -287,3 +288,37 @@ def test_a_copy_of_the_table_is_left_alone_by_merges_into_the_original() -> None
     table.put(make_track(1).sha256, ("3", 0), None)
     assert copy.tracks() == [make_track(1)] and len(copy) == 1
     assert table.live_count == 1 and copy.live_count == 1
+
+
+# --- narrowed number columns ------------------------------------------------------------
+
+@pytest.mark.parametrize(("values", "typecode"), [
+    ([0, 1, 127, -128, -1], "b"), ([0, 128, -129, 32767], "h"), ([-32769, 2**31 - 1, -2**31], "i"),
+    ([2**31, 0], "q"), ([-2**31 - 1], "q"), ([2**63 - 1, -2**63], "q")])
+def test_a_column_is_held_in_the_narrowest_type_and_widened_back_exactly(values: list[int], typecode: str) -> None:
+    wide = array("q", values * 1000)
+    narrow = narrowest(wide)
+    assert narrow.typecode == typecode and list(narrow) == list(wide)
+    assert widened(narrow).typecode == "q" and widened(narrow) == wide
+
+
+def test_a_value_past_a_narrowed_column_widens_it_and_nothing_is_lost() -> None:
+    """Tags of a snapshot fit a byte; a journal then brings numbers that do not."""
+    small = [make_track(n) for n in range(1, 4)]
+    state = CatalogState()
+    for index, t in enumerate(small):
+        state.apply((STAMP, index), catalog.add_record(t))
+    loaded = reload(state.to_columnar("s"))
+    table = loaded.entries
+    assert table.numbers["track"].typecode == "b" and table.numbers["bitrate"].typecode != "q"
+    big = dataclasses.replace(make_track(9), size=2**34, info=dataclasses.replace(
+        make_track(9).info, track=5000, bitrate=2**39, head_size=2**33, tail_size=70000))
+    changed = dataclasses.replace(small[0], info=dataclasses.replace(small[0].info, track=300, year=40000))
+    loaded.apply(("1800000000000-00000000000000aa", 0), catalog.add_record(big))
+    loaded.apply(("1800000000000-00000000000000aa", 1), catalog.add_record(changed))
+    assert table.numbers["track"].typecode == "q" and table.numbers["year"].typecode == "q"
+    for t in (big, changed, *small[1:]):
+        assert table.track(table.row(t.sha256)) == t  # type: ignore[arg-type]
+    again = reload(loaded.to_columnar("t")).entries
+    for t in (big, changed, *small[1:]):
+        assert again.track(again.row(t.sha256)) == t  # type: ignore[arg-type]
