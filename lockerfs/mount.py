@@ -38,7 +38,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lockerfs import catalog, childwork, config, control, layout, mountpoints, mountregistry
+from lockerfs import catalog, config, control, layout, mountpoints, mountregistry
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader, CatalogState
 from lockerfs.diskcache import claim_private_dir
@@ -61,10 +61,10 @@ READ_DEADLINE = 8.0  # seconds a read may wait for the store before it fails wit
 # then shows the copy and applies the bucket's news when they come: booting
 # offline (or behind a slow link) must not wait out connection retries.
 START_WAIT = 0.5
-LOW_PRIORITY = 19  # nice value of the process that writes the catalog copy
-# The handler thread answers the kernel; worker threads do bulk work (decoding and merging
-# a catalog). A shorter switch interval than Python's 5 ms lets a request waiting for the
-# interpreter lock in, instead of a stalled `ls` while a refresh is merged.
+LOW_PRIORITY = 19  # nice value of the thread that writes the catalog copy
+# The handler thread answers the kernel; worker threads do bulk work (merging a catalog,
+# writing its copy). A shorter switch interval than Python's 5 ms lets a request waiting
+# for the interpreter lock in, instead of a stalled `ls` while the copy is written.
 SWITCH_INTERVAL = 0.001
 # A large catalog is millions of long-lived objects: the cyclic collector would walk
 # them all again and again while they are made and while folders are listed (a third of
@@ -440,23 +440,51 @@ class Mounted:
             await self._save_copy()
 
     async def _save_copy(self) -> None:
-        """Save the catalog copy without slowing the mount: a large catalog takes seconds
-        of CPU to write, which a player's first scan should not share (childwork.py)."""
-        self.copy_dirty = False  # the child writes the catalog as it is at the fork
-        try:
-            await childwork.run_in_child(lambda: self.reader.save(self.catalog_copy), LOW_PRIORITY,
-                                         f"lockerfs: saving the catalog copy of the mount {os.getpid()}")
-        except childwork.ChildFailed as exc:  # a full or read-only disk costs offline mounting, not this one
-            log.warning("cannot save the catalog copy %s (%s); mounting offline may show less",
-                        self.catalog_copy, exc)
-        except BaseException:  # cancelled by the unmount: close() writes it
-            self.copy_dirty = True
-            raise
+        """Save the catalog copy without slowing the mount: a large catalog takes
+        seconds of CPU to write, which a player's first scan should not share."""
+        await in_low_priority_thread(self._write_copy)
+
+    def _write_copy(self) -> None:
+        write_catalog_copy(self.reader, self.catalog_copy)
+        self.copy_dirty = False
+        _trim_heap()  # its temporaries: about 160 MB at their peak at 300,000 tracks
 
     def close(self) -> None:
         if self.copy_dirty and self._first_load is None:  # unmounted before the copy was saved
-            write_catalog_copy(self.reader, self.catalog_copy)
+            self._write_copy()
         self.cache.close()
+
+
+async def in_low_priority_thread(work: Callable[[], None]) -> None:
+    """Run `work` in a thread of its own at the lowest CPU priority (nice 19), and wait for it.
+
+    Not in one of trio's worker threads: those serve the reads players wait
+    for, and an unprivileged process cannot raise a thread's priority back.
+    If the mount ends first, the thread is abandoned (it is a daemon).
+    """
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY)  # Linux: this thread only
+        except OSError:
+            pass
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting task
+            failure.append(exc)
+        finally:
+            try:
+                trio.from_thread.run_sync(done.set, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+
+    threading.Thread(target=run, name="lockerfs low priority", daemon=True).start()
+    await done.wait()
+    if failure:
+        raise failure[0]
 
 
 def write_catalog_copy(reader: CatalogReader, copy: Path) -> None:

@@ -6,7 +6,7 @@ cold mount does with a columnar snapshot, in one process, without FUSE.
 Stages: imports and the S3 client; decoding the snapshot (in a worker thread, as
 CatalogReader does); merging it; LiveLayout; Tree.use and the mount's settling
 (gc.freeze, malloc_trim); listing every folder, with the catalog copy written in another
-child process meanwhile (as after a cold start; --copy-after: once the listing is done); a
+thread meanwhile (as after a cold start; --copy-after: once the listing is done); a
 refresh of 1,000 new tracks. Per stage: RSS and its peak, glibc's heap (in use, free),
 pymalloc's arenas (1 MiB each) and the bytes of their used blocks, and with --trace
 tracemalloc's current and peak (which slows everything several times, and whose own
@@ -29,11 +29,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import trio
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lockerfs import catalog, childwork, layout, mount  # noqa: E402
+from lockerfs import catalog, layout, mount  # noqa: E402
 from lockerfs.catalog import CatalogReader, decode_catalog_file  # noqa: E402
 from lockerfs.livelayout import LiveLayout  # noqa: E402
 from lockerfs.store import MOUNT_RETRIES, MemoryStore, S3Store  # noqa: E402
@@ -137,11 +135,6 @@ def list_everything(tree: Tree) -> tuple[int, int]:
     return files, size
 
 
-def write_copy(reader: CatalogReader, copy: Path) -> None:
-    """The catalog copy, written as the mount writes it: by a forked child process."""
-    trio.run(childwork.run_in_child, lambda: reader.save(copy), mount.LOW_PRIORITY, "bench_rss: catalog copy")
-
-
 def in_thread(work: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=work)
     thread.start()
@@ -184,13 +177,15 @@ def main() -> None:
     gc.enable()
     copy = Path(f"/tmp/bench-rss-{os.getpid()}.columns.gz")
     try:
-        writer = None if args.copy_after else in_thread(lambda: write_copy(reader, copy))
+        writer = None if args.copy_after else in_thread(lambda: mount.write_catalog_copy(reader, copy))
         files, size = list_everything(tree)
         if writer is not None:
             writer.join()
+            mount._trim_heap()
         stages.done(f"listed {files} files ({size / 1e12:.1f} TB)" + ("" if writer is None else " + copy"))
         if writer is None:
-            write_copy(reader, copy)
+            mount.write_catalog_copy(reader, copy)
+            mount._trim_heap()
             stages.done("catalog copy written")
     finally:
         copy.unlink(missing_ok=True)

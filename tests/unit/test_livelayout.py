@@ -270,3 +270,26 @@ def test_a_naming_bug_costs_its_folder_not_the_mount(monkeypatch: pytest.MonkeyP
     album = tree.lookup(artist.inode, artist.names[0])
     assert isinstance(album, DirNode) and album.names == []
     assert "naming the files of" in caplog.text
+
+
+def newest_below(state: CatalogState, template: Template) -> dict[tuple[str, ...], float]:
+    """Each shown folder's mtime by its own definition: the newest track anywhere below it."""
+    paths, _ = extras.lay_out(state, template)
+    found: dict[tuple[str, ...], float] = {}
+    for path, t in paths.items():
+        for depth in range(len(path)):
+            found[path[:depth]] = max(found.get(path[:depth], 0.0), t.mtime)
+    return found
+
+
+def test_folder_mtimes_of_the_first_pass_and_after_refreshes_are_the_newest_track_below() -> None:
+    template = parse_template(DEFAULT_TEMPLATE)
+    rng = random.Random(3)
+    state = state_of(list(scale_records(1500, seed=4)))
+    live = LiveLayout(state, template)
+    for step in range(4):
+        expected = newest_below(state, template)
+        expected[()] = max(expected[()], live.mtime(livelayout.PLAYLISTS))  # the root also holds the playlists
+        assert {live.shown[key]: live.mtime(key) for key in live.shown} == expected
+        apply(state, changes_of(rng, state, step + 1), f"17000000{step:05d}-0000000000000000")
+        live.update(state.entries.take_changed())  # from here on, folder by folder
