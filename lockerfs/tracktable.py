@@ -45,16 +45,17 @@ _NARROW = (("b", 1), ("h", 2), ("i", 4))
 
 def narrowest(values: array[int]) -> array[int]:
     """A 64-bit column in the narrowest signed type that holds all its values (tag numbers
-    fit a byte or two: 17 MB less at 300,000 tracks). Byte planes copied in C, no Python
-    object per value; a later value that does not fit widens the column (TrackTable._put)."""
+    fit a byte or two: 17 MB less at 300,000 tracks). Its bytes are copied plane by plane
+    in C, no Python object per value; a later value that does not fit widens the column
+    (TrackTable._put)."""
     if values.typecode != "q" or sys.byteorder != "little" or not values:
         return values
+    lowest, highest = min(values), max(values)
     raw = memoryview(values).cast("B")
     for code, width in _NARROW:
-        sign = bytes(raw[width - 1::8]).translate(_SIGN)
-        if all(bytes(raw[plane::8]) == sign for plane in range(width, 8)):
+        if -(1 << (8 * width - 1)) <= lowest and highest < 1 << (8 * width - 1):
             narrow = bytearray(len(values) * width)
-            for plane in range(width):
+            for plane in range(width):  # little-endian: the low bytes, the sign in the top one kept
                 narrow[plane::width] = raw[plane::8]
             found = array(code)
             found.frombytes(narrow)

@@ -101,31 +101,11 @@ class DirNode:
     name: str
     key: Key = ()
     tree: Tree | None = field(default=None, repr=False)
-    # Attributes as last worked out, None until the kernel first asks: a 300,000-track
-    # mount has 50,000 folders, and working them all out took a third of Tree.use.
-    known_mtime: float | None = None
-    known_subdirs: int | None = None
+    mtime: float = 0.0  # newest track below: stable for the same catalog
+    subdirs: int = 0  # for st_nlink, which find uses to skip stat calls
     listing: _Listing | None = field(default=None, repr=False)
     next_slot: int = 1
     view: _Children | None = field(default=None, repr=False)  # children, made once per listing
-
-    @property
-    def mtime(self) -> float:
-        """The newest track below: stable for the same catalog."""
-        if self.known_mtime is None:
-            self._attributes()
-        return self.known_mtime  # type: ignore[return-value]
-
-    @property
-    def subdirs(self) -> int:
-        """For st_nlink, which find uses to skip stat calls."""
-        if self.known_subdirs is None:
-            self._attributes()
-        return self.known_subdirs  # type: ignore[return-value]
-
-    def _attributes(self) -> None:
-        assert self.tree is not None
-        self.known_mtime, self.known_subdirs = self.tree._attributes(self.key)
 
     @property
     def names(self) -> list[str]:
@@ -300,8 +280,8 @@ class Tree:
     def _replace(self, node: DirNode) -> DirNode:
         """A new DirNode for a folder about to be re-listed: whoever holds the old one (an
         open directory handle) keeps the listing it started with."""
-        fresh = DirNode(node.inode, node.parent, node.name, node.key, self, node.known_mtime, node.known_subdirs,
-                        None, node.next_slot)
+        fresh = DirNode(node.inode, node.parent, node.name, node.key, self, node.mtime, node.subdirs, None,
+                        node.next_slot)
         self._dirs[node.inode] = fresh
         if self._by_key.get(node.key) is node:
             self._by_key[node.key] = fresh
@@ -471,13 +451,14 @@ class Tree:
 
     def _refresh(self, keys: set[Key], changes: Changes) -> None:
         """Attributes of these folders, and their listings where the kernel may have seen them."""
+        source = self._source
         for key in sorted(keys, key=len, reverse=True):
             node = self._by_key[key]
-            if node.known_mtime is not None:  # else the kernel has never seen them
-                attributes = self._attributes(key)
-                if attributes != (node.known_mtime, node.known_subdirs):
-                    node.known_mtime, node.known_subdirs = attributes
-                    changes.dirs.add(node.inode)
+            subfolders = source.subfolders(key)
+            mtime, subdirs = source.mtime(key), sum(1 for sub in subfolders if sub in self._by_key)
+            if (mtime, subdirs) != (node.mtime, node.subdirs):
+                node.mtime, node.subdirs = mtime, subdirs
+                changes.dirs.add(node.inode)
             if node.listing is not None or self._eager:
                 old = node.listing
                 if old is not None:
@@ -491,10 +472,6 @@ class Tree:
                                                                                     node.listing.refs)  # type: ignore[union-attr]
                                            if not isinstance(ref, _Sub))
         self._walk = None
-
-    def _attributes(self, key: Key) -> tuple[float, int]:
-        """A folder's mtime and number of subfolders, as the source has them now."""
-        return self._source.mtime(key), sum(1 for sub in self._source.subfolders(key) if sub in self._by_key)
 
     def _differ(self, node: DirNode, old: _Listing, changes: Changes) -> bool:
         new = node.listing
