@@ -282,7 +282,7 @@ def newest_below(state: CatalogState, template: Template) -> dict[tuple[str, ...
     return found
 
 
-def test_folder_mtimes_of_the_first_pass_and_after_refreshes_are_the_newest_track_below() -> None:
+def test_folder_mtimes_are_the_newest_track_below_at_first_and_after_refreshes() -> None:
     template = parse_template(DEFAULT_TEMPLATE)
     rng = random.Random(3)
     state = state_of(list(scale_records(1500, seed=4)))
@@ -292,4 +292,4 @@ def test_folder_mtimes_of_the_first_pass_and_after_refreshes_are_the_newest_trac
         expected[()] = max(expected[()], live.mtime(livelayout.PLAYLISTS))  # the root also holds the playlists
         assert {live.shown[key]: live.mtime(key) for key in live.shown} == expected
         apply(state, changes_of(rng, state, step + 1), f"17000000{step:05d}-0000000000000000")
-        live.update(state.entries.take_changed())  # from here on, folder by folder
+        live.update(state.entries.take_changed())  # worked out again for the folders it touched
