@@ -11,6 +11,7 @@ LOCKERFS_SOAK_SECONDS sets the soak's length (CI: 30; scripts/soak: 120).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import re
@@ -376,18 +377,26 @@ def test_wrong_bytes_of_the_right_length_are_dropped_once_the_object_is_whole(
     logged; the next read fetches them again and gets the object's own bytes."""
     expected = expected_bytes(corpus_layout)
     name = max((n for n in expected if n.startswith("White Noise/")), key=lambda n: len(expected[n]))
-    key = "/objects/sha256/"
+    # This track's object only: the mount may warm other objects meanwhile (covers, the tags
+    # of the tracks after it), and a flip that lands on one of them proves nothing here.
+    key = f"/{hashlib.sha256(expected[name]).hexdigest()}."
     cache = tmp_path / "cache"
     with mounted(locker, tmp_path / "mnt", through(env, fault_proxy), "--cache-dir", str(cache)) as mnt:
         fault_proxy.fail_next("flip_body", method="GET", path_contains=key)
         fault_proxy.reset_counts()
         first = (mnt / name).read_bytes()  # the first GET of the track comes back damaged
-        assert len(first) == len(expected[name]) and first != expected[name]
+        assert len(first) == len(expected[name])
         assert wait_until(lambda: "do not hash to its name" in log_of(cache), timeout=10), log_of(cache)[-2000:]
         gets = fault_proxy.count("GET", key)
         assert (mnt / name).read_bytes() == expected[name]  # fetched again, whole and right
-        assert fault_proxy.count("GET", key) > gets
-    print(f"\n[wrong bytes] {name}: damaged first read detected once whole, dropped and fetched again")
+        # Either the reader got the damaged bytes as sent (the object was whole only after it
+        # had read them), or the read-ahead made it whole first and the damaged blocks were
+        # dropped before the reader came to them; then they were fetched again already.
+        served_damaged = first != expected[name]
+        if served_damaged:
+            assert fault_proxy.count("GET", key) > gets
+    print(f"\n[wrong bytes] {name}: damaged body detected once whole and dropped; "
+          f"{'the first read had served it as sent' if served_damaged else 'dropped before the reader came to it'}")
 
 
 # --- 2. a server that goes away ---------------------------------------------------------------
