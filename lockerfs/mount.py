@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import dataclasses
 import errno
 import gc
@@ -38,7 +37,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lockerfs import catalog, config, control, layout, mountpoints, mountregistry
+from lockerfs import catalog, config, control, heap, layout, mountpoints, mountregistry
 from lockerfs.cache import BlockCache, CacheInUse, UnsafeCacheDir, make_private_dir
 from lockerfs.catalog import CatalogReader, CatalogState
 from lockerfs.diskcache import claim_private_dir
@@ -447,7 +446,7 @@ class Mounted:
     def _write_copy(self) -> None:
         write_catalog_copy(self.reader, self.catalog_copy)
         self.copy_dirty = False
-        _trim_heap()  # its temporaries: about 160 MB at their peak at 300,000 tracks
+        heap.trim()  # its temporaries: about 160 MB at their peak at 300,000 tracks
 
     def close(self) -> None:
         if self.copy_dirty and self._first_load is None:  # unmounted before the copy was saved
@@ -506,6 +505,7 @@ def _invalidate_inode(inode: int) -> None:
 
 def _prepare(options: MountOptions, cache_dir: Path) -> Mounted:
     """Everything that can fail before the kernel sees the mount."""
+    heap.map_large_blocks()  # before the catalog's large temporaries: see heap.py
     gc.disable()  # while the catalog is loaded and laid out: see GC_THRESHOLD
     try:
         return _prepare_mount(options, cache_dir)
@@ -520,26 +520,7 @@ def _settle_memory() -> None:
     """What is alive now (the catalog, its layout) lives as long as the mount: out of the
     cyclic collector's sight. The temporaries of making it are given back to the system."""
     gc.freeze()
-    _trim_heap()
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none."""
-    try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _trim_heap() -> None:
-    """Hand the free pages inside malloc's heaps back to the system. Decoding a catalog in a
-    worker thread and writing its copy free tens of MB of large temporaries that glibc keeps
-    as holes between live blocks (about 25 MB at 300,000 tracks); a few ms each time."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    heap.trim()
 
 
 def _prepare_mount(options: MountOptions, cache_dir: Path) -> Mounted:

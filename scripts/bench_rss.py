@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lockerfs import catalog, layout, mount  # noqa: E402
+from lockerfs import catalog, heap, layout, mount  # noqa: E402
 from lockerfs.catalog import CatalogReader, decode_catalog_file  # noqa: E402
 from lockerfs.livelayout import LiveLayout  # noqa: E402
 from lockerfs.store import MOUNT_RETRIES, MemoryStore, S3Store  # noqa: E402
@@ -81,10 +81,10 @@ class Stages:
 
     def done(self, name: str) -> None:
         seconds = time.perf_counter() - self.last
-        status, heap = _status(), self.mallinfo()
+        status, malloc_info = _status(), self.mallinfo()
         arenas, used = _pymalloc()
         line = (f"{name:34s} {seconds:6.2f} s  rss {status['VmRSS']:6.1f} (peak {status['VmHWM']:6.1f})  "
-                f"heap in use {heap.uordblks / 2**20:6.1f} free {heap.fordblks / 2**20:5.1f}  "
+                f"heap in use {malloc_info.uordblks / 2**20:6.1f} free {malloc_info.fordblks / 2**20:5.1f}  "
                 f"pymalloc arenas {arenas:4d} used {used:6.1f}")
         if tracemalloc.is_tracing():
             current, peak = tracemalloc.get_traced_memory()
@@ -153,6 +153,7 @@ def main() -> None:
         make_catalog(args.tracks, args.cache_root)
         return
     raw, news = catalog_files(args.tracks, args.cache_root)
+    heap.map_large_blocks()  # as the mount does
     gc.disable()
     if args.trace:
         tracemalloc.start()
@@ -181,11 +182,11 @@ def main() -> None:
         files, size = list_everything(tree)
         if writer is not None:
             writer.join()
-            mount._trim_heap()
+            heap.trim()
         stages.done(f"listed {files} files ({size / 1e12:.1f} TB)" + ("" if writer is None else " + copy"))
         if writer is None:
             mount.write_catalog_copy(reader, copy)
-            mount._trim_heap()
+            heap.trim()
             stages.done("catalog copy written")
     finally:
         copy.unlink(missing_ok=True)
