@@ -374,7 +374,8 @@ def decode(raw: bytes, limit: int, check_version: Callable[[object], None]) -> D
 def _inflate(raw: bytes, limit: int) -> bytes:
     """The gzip stream's bytes, at most `limit` of them (ColumnError past it): one call into
     zlib per member, which checks each member's CRC and length. GzipFile's reads go 8 KiB at
-    a time through Python, 0.4 s more for the 30 MB of a 300,000-track snapshot."""
+    a time through Python: with the slices _hex_items replaced, 0.15 s of a 1.1 s decode of a
+    300,000-track snapshot."""
     parts: list[bytes] = []
     room, rest = limit + 1, raw
     try:
@@ -395,8 +396,8 @@ def _inflate(raw: bytes, limit: int) -> bytes:
 
 
 def _hex_items(blob: memoryview) -> list[str]:
-    """Each 32-byte item of blob as 64 hex digits, split in C (a slice per item in Python
-    cost 0.25 s for 300,000 digests)."""
+    """Each 32-byte item of blob as 64 hex digits, split in C rather than by a slice per
+    item in Python (300,000 of them, and as many asset references)."""
     return blob.hex(" ", 32).split()
 
 
