@@ -390,7 +390,7 @@ def _inflate(raw: bytes, limit: int) -> bytes:
                 raise ColumnError("not valid gzip (cut short)")
             rest = member.unused_data
             if not rest:
-                return b"".join(parts) if len(parts) > 1 else parts[0]
+                return b"".join(parts)  # one part: the part itself, no copy
     except zlib.error:
         raise ColumnError("not valid gzip") from None
 

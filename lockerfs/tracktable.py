@@ -279,17 +279,19 @@ class TrackTable(Mapping[str, Entry]):
     def _append_number(self, name: str, value: int) -> None:
         try:
             self.numbers[name].append(value)
-        except OverflowError:  # past a narrowed column's type (see narrowest)
-            self.numbers[name] = array("q", self.numbers[name])
-            self.numbers[name].append(value)
+        except OverflowError:  # past a narrowed column's type
+            self._widen(name).append(value)
 
     def _put(self, name: str, row: int, value: int) -> None:
-        """Set a number, widening its column if the value does not fit (see narrowest)."""
         try:
             self.numbers[name][row] = value
         except OverflowError:
-            self.numbers[name] = array("q", self.numbers[name])
-            self.numbers[name][row] = value
+            self._widen(name)[row] = value
+
+    def _widen(self, name: str) -> array[int]:
+        """A narrowed column (see narrowest) back in 64 bits, for a value that does not fit."""
+        column = self.numbers[name] = array("q", self.numbers[name])
+        return column
 
     def share(self, text: str | None) -> str | None:
         """One object per distinct value: artists, albums and dates repeat across rows."""
